@@ -1,0 +1,26 @@
+"""Exceptions raised by archgrow.
+
+Every error says what was wrong, where (module, node, group, field) and what would be accepted,
+because the person reading it usually did not write the model being analysed.
+"""
+
+from __future__ import annotations
+
+
+class ArchgrowError(Exception):
+    """Base class of every error archgrow raises on purpose."""
+
+
+class TraceError(ArchgrowError):
+    """torch.fx could not trace the model, or running the trace failed."""
+
+
+class UnknownGroupError(ArchgrowError, KeyError):
+    """A group name that the graph does not contain."""
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class GrowthError(ArchgrowError):
+    """A growth request that cannot be carried out (frozen group, bad k, bad tensor shape)."""

@@ -1,0 +1,162 @@
+"""Trace a model with torch.fx and record the shape of every value on real example inputs.
+
+The trace is for analysis only: the user's ``nn.Module`` stays the thing that trains.  fx bakes
+Python ints read from module attributes into the graph, so a GraphModule built here would be stale
+after the first growth event; archgrow never runs it after growing.
+
+Tracing happens in training mode (growth happens during training, and several torchvision models
+only call their auxiliary heads in training mode), shape recording in eval mode under ``no_grad``
+(BatchNorm statistics stay untouched, batch-1 inputs work).  Both restore every module's own
+``training`` flag and the global RNG state afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from archgrow.errors import TraceError
+
+LeafSpec = type | nn.Module | str
+
+
+class _Tracer(fx.Tracer):
+    """fx tracer that knows which module it is inside when something fails."""
+
+    def __init__(self, leaf_modules: Sequence[LeafSpec], autowrap_functions: Sequence[Any]):
+        super().__init__(autowrap_functions=tuple(autowrap_functions))
+        self._leaf_types = tuple(x for x in leaf_modules if isinstance(x, type))
+        self._leaf_ids = {id(x) for x in leaf_modules if isinstance(x, nn.Module)}
+        self._leaf_names = {x for x in leaf_modules if isinstance(x, str)}
+        self._archgrow_stack: list[str] = []
+        self.failed_in: str | None = None
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        if id(m) in self._leaf_ids or qualname in self._leaf_names:
+            return True
+        if self._leaf_types and isinstance(m, self._leaf_types):
+            return True
+        return super().is_leaf_module(m, qualname)
+
+    def call_module(self, m, forward, args, kwargs):
+        qualname = self.path_of_module(m)
+        self._archgrow_stack.append(qualname)
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if self.failed_in is None:
+                self.failed_in = qualname
+            raise
+        finally:
+            self._archgrow_stack.pop()
+
+
+@contextlib.contextmanager
+def _modes(model: nn.Module, training: bool) -> Iterator[None]:
+    """Temporarily set every module's training flag, restoring each one's own flag after."""
+    saved = [(m, m.training) for m in model.modules()]
+    try:
+        for m, _ in saved:
+            m.training = training
+        yield
+    finally:
+        for m, flag in saved:
+            m.training = flag
+
+
+def symbolic_trace(
+    model: nn.Module,
+    *,
+    leaf_modules: Sequence[LeafSpec] = (),
+    autowrap_functions: Sequence[Any] = (),
+    concrete_args: dict[str, Any] | None = None,
+) -> fx.GraphModule:
+    """fx-trace ``model`` in training mode; failures name the module and the way out."""
+    tracer = _Tracer(leaf_modules, autowrap_functions)
+    try:
+        with _modes(model, True):
+            graph = tracer.trace(model, concrete_args=concrete_args)
+    except Exception as exc:  # fx raises many types; all are reported the same way
+        where = tracer.failed_in
+        cls_name = type(model).__name__
+        if where:
+            mod = model.get_submodule(where)
+            where_txt = f"inside submodule '{where}' ({type(mod).__name__})"
+            fix = (
+                f"mark it as a leaf: archgrow.trace(model, x, leaf_modules=[{type(mod).__name__}]) "
+                f"or leaf_modules=['{where}'] (its widths are then frozen), or make its forward "
+                "traceable (no Python control flow on tensor values)"
+            )
+        else:
+            where_txt = f"in the forward of {cls_name}"
+            fix = (
+                "make the forward traceable (no Python control flow on tensor values, no int() of "
+                "tensor sizes), pass concrete_args for flags, or wrap helpers with autowrap_functions"
+            )
+        raise TraceError(
+            f"torch.fx could not trace {cls_name} {where_txt}: {type(exc).__name__}: {exc}. To fix: {fix}."
+        ) from exc
+    return fx.GraphModule(tracer.root, graph, cls_name_of(model))
+
+
+def cls_name_of(model: nn.Module) -> str:
+    return type(model).__name__
+
+
+def _skeleton(value: Any) -> Any:
+    """What the analysis needs of a runtime value: shapes of tensors, small Python values as is."""
+    if isinstance(value, torch.Tensor):
+        return ("tensor", tuple(value.shape), value.dtype)
+    if isinstance(value, torch.Size):
+        return tuple(int(v) for v in value)
+    if isinstance(value, (tuple, list)):
+        return type(value)(_skeleton(v) for v in value) if not hasattr(value, "_fields") else tuple(
+            _skeleton(v) for v in value
+        )
+    if isinstance(value, dict):
+        return {k: _skeleton(v) for k, v in value.items()}
+    if isinstance(value, (int, float, bool, str, type(None), slice, torch.dtype, torch.device)):
+        return value
+    return ("opaque", type(value).__name__)
+
+
+class _Recorder(fx.Interpreter):
+    """Runs the traced graph once and keeps a shape skeleton of every node's value."""
+
+    def __init__(self, gm: fx.GraphModule):
+        super().__init__(gm, garbage_collect_values=True)
+        self.values: dict[fx.Node, Any] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        try:
+            out = super().run_node(n)
+        except Exception as exc:
+            raise TraceError(
+                f"running the traced graph failed at node '{n.name}' ({n.op} {n.target!r}): "
+                f"{type(exc).__name__}: {exc}. Check that example_inputs match what the model "
+                "expects (shape, dtype, device)."
+            ) from exc
+        self.values[n] = _skeleton(out)
+        return out
+
+
+def record_shapes(gm: fx.GraphModule, model: nn.Module, example_inputs: tuple[Any, ...]) -> dict[fx.Node, Any]:
+    """Run ``gm`` on ``example_inputs`` in eval mode, without autograd, RNG or statistics side effects."""
+    devices = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+    with _modes(model, False), torch.no_grad(), torch.random.fork_rng(devices=devices):
+        recorder = _Recorder(gm)
+        placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+        required = sum(1 for n in placeholders if not n.args)
+        if not required <= len(example_inputs) <= len(placeholders):
+            raise TraceError(
+                f"the traced forward takes {required} to {len(placeholders)} input(s) but "
+                f"example_inputs has {len(example_inputs)}; pass a tuple with one example per "
+                "forward argument"
+            )
+        recorder.run(*example_inputs)
+    return recorder.values

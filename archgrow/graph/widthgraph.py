@@ -1,0 +1,303 @@
+"""The public result of tracing: a networkx graph of the traced ops and its width groups.
+
+A :class:`WidthGraph` stays bound to the model it traced.  Growth updates it in place (widths
+live in one table shared by groups and graph nodes), so it never needs re-tracing to stay right;
+:meth:`WidthGraph.retrace` exists to check exactly that.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import networkx as nx
+import torch
+import torch.fx as fx
+from torch import nn
+
+from archgrow.errors import UnknownGroupError
+from archgrow.graph.analysis import Analysis, AttrBinding, MemberRecord, TensorBinding
+from archgrow.graph.layout import Layout, TensorMeta, WidthVars
+from archgrow.graph.trace import LeafSpec, record_shapes, symbolic_trace
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where the group's channels sit in a member's dimension: channel c covers
+    positions ``offset + c*inner`` to ``offset + (c+1)*inner - 1``."""
+
+    offset: int
+    inner: int
+
+
+@dataclass(frozen=True)
+class Member:
+    """A module (or a parameter used directly) whose tensors change when the group grows."""
+
+    name: str
+    module_type: str
+    slots: tuple[Slot, ...]
+
+
+@dataclass(eq=False)
+class WidthGroup:
+    """A set of tensor dimensions that must change size together."""
+
+    name: str
+    producers: tuple[Member, ...]
+    consumers: tuple[Member, ...]
+    followers: tuple[Member, ...]
+    growable: bool
+    reasons: tuple[str, ...]
+    preserves_function: bool
+    not_preserving_reasons: tuple[str, ...]
+    step: int
+    _graph: WidthGraph = field(repr=False)
+    _root: int = field(repr=False)
+
+    @property
+    def width(self) -> int:
+        return self._graph._vars.width[self._root]
+
+    @property
+    def reason(self) -> str | None:
+        """Why the group is frozen (the most specific reason first), or None if growable."""
+        if not self.reasons:
+            return None
+        more = len(self.reasons) - 1
+        return self.reasons[0] + (f" (and {more} more: see .reasons)" if more else "")
+
+    @property
+    def members(self) -> tuple[Member, ...]:
+        return self.producers + self.consumers + self.followers
+
+    def __repr__(self) -> str:
+        state = "growable" if self.growable else f"frozen: {self.reason}"
+        return f"WidthGroup({self.name!r}, width={self.width}, {state})"
+
+
+class WidthGraph:
+    """Traced ops as a ``networkx.DiGraph`` plus the width groups found on them."""
+
+    def __init__(self, model: nn.Module, example_inputs: tuple[Any, ...], analysis: Analysis,
+                 trace_options: dict[str, Any]):
+        self.model = model
+        self.example_inputs = example_inputs
+        self._trace_options = trace_options
+        self._vars: WidthVars = analysis.vars
+        self._tensor_bindings: list[TensorBinding] = analysis.tensor_bindings
+        self._attr_bindings: list[AttrBinding] = analysis.attr_bindings
+        self._node_meta: dict[str, Any] = {}
+        self.nx = nx.DiGraph()
+        self._build_nx(analysis)
+        self._groups: list[WidthGroup] = self._build_groups(analysis)
+        self._by_name = {g.name: g for g in self._groups}
+        called = {str(n.target) for n in analysis.gm.graph.nodes if n.op == "call_module"}
+        attrs = {str(n.target) for n in analysis.gm.graph.nodes if n.op == "get_attr"}
+
+        def reached(name: str, m: nn.Module) -> bool:
+            parts = name.split(".")
+            if any(".".join(parts[:i]) in called for i in range(1, len(parts) + 1)):
+                return True  # called itself, or inside a called (leaf) module
+            return all((f"{name}.{p}" if name else p) in attrs for p, _ in m.named_parameters(recurse=False))
+
+        self.untraced_modules: tuple[str, ...] = tuple(
+            name or "(root)"
+            for name, m in model.named_modules()
+            if any(True for _ in m.parameters(recurse=False)) and not reached(name, m)
+        )
+
+    # ------------------------------------------------------------------ public
+    @property
+    def groups(self) -> list[WidthGroup]:
+        """All groups, in topological order of their first producer."""
+        return list(self._groups)
+
+    def group(self, name: str) -> WidthGroup:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            names = ", ".join(self._by_name) or "(none)"
+            raise UnknownGroupError(f"no width group named '{name}'; the groups are: {names}") from None
+
+    def __iter__(self) -> Iterator[WidthGroup]:
+        return iter(self._groups)
+
+    def __len__(self) -> int:
+        return len(self._groups)
+
+    def widths(self) -> dict[str, int]:
+        return {g.name: g.width for g in self._groups}
+
+    def retrace(self) -> WidthGraph:
+        """Trace the (possibly grown) model again with the same inputs and options."""
+        return trace(self.model, self.example_inputs, **self._trace_options)
+
+    def node_shape(self, node: str) -> Any:
+        """Current shape(s) of a traced node's output, following any growth since tracing."""
+        return _current_shape(self._node_meta.get(node), self._vars)
+
+    def _refresh_shapes(self, root: int) -> None:
+        """Update the ``shape`` attribute of nodes whose output carries group ``root``."""
+        if not hasattr(self, "_nodes_by_root"):
+            self._nodes_by_root: dict[int, list[str]] = {}
+            for name, meta in self._node_meta.items():
+                for r in {self._vars.find(v) for v in _meta_vars(meta)}:
+                    self._nodes_by_root.setdefault(r, []).append(name)
+        for name in self._nodes_by_root.get(root, []):
+            self.nx.nodes[name]["shape"] = _current_shape(self._node_meta[name], self._vars)
+
+    def summary(self, max_members: int = 4) -> str:
+        """A readable table: one row per group."""
+        rows = [("group", "width", "step", "growable", "members", "note")]
+        for g in self._groups:
+            names = [m.name for m in g.members]
+            shown = ", ".join(names[:max_members]) + (f" (+{len(names) - max_members})" if len(names) > max_members else "")
+            if not g.growable:
+                note = g.reason or ""
+            elif not g.preserves_function:
+                note = "changes outputs: " + g.not_preserving_reasons[0]
+            else:
+                note = ""
+            rows.append((g.name, str(g.width), str(g.step), "yes" if g.growable else "no", shown, note))
+        widths = [max(len(r[i]) for r in rows) for i in range(5)]
+        lines = []
+        for i, r in enumerate(rows):
+            lines.append("  ".join(c.ljust(w) for c, w in zip(r[:5], widths)) + "  " + r[5])
+            if i == 0:
+                lines.append("-" * (sum(widths) + 2 * 5 + 4))
+        n_grow = sum(g.growable for g in self._groups)
+        lines.append(f"{len(self._groups)} groups: {n_grow} growable, {len(self._groups) - n_grow} frozen")
+        if self.untraced_modules:
+            lines.append("modules with parameters never reached by the trace: " + ", ".join(self.untraced_modules))
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.summary()
+
+    # ------------------------------------------------------------------ building
+    def _build_nx(self, analysis: Analysis) -> None:
+        modules = dict(self.model.named_modules())
+        for node in analysis.gm.graph.nodes:
+            meta = analysis.meta.get(node)
+            self._node_meta[node.name] = meta
+            module = str(node.target) if node.op == "call_module" else None
+            self.nx.add_node(
+                node.name,
+                op=node.op,
+                target=str(node.target) if node.op != "call_function" else _fn_name(node.target),
+                module=module,
+                module_type=type(modules[module]).__name__ if module else None,
+                shape=_current_shape(meta, self._vars),
+            )
+            for pos, arg in enumerate(node.all_input_nodes):
+                self.nx.add_edge(arg.name, node.name, arg=pos)
+
+    def _build_groups(self, analysis: Analysis) -> list[WidthGroup]:
+        vars_ = self._vars
+        frozen: dict[int, list[str]] = {}
+        changing: dict[int, list[str]] = {}
+        steps: dict[int, list[int]] = {}
+        for v in range(len(vars_.parent)):
+            r = vars_.find(v)
+            for reason in vars_.frozen.get(v, []):
+                if reason not in frozen.setdefault(r, []):
+                    frozen[r].append(reason)
+            for reason in vars_.not_preserving.get(v, []):
+                if reason not in changing.setdefault(r, []):
+                    changing[r].append(reason)
+            steps.setdefault(r, []).extend(m for m, _ in vars_.step.get(v, []))
+        by_root: dict[int, dict[str, list[Member]]] = {}
+        order: list[int] = []
+        for rec in analysis.members:
+            for root, slots in _slots_by_root(rec.layout, vars_).items():
+                kinds = by_root.setdefault(root, {"producer": [], "consumer": [], "follower": []})
+                if rec.kind == "producer" and not kinds["producer"]:
+                    order.append(root)
+                kinds[rec.kind].append(Member(rec.module, rec.module_type, slots))
+        groups = []
+        for root in order:
+            kinds = by_root[root]
+            # Ties to a fixed size are usually the consequence of a more specific reason.
+            reasons = sorted(frozen.get(root, []), key=lambda r: r.startswith("tied to a fixed-size"))
+            changes = changing.get(root, [])
+            groups.append(
+                WidthGroup(
+                    name=kinds["producer"][0].name,
+                    producers=tuple(kinds["producer"]),
+                    consumers=tuple(kinds["consumer"]),
+                    followers=tuple(kinds["follower"]),
+                    growable=not reasons,
+                    reasons=tuple(reasons),
+                    preserves_function=not changes,
+                    not_preserving_reasons=tuple(changes),
+                    step=math.lcm(1, *steps.get(root, [])),
+                    _graph=self,
+                    _root=root,
+                )
+            )
+        return groups
+
+
+def _slots_by_root(layout: Layout, vars_: WidthVars) -> dict[int, tuple[Slot, ...]]:
+    found: dict[int, list[Slot]] = {}
+    offset = 0
+    for seg in layout:
+        if seg.var is not None:
+            found.setdefault(vars_.find(seg.var), []).append(Slot(offset, seg.inner))
+        offset += vars_.seg_size(seg)
+    return {r: tuple(s) for r, s in found.items()}
+
+
+def _current_shape(meta: Any, vars_: WidthVars) -> Any:
+    if isinstance(meta, TensorMeta):
+        return tuple(s if lay is None else vars_.layout_size(lay) for s, lay in zip(meta.shape, meta.dims))
+    if isinstance(meta, (tuple, list)):
+        return tuple(_current_shape(m, vars_) for m in meta)
+    return None
+
+
+def _meta_vars(meta: Any) -> list[int]:
+    if isinstance(meta, TensorMeta):
+        return [s.var for lay in meta.dims if lay is not None for s in lay if s.var is not None]
+    if isinstance(meta, (tuple, list)):
+        return [v for m in meta for v in _meta_vars(m)]
+    return []
+
+
+def _fn_name(fn: Any) -> str:
+    from archgrow.graph.rules import function_name
+
+    return function_name(fn)
+
+
+def trace(
+    model: nn.Module,
+    example_inputs: torch.Tensor | Sequence[torch.Tensor],
+    *,
+    leaf_modules: Sequence[LeafSpec] = (),
+    autowrap_functions: Sequence[Any] = (),
+    concrete_args: dict[str, Any] | None = None,
+) -> WidthGraph:
+    """Trace ``model`` and find its width groups.
+
+    ``example_inputs`` is one tensor or a tuple with one tensor per forward argument; a batch of
+    one is enough.  ``leaf_modules`` (types, instances or qualified names) are not traced into;
+    their widths are frozen, which is the way out for modules fx cannot trace.  The model's
+    parameters, buffers, train/eval flags and the global RNG are left as they were.
+    """
+    inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+    options = {
+        "leaf_modules": tuple(leaf_modules),
+        "autowrap_functions": tuple(autowrap_functions),
+        "concrete_args": concrete_args,
+    }
+    gm = symbolic_trace(model, **options)
+    values = record_shapes(gm, model, inputs)
+    analysis = Analysis(gm, values, model)
+    return WidthGraph(model, inputs, analysis, options)
+
+
+__all__ = ["Member", "Slot", "WidthGraph", "WidthGroup", "trace"]

@@ -1,0 +1,10 @@
+"""Width multipliers shared by the built-in models."""
+
+from __future__ import annotations
+
+
+def scaled(width: int, mult: float) -> int:
+    """``width * mult`` rounded, at least 1; rejects non-positive multipliers with a clear error."""
+    if not mult > 0:
+        raise ValueError(f"width_mult must be > 0, got {mult!r}")
+    return max(1, round(width * mult))

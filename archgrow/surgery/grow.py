@@ -1,0 +1,172 @@
+"""``grow``: widen one width group of a traced model, in place and consistently.
+
+The graph already knows, for every tensor dimension tied to the group, its layout and the role
+of new entries (see ``archgrow.graph.analysis``).  Growing is therefore mechanical: plan the index
+expansion of each bound dimension, fill new entries by role, swap the tensors in, update module
+attributes and optimizer state, and bump the group's width in the graph.
+
+Default init is function-preserving (paper B.1): new fan-in Xavier-uniform rescaled to the mean
+fan-in norm of the existing units, new fan-out zero, new bias zero, norm layers at identity
+(weight 1, bias 0, running mean 0, running var 1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+import torch
+from torch import nn
+
+from archgrow.errors import GrowthError
+from archgrow.graph.analysis import FAN_IN, FAN_OUT, MEAN, ONE, ZERO, TensorBinding
+from archgrow.graph.widthgraph import WidthGraph, WidthGroup
+from archgrow.surgery.optim import pad_state
+from archgrow.surgery.tensors import Expansion, expand, mean_units, new_shape, plan, random_units
+
+TensorOrMap = torch.Tensor | Mapping[str, torch.Tensor] | None
+
+
+def grow(
+    graph: WidthGraph,
+    group: str | WidthGroup,
+    k: int,
+    *,
+    fan_in: TensorOrMap = None,
+    fan_out: TensorOrMap = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    generator: torch.Generator | None = None,
+) -> WidthGroup:
+    """Add ``k`` units to every member of ``group``, after the existing ones.
+
+    ``fan_in``: new incoming weights, one tensor (group with a single producer) or a mapping from
+    producer name to tensor; each is the producer's weight with its output dim replaced by ``k``.
+    ``fan_out``: new outgoing weights, likewise keyed by consumer, with the consumer's input dim
+    replaced by the number of new input positions (``k`` times the flatten block, per slot).
+    ``optimizer``: its state for the grown parameters is padded with zeros.
+    ``generator``: seeds the default random fan-in.
+    """
+    g = graph.group(group) if isinstance(group, str) else group
+    if g._graph is not graph:
+        raise GrowthError(f"group '{g.name}' belongs to another WidthGraph")
+    if not g.growable:
+        raise GrowthError(f"group '{g.name}' is frozen: {g.reason}")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise GrowthError(f"k must be a positive int, got {k!r} for group '{g.name}'")
+    if k % g.step:
+        raise GrowthError(f"group '{g.name}' grows in multiples of {g.step}; got k={k}")
+    vars_ = graph._vars
+    root = g._root
+    explicit_in = _by_member(fan_in, "fan_in", [m.name for m in g.producers], g)
+    explicit_out = _by_member(fan_out, "fan_out", [m.name for m in g.consumers], g)
+
+    # Plan every bound dimension with the widths before growth, fan-in dims last so that new
+    # units' incoming weights span inputs that grew in the same event.
+    per_tensor: dict[tuple[str, str], list[tuple[TensorBinding, Expansion]]] = {}
+    for b in graph._tensor_bindings:
+        if any(s.var is not None and vars_.find(s.var) == root for s in b.layout):
+            per_tensor.setdefault((b.module, b.tensor), []).append((b, plan(b.layout, root, k, vars_, b.dim)))
+    for steps in per_tensor.values():
+        steps.sort(key=lambda be: be[0].role == FAN_IN)
+
+    for (module_name, tensor_name), steps in per_tensor.items():
+        module = graph.model.get_submodule(module_name)
+        current = getattr(module, tensor_name)
+        old_shape = current.shape
+        data = current.detach()
+        for b, e in steps:
+            if data.shape[b.dim] != len(e.old_pos):
+                raise GrowthError(
+                    f"'{module_name}.{tensor_name}' has size {data.shape[b.dim]} along dim {b.dim} but the "
+                    f"graph expects {len(e.old_pos)}: the model changed outside archgrow; trace it again"
+                )
+            fill = _fill(b, data, e, module_name, explicit_in, explicit_out, generator)
+            data = expand(data, e, fill)
+        _assign(module, tensor_name, current, data, [e for _, e in steps], optimizer, old_shape)
+
+    vars_.width[root] += k
+    for a in graph._attr_bindings:
+        if any(s.var is not None and vars_.find(s.var) == root for s in a.layout):
+            module = graph.model.get_submodule(a.module)
+            size = vars_.layout_size(a.layout) // a.divisor
+            if a.index is None:
+                setattr(module, a.attr, size)
+            else:
+                value = list(getattr(module, a.attr))
+                value[a.index] = size
+                setattr(module, a.attr, tuple(value))
+    graph._refresh_shapes(root)
+    return g
+
+
+def _by_member(value: TensorOrMap, what: str, names: list[str], g: WidthGroup) -> dict[str, torch.Tensor]:
+    if value is None:
+        return {}
+    if isinstance(value, torch.Tensor):
+        if len(names) != 1:
+            raise GrowthError(
+                f"{what} for group '{g.name}' must be a mapping, since it has {len(names)} "
+                f"{'producers' if what == 'fan_in' else 'consumers'}: {', '.join(names) or '(none)'}"
+            )
+        return {names[0]: value}
+    unknown = [n for n in value if n not in names]
+    if unknown:
+        raise GrowthError(
+            f"{what} names {', '.join(unknown)}, not among group '{g.name}' "
+            f"{'producers' if what == 'fan_in' else 'consumers'}: {', '.join(names) or '(none)'}"
+        )
+    return dict(value)
+
+
+def _fill(
+    b: TensorBinding,
+    data: torch.Tensor,
+    e: Expansion,
+    module_name: str,
+    explicit_in: dict[str, torch.Tensor],
+    explicit_out: dict[str, torch.Tensor],
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    n = len(e.new_pos)
+    shape = new_shape(data, b.dim, n)
+    given = {FAN_IN: explicit_in, FAN_OUT: explicit_out}.get(b.role, {}).get(module_name)
+    if given is not None and b.tensor == "weight":
+        if tuple(given.shape) != tuple(shape):
+            raise GrowthError(
+                f"{b.role} for '{module_name}' has shape {tuple(given.shape)}, expected {tuple(shape)} "
+                f"(its weight with dim {b.dim} replaced by the {n} new positions)"
+            )
+        return given.detach()
+    if b.role == FAN_IN:
+        return random_units(data, b.dim, n, generator)
+    if b.role == MEAN:
+        return mean_units(data, b.dim, n)
+    if b.role == ONE:
+        return data.new_ones(shape)
+    if b.role in (FAN_OUT, ZERO):
+        return data.new_zeros(shape)
+    raise AssertionError(f"unknown role {b.role}")
+
+
+def _assign(
+    module: nn.Module,
+    name: str,
+    current: torch.Tensor,
+    data: torch.Tensor,
+    expansions: list[Expansion],
+    optimizer: torch.optim.Optimizer | None,
+    old_shape: torch.Size,
+) -> None:
+    """Swap grown data in, keeping the Parameter object (and so optimizer references) alive."""
+    if isinstance(current, nn.Parameter):
+        current.data = data
+        if current.grad is not None:
+            grad = current.grad
+            for e in expansions:
+                grad = expand(grad, e, grad.new_zeros(new_shape(grad, e.dim, len(e.new_pos))))
+            current.grad = grad
+        if optimizer is not None:
+            pad_state(optimizer, current, old_shape, expansions)
+    elif name in module._buffers:
+        module._buffers[name] = data
+    else:
+        setattr(module, name, data)
+

@@ -1,0 +1,98 @@
+"""Tensor-level growth: where old entries go and what new entries contain.
+
+Every growth is an *expansion plan* per dimension: the positions old entries move to and the
+positions new entries take.  The same plan is applied to a parameter, its gradient and each of
+its optimizer state tensors, so all of them stay aligned by construction.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from archgrow.graph.layout import Layout, WidthVars
+
+
+@dataclass(frozen=True)
+class Expansion:
+    """Grow dimension ``dim`` from ``len(old_pos)`` to ``size`` entries."""
+
+    dim: int
+    old_pos: tuple[int, ...]
+    new_pos: tuple[int, ...]
+    size: int
+
+    @property
+    def appends(self) -> bool:
+        """New entries all come after the old ones (a plain concatenation suffices)."""
+        return self.old_pos == tuple(range(len(self.old_pos)))
+
+
+def plan(layout: Layout, root: int, k: int, vars_: WidthVars, dim: int) -> Expansion:
+    """Insert ``k`` channels at the end of every segment of group ``root`` in ``layout``."""
+    old_pos: list[int] = []
+    new_pos: list[int] = []
+    pos = 0
+    for seg in layout:
+        size = vars_.seg_size(seg)
+        old_pos.extend(range(pos, pos + size))
+        pos += size
+        if seg.var is not None and vars_.find(seg.var) == root:
+            added = k * seg.inner
+            new_pos.extend(range(pos, pos + added))
+            pos += added
+    return Expansion(dim, tuple(old_pos), tuple(new_pos), pos)
+
+
+def expand(t: torch.Tensor, e: Expansion, fill: torch.Tensor) -> torch.Tensor:
+    """``t`` grown along ``e.dim`` with ``fill`` (shaped like ``t`` but ``len(e.new_pos)`` there)."""
+    fill = fill.to(device=t.device, dtype=t.dtype)
+    if e.appends:
+        return torch.cat([t, fill], dim=e.dim)
+    shape = list(t.shape)
+    shape[e.dim] = e.size
+    out = t.new_empty(shape)
+    out.index_copy_(e.dim, torch.tensor(e.old_pos, device=t.device), t)
+    out.index_copy_(e.dim, torch.tensor(e.new_pos, device=t.device), fill)
+    return out
+
+
+def new_shape(t: torch.Tensor, dim: int, n: int) -> list[int]:
+    shape = list(t.shape)
+    shape[dim] = n
+    return shape
+
+
+def unit_norms(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """L2 norm of each slice of ``t`` along ``dim`` (a neuron's fan-in, a channel's filter...)."""
+    return t.detach().movedim(dim, 0).reshape(t.shape[dim], -1).float().norm(dim=1)
+
+
+def rescale_units(w: torch.Tensor, dim: int, target: float) -> torch.Tensor:
+    """Scale each slice of ``w`` along ``dim`` to L2 norm ``target``."""
+    norms = unit_norms(w, dim).clamp_min(1e-12).to(w.dtype)
+    shape = [1] * w.ndim
+    shape[dim] = -1
+    return w * (target / norms).reshape(shape)
+
+
+def random_units(existing: torch.Tensor, dim: int, n: int, generator: torch.Generator | None) -> torch.Tensor:
+    """Xavier-uniform units rescaled to the mean norm of the existing ones (paper B.1, §5.0)."""
+    shape = new_shape(existing, dim, n)
+    per_unit = max(1, math.prod(shape) // max(n, 1))
+    bound = math.sqrt(6.0 / (per_unit + n))
+    w = (torch.rand(shape, generator=generator) * 2 - 1) * bound
+    w = w.to(device=existing.device, dtype=existing.dtype)
+    if existing.shape[dim] == 0:
+        return w
+    target = float(unit_norms(existing, dim).mean())
+    if not math.isfinite(target) or target == 0.0:
+        return w
+    return rescale_units(w, dim, target)
+
+
+def mean_units(existing: torch.Tensor, dim: int, n: int) -> torch.Tensor:
+    """New entries equal to the mean of the existing ones along ``dim``."""
+    return existing.detach().mean(dim=dim, keepdim=True).expand(new_shape(existing, dim, n)).clone()
