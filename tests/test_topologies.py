@@ -591,12 +591,6 @@ class ConvLayerNorm2d(nn.Module):
         return self.out(self.norm(self.conv(x)))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="F.layer_norm inside a traced-through LayerNorm subclass: Analysis.functional_layer_norm "
-    "adds no tensor bindings, so norm.weight is bound by Analysis._finish as a plain direct "
-    "parameter with role ZERO (F.layer_norm is not 'multiplicative'): new scale entries are 0, not 1",
-)
 def test_layernorm2d_new_channels_at_identity() -> None:
     pytest.importorskip("torchvision")
     g = trace(ConvLayerNorm2d, IMG)
@@ -710,12 +704,6 @@ class ReusedInstanceNorm(nn.Module):
         return self.out(x)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Analysis._channel_follower calls _shared_input for every _NormBase module, even one "
-    "without parameters or buffers, so reusing a stateless InstanceNorm2d ties its call sites: "
-    "here c1 (6) and c2 (8) are unified at node 'norm_1' and both frozen ('laid out differently')",
-)
 @pytest.mark.filterwarnings("ignore:input's size at dim=1 does not match num_features")
 def test_reused_parameter_free_norm_does_not_tie() -> None:
     g = trace(ReusedInstanceNorm, IMG)
@@ -784,12 +772,6 @@ class MethodWeight(FunctionalWeight):
         return self.head(F.relu(self.post(y)))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Analysis._note_param_users is only called from _call_function, so a parameter used "
-    "through a tensor method (self.fc.weight.t()) has no entry in direct_params and the reason "
-    "built in Analysis._finish says \"used directly by node '?'\"",
-)
 def test_parameter_used_through_a_method_names_the_node() -> None:
     x = torch.randn(2, 6)
     g = trace(MethodWeight, x)
@@ -956,12 +938,6 @@ class PaddedTokens(nn.Module):
         return self.head(self.emb(tokens).mean(1))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Analysis._embedding binds the whole weight dim 1 as FAN_IN, ignoring padding_idx: grow "
-    "fills the padding row's new entries with random values (and the padding row gets no gradient, "
-    "so they stay): the padding embedding is no longer zero",
-)
 def test_embedding_padding_row_stays_zero() -> None:
     tokens = torch.tensor([[0, 3, 5, 0], [7, 0, 2, 9]])
     torch.manual_seed(0)
@@ -985,13 +961,6 @@ class TiedWeights(nn.Module):
         return self.head(torch.tanh(self.mid(self.emb(tokens))))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="one nn.Parameter owned by two modules (emb.weight is head.weight) is bound twice, as "
-    "('emb', 'weight') and ('head', 'weight') (Analysis._embedding / Analysis._linear -> _bind); "
-    "groups 'emb' and 'mid' are reported growable, and grow expands the shared tensor for one owner "
-    "only (or twice), leaving a model whose forward raises a shape error",
-)
 def test_tied_weights_are_never_rewritten_wrongly() -> None:
     tokens = torch.randint(0, 10, (2, 5), generator=torch.Generator().manual_seed(4))
     grown_groups(TiedWeights, tokens)  # every group it calls growable must grow consistently
@@ -1011,13 +980,6 @@ class CatAxis(nn.Module):
         return self.out(torch.cat((self.a(x), self.b(x)), axis=1))  # numpy-style alias of dim
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Analysis._call_function reads torch.cat's dim as _arg(node, 1, 'dim', 0) and ignores the "
-    "'axis' alias: the cat is analysed as along dim 0, so a and b are tied into one group of width 4 "
-    "read by 'out' at offset 0 only; growing it expands a and b, then fails on out.weight (8 != 4) "
-    "with the model left half-grown and broken",
-)
 def test_concat_axis_keyword() -> None:
     g = trace(CatAxis, IMG)
     assert member(g.group("a").consumers, "out").slots == (Slot(0, 1),)
@@ -1042,13 +1004,6 @@ class KeywordDims(nn.Module):
         return self.out(y.permute(0, 3, 1, 2) if self.how == "permute" else y.transpose(1, 3))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=IndexError,
-    reason="Analysis._call_method reads permute's dims and transpose's dims positionally "
-    "(node.args[1], node.args[2]): x.permute(dims=...) / x.transpose(dim0=..., dim1=...) crash "
-    "trace() with a bare IndexError",
-)
 @pytest.mark.parametrize("how", ["permute", "transpose"])
 def test_permute_transpose_keywords(how: str) -> None:
     g = trace(lambda: KeywordDims(how), IMG)

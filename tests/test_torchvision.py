@@ -2,8 +2,8 @@
 
 For each model: trace; every group is growable or explains why not; grow every growable group
 (k = step, and 3*step for a subset); the eval-mode output is unchanged where the groups say
-``preserves_function``; forward + backward + an Adam step run afterwards; a fresh trace of the
-grown model finds the same widths.
+``preserves_function``; forward + backward + an optimizer step run afterwards (Adam below 50M
+parameters, SGD above, to bound memory); a fresh trace of the grown model finds the same widths.
 """
 
 from __future__ import annotations
@@ -26,8 +26,19 @@ INPUT_SIZE = {"inception_v3": 299, "maxvit_t": 224, "alexnet": 63, "squeezenet1_
 INPUT_SIZE.update({m: 224 for m in ALL_MODELS if m.startswith("vit_")})
 # Models with 300M+ parameters run one after another on the same worker, to bound memory.
 GIANTS = {"regnet_y_128gf", "vit_h_14", "vit_l_16", "vit_l_32", "regnet_y_32gf"}
-BOTH_K = {"resnet18", "mobilenet_v3_small", "densenet121", "efficientnet_b0", "convnext_tiny",
-          "shufflenet_v2_x0_5", "regnet_x_400mf", "squeezenet1_0", "googlenet", "swin_t", "vit_b_32"}
+BOTH_K = {
+    "resnet18",
+    "mobilenet_v3_small",
+    "densenet121",
+    "efficientnet_b0",
+    "convnext_tiny",
+    "shufflenet_v2_x0_5",
+    "regnet_x_400mf",
+    "squeezenet1_0",
+    "googlenet",
+    "swin_t",
+    "vit_b_32",
+}
 ORACLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "oracles" / "torch_pruning_groups_torchvision.jsonl"
 
 
@@ -86,7 +97,12 @@ def test_grow_every_group(name: str, k_mult: int) -> None:
         assert grp.growable or grp.reason, f"group {grp.name} is frozen without a reason"
     assert any(grp.growable for grp in g.groups), "no growable group"
 
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    # Adam keeps two state tensors per parameter: bounded memory for the largest models.
+    n_params = sum(p.numel() for p in model.parameters())
+    if n_params < 50_000_000:
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9 if n_params < 250_000_000 else 0.0)
     preserving = [grp for grp in g.groups if grp.growable and grp.preserves_function]
     changing = [grp for grp in g.groups if grp.growable and not grp.preserves_function]
     for grp in preserving:
@@ -152,7 +168,8 @@ def test_partition_matches_torch_pruning(name: str) -> None:
     mine = set()
     for grp in g.groups:
         layers = frozenset(
-            m.name for m in grp.producers + grp.followers
+            m.name
+            for m in grp.producers + grp.followers
             if isinstance(mods.get(m.name), (nn.Conv2d, nn.Linear)) and m.name in known
         )
         if layers:  # auxiliary heads run only in training mode; Torch-Pruning traced eval mode

@@ -109,10 +109,39 @@ class Analysis:
         self.param_vars: dict[str, dict[int, int]] = {}  # get_attr parameter -> dim -> var
         self.param_users: dict[str, set[Any]] = {}
         self.direct_params: dict[str, str] = {}  # parameter path -> node using it directly
+        self.param_roles: dict[str, str] = {}  # parameter path -> role of new entries, when known
+        self.taint: dict[fx.Node, list[Layout | None]] = {}  # ints derived from tensor sizes
+        self.consumed: set[fx.Node] = set()  # size ints a rule used as "follows growth"
         for node in gm.graph.nodes:
             self.node = node
-            self.meta[node] = self._visit(node)
+            self.consumed = set()
+            try:
+                self.meta[node] = self._visit(node)
+            except Exception as exc:  # a rule tripped on an unusual call: fail safe, never crash
+                self.meta[node] = self.unknown(f"{node.op} {node.target!r} ({type(exc).__name__}: {exc})")
+            self._check_sizes(node)
         self._finish()
+
+    def _check_sizes(self, node: fx.Node) -> None:
+        """A size read from a growing dim and then used as a plain number freezes that width."""
+        inputs = [a for a in node.all_input_nodes if a in self.taint]
+        if not inputs:
+            return
+        out = self.values.get(node)
+        if node.op == "call_function" and not self.tensors(node.args, node.kwargs) and not _is_tensor(out):
+            # int arithmetic on sizes (a rule may already have said exactly which dim it reads)
+            self.taint.setdefault(node, [lay for a in inputs for lay in self.taint[a]])
+            return
+        if node.op == "output":
+            return
+        for a in inputs:
+            if a not in self.consumed:
+                for lay in self.taint[a]:
+                    self.freeze(
+                        lay,
+                        f"the size of a growing dim, read at node '{a.name}', is used by node "
+                        f"'{node.name}' as a fixed number",
+                    )
 
     # ------------------------------------------------------------------ helpers
     def where(self) -> str:
@@ -159,10 +188,8 @@ class Analysis:
 
     def same_structure(self, a: Layout, b: Layout) -> bool:
         return len(a) == len(b) and all(
-            (x.var is None) == (y.var is None)
-            and x.inner == y.inner
-            and self.vars.seg_size(x) == self.vars.seg_size(y)
-            for x, y in zip(a, b)
+            (x.var is None) == (y.var is None) and x.inner == y.inner and self.vars.seg_size(x) == self.vars.seg_size(y)
+            for x, y in zip(a, b, strict=True)
         )
 
     def unify(self, a: Layout | None, b: Layout | None) -> Layout | None:
@@ -181,7 +208,7 @@ class Analysis:
             self.freeze(a, reason)
             self.freeze(b, reason)
             return a
-        for x, y in zip(a, b):
+        for x, y in zip(a, b, strict=True):
             if x.var is not None:
                 self.vars.union(x.var, y.var, self.where())
         return a
@@ -205,6 +232,7 @@ class Analysis:
             return arg == -1
         if isinstance(arg, fx.Node) and arg in self.size_layout and self.size_layout[arg] is not None:
             self.unify(layout, self.size_layout[arg])
+            self.consumed.add(arg)
             return True
         return False
 
@@ -266,9 +294,9 @@ class Analysis:
             default = 1 if fn is torch.nn.functional.normalize else None
             return self.softmax(self.m(node.args[0]), _arg(node, 1, "dim", default), name)
         if fn in rules.CAT_FUNCTIONS:
-            return self.cat(_arg(node, 0, "tensors"), _arg(node, 1, "dim", 0))
+            return self.cat(_arg(node, 0, "tensors"), _arg(node, 1, "dim", node.kwargs.get("axis", 0)))
         if fn in rules.STACK_FUNCTIONS:
-            return self.stack(_arg(node, 0, "tensors"), _arg(node, 1, "dim", 0))
+            return self.stack(_arg(node, 0, "tensors"), _arg(node, 1, "dim", node.kwargs.get("axis", 0)))
         if fn in rules.SPLIT_FUNCTIONS:
             default = 0
             dim_pos = 1 if fn is torch.unbind else 2
@@ -284,7 +312,7 @@ class Analysis:
         if fn in rules.PERMUTE_FUNCTIONS:
             return self.permute(self.m(node.args[0]), _arg(node, 1, "dims"))
         if fn in rules.TRANSPOSE_FUNCTIONS:
-            return self.transpose(self.m(node.args[0]), node.args[1], node.args[2])
+            return self.transpose(self.m(node.args[0]), _arg(node, 1, "dim0"), _arg(node, 2, "dim1"))
         if fn in rules.SPATIAL_FUNCTIONS:
             return self.spatial(self.m(node.args[0]), name)
         if fn in rules.PAD_FUNCTIONS:
@@ -305,6 +333,7 @@ class Analysis:
 
     def _call_method(self, node: fx.Node) -> Any:
         name = str(node.target)
+        self._note_param_users(node, name)
         self_arg = self.m(node.args[0])
         out = self.out()
         if not isinstance(self_arg, TensorMeta):
@@ -313,8 +342,10 @@ class Analysis:
             dim = _arg(node, 1, "dim")
             if dim is None:
                 self.shape_of[node] = self_arg
+                self.taint[node] = list(self_arg.dims)
             else:
                 self.size_layout[node] = self_arg.dims[_norm_dim(dim, self_arg.ndim)]
+                self.taint[node] = [self.size_layout[node]]
             return out
         if name in ("dim", "numel", "nelement", "item", "tolist", "data_ptr", "element_size"):
             return out
@@ -341,14 +372,18 @@ class Analysis:
             other = self.m(node.args[1])
             if name == "expand_as":
                 return self.elementwise([self_arg, other])
-            return self.reshape(self_arg, [-1] * other.ndim if self_arg.shape == other.shape else None, f"Tensor.{name}")
+            return self.reshape(
+                self_arg, [-1] * other.ndim if self_arg.shape == other.shape else None, f"Tensor.{name}"
+            )
         if name == "unflatten":
             return self.unflatten(self_arg, node.args[1], node.args[2])
         if name == "permute":
-            dims = node.args[1:] if len(node.args) > 2 or not isinstance(node.args[1], (tuple, list)) else node.args[1]
+            dims = node.kwargs.get("dims", node.args[1:])
+            if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
+                dims = dims[0]
             return self.permute(self_arg, dims)
         if name in ("transpose", "swapaxes", "swapdims"):
-            return self.transpose(self_arg, node.args[1], node.args[2])
+            return self.transpose(self_arg, _arg(node, 1, "dim0"), _arg(node, 2, "dim1"))
         if name in ("t", "T", "mT"):
             return self.transpose(self_arg, -2, -1) if self_arg.ndim >= 2 else self_arg
         if name == "expand":
@@ -375,6 +410,7 @@ class Analysis:
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = shape[0]
         if len(shape) == 1 and isinstance(shape[0], fx.Node) and shape[0] in self.shape_of:
+            self.consumed.add(shape[0])
             return None  # x.view(y.size()): every dim follows y
         return list(shape)
 
@@ -572,7 +608,9 @@ class Analysis:
             elif d < len(sizes) and self.adaptive(sizes[d], lay):
                 dims[d] = lay
             else:
-                self.freeze(lay, f"Tensor.expand at {self.where()} hard-codes size {shape[d]} for a dim that grows; use -1")
+                self.freeze(
+                    lay, f"Tensor.expand at {self.where()} hard-codes size {shape[d]} for a dim that grows; use -1"
+                )
         return TensorMeta(shape, tuple(dims))
 
     def repeat(self, src: TensorMeta, reps: list[Any], name: str) -> Any:
@@ -625,10 +663,10 @@ class Analysis:
         if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
             sizes = list(sizes[0])
         if len(sizes) == 1 and isinstance(sizes[0], fx.Node) and sizes[0] in self.shape_of:
+            self.consumed.add(sizes[0])
             return TensorMeta(out[1], self.shape_of[sizes[0]].dims)
-        dims = [
-            self.size_layout.get(a) if isinstance(a, fx.Node) else None for a in sizes[: len(out[1])]
-        ]
+        dims = [self.size_layout.get(a) if isinstance(a, fx.Node) else None for a in sizes[: len(out[1])]]
+        self.consumed.update(a for a in sizes if isinstance(a, fx.Node) and a in self.size_layout)
         dims += [None] * (len(out[1]) - len(dims))
         return TensorMeta(out[1], tuple(dims))
 
@@ -638,6 +676,8 @@ class Analysis:
         if isinstance(obj, fx.Node) and obj in self.shape_of and isinstance(idx, int):
             meta = self.shape_of[obj]
             self.size_layout[self.node] = meta.dims[_norm_dim(idx, meta.ndim)]
+            self.taint[self.node] = [self.size_layout[self.node]]
+            self.consumed.add(obj)
             return out
         if isinstance(src, TensorMeta):
             return self.index(src, idx)
@@ -685,6 +725,7 @@ class Analysis:
         if isinstance(src, TensorMeta):
             if attr == "shape":
                 self.shape_of[self.node] = src
+                self.taint[self.node] = list(src.dims)
                 return self.out()
             if attr in ("T", "mT"):
                 return self.transpose(src, -2, -1)
@@ -708,6 +749,7 @@ class Analysis:
         if lay is not None:
             self.not_preserving(lay, f"F.layer_norm normalises over it at {self.where()}")
             self.attr_bindings.append(AttrBinding(owner, "normalized_shape", lay, index=-1))
+            self.param_roles[f"{owner}.weight"] = ONE
         return self.elementwise(self.tensors(node.args[0], weight, _arg(node, 3, "bias")))
 
     # ------------------------------------------------------------------ modules
@@ -717,9 +759,7 @@ class Analysis:
         tname = type(mod).__name__
         src = self.m(node.args[0]) if node.args else None
         out = self.out()
-        has_state = any(True for _ in mod.parameters(recurse=False)) or any(
-            True for _ in mod.buffers(recurse=False)
-        )
+        has_state = any(True for _ in mod.parameters(recurse=False)) or any(True for _ in mod.buffers(recurse=False))
         if isinstance(mod, rules.ELEMENTWISE_MODULES) or (isinstance(mod, nn.PReLU) and mod.num_parameters == 1):
             return self.elementwise(self.tensors(node.args))
         if isinstance(mod, rules.SPATIAL_MODULES):
@@ -753,7 +793,9 @@ class Analysis:
         if isinstance(mod, nn.Embedding):
             return self._embedding(name, mod, src, out)
         if isinstance(mod, rules.BATCHNORM_MODULES):
-            return self._channel_follower(name, mod, src, out, ("weight", "bias", "running_mean", "running_var"), "num_features")
+            return self._channel_follower(
+                name, mod, src, out, ("weight", "bias", "running_mean", "running_var"), "num_features"
+            )
         if isinstance(mod, nn.PReLU):
             return self._channel_follower(name, mod, src, out, ("weight",), "num_parameters")
         if isinstance(mod, nn.GroupNorm):
@@ -815,13 +857,8 @@ class Analysis:
         if mod.groups > 1 and cin_g == cout_g and lay_in is not None:
             # Depthwise / grouped with equal in and out per group: channels pass through, and
             # growth adds whole groups at the end of each grown segment.
-            bad = [
-                s for s in lay_in
-                if self.vars.seg_size(s) % cin_g or s.inner != 1
-            ]
-            offsets_ok = all(
-                sum(self.vars.seg_size(x) for x in lay_in[:i]) % cin_g == 0 for i in range(len(lay_in))
-            )
+            bad = [s for s in lay_in if self.vars.seg_size(s) % cin_g or s.inner != 1]
+            offsets_ok = all(sum(self.vars.seg_size(x) for x in lay_in[:i]) % cin_g == 0 for i in range(len(lay_in)))
             if bad or not offsets_ok:
                 self.freeze(lay_in, f"grouped conv '{name}' (groups={mod.groups}) does not align with its input parts")
             for v in self.vars.layout_vars(lay_in):
@@ -888,12 +925,16 @@ class Analysis:
             self.attr_bindings.append(AttrBinding(name, "embedding_dim", lay_out))
         return TensorMeta(shape, src.dims + (lay_out,))
 
-    def _channel_follower(self, name: str, mod: nn.Module, src: TensorMeta, out: Any,
-                          tensors: tuple[str, ...], attr: str) -> TensorMeta:
+    def _channel_follower(
+        self, name: str, mod: nn.Module, src: TensorMeta, out: Any, tensors: tuple[str, ...], attr: str
+    ) -> TensorMeta:
         if src.ndim < 2:
             return self.unknown(f"{type(mod).__name__} '{name}' on a 1-d input")
         lay = src.dims[1]
-        again, first_out = self._shared_input(name, lay)
+        stateless = not any(True for _ in mod.parameters()) and not any(True for _ in mod.buffers())
+        again, first_out = (False, None) if stateless else self._shared_input(name, lay)
+        if stateless:
+            return TensorMeta(out[1], src.dims)  # e.g. InstanceNorm without affine: per channel
         if not again:
             self.called[name] = ([lay], None)
             if lay is not None:
@@ -948,9 +989,26 @@ class Analysis:
         return TensorMeta(out[1], src.dims)
 
     # ------------------------------------------------------------------ finish
+    def _freeze_shared_parameters(self) -> None:
+        """A Parameter owned by two modules (tied embeddings) would be grown twice: freeze it."""
+        owners: dict[int, set[str]] = {}
+        layouts: dict[int, list[Layout]] = {}
+        for b in self.tensor_bindings:
+            t = getattr(self.model.get_submodule(b.module), b.tensor, None)
+            if isinstance(t, nn.Parameter):
+                owners.setdefault(id(t), set()).add(f"{b.module}.{b.tensor}" if b.module else b.tensor)
+                layouts.setdefault(id(t), []).append(b.layout)
+        for key, names in owners.items():
+            if len(names) > 1:
+                reason = f"one Parameter is shared by {' and '.join(sorted(names))} (tied weights)"
+                for lay in layouts[key]:
+                    self.freeze(lay, reason)
+
     def _finish(self) -> None:
-        multiplicative = rules._existing(torch, "mul multiply div divide true_divide") | rules._existing(
-            operator, "mul truediv imul itruediv"
+        multiplicative = (
+            rules._existing(torch, "mul multiply div divide true_divide")
+            | rules._existing(operator, "mul truediv imul itruediv")
+            | {"mul", "mul_", "div", "div_", "multiply", "divide"}
         )
         for target, var_of in self.param_vars.items():
             owner, _, tensor = target.rpartition(".")
@@ -964,12 +1022,15 @@ class Analysis:
                 for v in var_of.values():
                     self.vars.freeze(v, reason)
                 continue
-            role = MEAN if self.param_users.get(target, set()) & multiplicative else ZERO
+            role = self.param_roles.get(target) or (
+                MEAN if self.param_users.get(target, set()) & multiplicative else ZERO
+            )
             mod = self.model.get_submodule(owner) if owner else self.model
             for d, v in var_of.items():
                 lay = (Seg(v),)
                 self.members.append(MemberRecord(target, "Parameter", "follower", lay, target))
                 self._bind(owner, mod, tensor, d, lay, role)
+        self._freeze_shared_parameters()
 
 
 def _factor(a: tuple[int, ...], b: tuple[int, ...]) -> list[tuple[list[int], list[int]]] | None:

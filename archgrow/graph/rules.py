@@ -61,31 +61,79 @@ ELEMENTWISE_METHODS: set[str] = (
     set(_UNARY_MATH.split())
     | set(_BINARY_MATH.split())
     | {
-        "relu6", "gelu", "silu", "hardswish", "hardsigmoid", "softplus", "leaky_relu", "elu",
-        "bernoulli", "zero", "fill", "uniform", "normal", "copy",
+        "relu6",
+        "gelu",
+        "silu",
+        "hardswish",
+        "hardsigmoid",
+        "softplus",
+        "leaky_relu",
+        "elu",
+        "bernoulli",
+        "zero",
+        "fill",
+        "uniform",
+        "normal",
+        "copy",
     }
 )
 # Methods returning a tensor of the receiver's shape whatever the other arguments are.
 RECEIVER_SHAPE_METHODS: set[str] = {
-    "contiguous", "clone", "detach", "float", "double", "half", "bfloat16", "to", "type", "type_as",
-    "cpu", "cuda", "requires_grad_", "zero_", "fill_", "bernoulli_", "uniform_", "normal_",
-    "copy_", "div_", "masked_fill_", "clamp_", "relu_", "sigmoid_", "tanh_", "exp_", "sqrt_",
-    "pin_memory", "share_memory_", "float_power",
+    "contiguous",
+    "clone",
+    "detach",
+    "float",
+    "double",
+    "half",
+    "bfloat16",
+    "to",
+    "type",
+    "type_as",
+    "cpu",
+    "cuda",
+    "requires_grad_",
+    "zero_",
+    "fill_",
+    "bernoulli_",
+    "uniform_",
+    "normal_",
+    "copy_",
+    "div_",
+    "masked_fill_",
+    "clamp_",
+    "relu_",
+    "sigmoid_",
+    "tanh_",
+    "exp_",
+    "sqrt_",
+    "pin_memory",
+    "share_memory_",
+    "float_power",
 }
 
 REDUCTIONS_FUNCTIONS: set = _existing(
     torch, "mean sum amax amin prod std var norm logsumexp all any nansum nanmean count_nonzero"
 )
 REDUCTION_METHODS: set[str] = {
-    "mean", "sum", "amax", "amin", "prod", "std", "var", "norm", "logsumexp", "all", "any",
-    "nansum", "nanmean", "count_nonzero",
+    "mean",
+    "sum",
+    "amax",
+    "amin",
+    "prod",
+    "std",
+    "var",
+    "norm",
+    "logsumexp",
+    "all",
+    "any",
+    "nansum",
+    "nanmean",
+    "count_nonzero",
 }
 MINMAX = _existing(torch, "max min")  # reductions with a dim, element-wise with a tensor
 
 # Ops that normalise along one dim: structure is kept, but a new channel changes the others.
-SOFTMAX_FUNCTIONS: set = _existing(torch, "softmax log_softmax") | _existing(
-    F, "softmax log_softmax softmin normalize"
-)
+SOFTMAX_FUNCTIONS: set = _existing(torch, "softmax log_softmax") | _existing(F, "softmax log_softmax softmin normalize")
 SOFTMAX_METHODS: set[str] = {"softmax", "log_softmax"}
 
 CREATION_FUNCTIONS: set = _existing(torch, "zeros ones empty full rand randn randint")
@@ -108,9 +156,7 @@ SPATIAL_FUNCTIONS: set = _existing(
     "adaptive_avg_pool2d adaptive_avg_pool3d adaptive_max_pool1d adaptive_max_pool2d "
     "adaptive_max_pool3d lp_pool1d lp_pool2d interpolate upsample upsample_nearest "
     "upsample_bilinear max_pool2d_with_indices",
-) | _existing(
-    torch, "max_pool1d max_pool2d max_pool3d avg_pool1d adaptive_avg_pool1d adaptive_max_pool1d"
-)
+) | _existing(torch, "max_pool1d max_pool2d max_pool3d avg_pool1d adaptive_avg_pool1d adaptive_max_pool1d")
 PAD_FUNCTIONS: set = _existing(F, "pad")
 
 SHUFFLE_FUNCTIONS: set = _existing(torch, "channel_shuffle pixel_shuffle pixel_unshuffle") | _existing(

@@ -115,8 +115,10 @@ def _skeleton(value: Any) -> Any:
     if isinstance(value, torch.Size):
         return tuple(int(v) for v in value)
     if isinstance(value, (tuple, list)):
-        return type(value)(_skeleton(v) for v in value) if not hasattr(value, "_fields") else tuple(
-            _skeleton(v) for v in value
+        return (
+            type(value)(_skeleton(v) for v in value)
+            if not hasattr(value, "_fields")
+            else tuple(_skeleton(v) for v in value)
         )
     if isinstance(value, dict):
         return {k: _skeleton(v) for k, v in value.items()}

@@ -14,11 +14,10 @@ from typing import Any
 
 import networkx as nx
 import torch
-import torch.fx as fx
 from torch import nn
 
 from archgrow.errors import UnknownGroupError
-from archgrow.graph.analysis import Analysis, AttrBinding, MemberRecord, TensorBinding
+from archgrow.graph.analysis import Analysis, AttrBinding, TensorBinding
 from archgrow.graph.layout import Layout, TensorMeta, WidthVars
 from archgrow.graph.trace import LeafSpec, record_shapes, symbolic_trace
 
@@ -81,8 +80,9 @@ class WidthGroup:
 class WidthGraph:
     """Traced ops as a ``networkx.DiGraph`` plus the width groups found on them."""
 
-    def __init__(self, model: nn.Module, example_inputs: tuple[Any, ...], analysis: Analysis,
-                 trace_options: dict[str, Any]):
+    def __init__(
+        self, model: nn.Module, example_inputs: tuple[Any, ...], analysis: Analysis, trace_options: dict[str, Any]
+    ):
         self.model = model
         self.example_inputs = example_inputs
         self._trace_options = trace_options
@@ -154,7 +154,9 @@ class WidthGraph:
         rows = [("group", "width", "step", "growable", "members", "note")]
         for g in self._groups:
             names = [m.name for m in g.members]
-            shown = ", ".join(names[:max_members]) + (f" (+{len(names) - max_members})" if len(names) > max_members else "")
+            shown = ", ".join(names[:max_members]) + (
+                f" (+{len(names) - max_members})" if len(names) > max_members else ""
+            )
             if not g.growable:
                 note = g.reason or ""
             elif not g.preserves_function:
@@ -165,7 +167,7 @@ class WidthGraph:
         widths = [max(len(r[i]) for r in rows) for i in range(5)]
         lines = []
         for i, r in enumerate(rows):
-            lines.append("  ".join(c.ljust(w) for c, w in zip(r[:5], widths)) + "  " + r[5])
+            lines.append("  ".join(c.ljust(w) for c, w in zip(r[:5], widths, strict=True)) + "  " + r[5])
             if i == 0:
                 lines.append("-" * (sum(widths) + 2 * 5 + 4))
         n_grow = sum(g.growable for g in self._groups)
@@ -253,7 +255,7 @@ def _slots_by_root(layout: Layout, vars_: WidthVars) -> dict[int, tuple[Slot, ..
 
 def _current_shape(meta: Any, vars_: WidthVars) -> Any:
     if isinstance(meta, TensorMeta):
-        return tuple(s if lay is None else vars_.layout_size(lay) for s, lay in zip(meta.shape, meta.dims))
+        return tuple(s if lay is None else vars_.layout_size(lay) for s, lay in zip(meta.shape, meta.dims, strict=True))
     if isinstance(meta, (tuple, list)):
         return tuple(_current_shape(m, vars_) for m in meta)
     return None

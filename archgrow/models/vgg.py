@@ -19,8 +19,15 @@ class VGG11(nn.Module):
     (algorithms.md §6.3); other input sizes give an H*W block per channel, which archgrow maps too.
     """
 
-    def __init__(self, num_classes: int = 10, *, width_mult: float = 1.0, in_channels: int = 3,
-                 activation: str = "modified_relu", input_size: int = 32):
+    def __init__(
+        self,
+        num_classes: int = 10,
+        *,
+        width_mult: float = 1.0,
+        in_channels: int = 3,
+        activation: str = "modified_relu",
+        input_size: int = 32,
+    ):
         super().__init__()
         layers: list[nn.Module] = []
         prev = in_channels

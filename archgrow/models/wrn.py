@@ -37,9 +37,17 @@ class PreActBlock(nn.Module):
 
 
 class WideResNet(nn.Module):
-    def __init__(self, depth: int = 28, widen_factor: float = 1.0, num_classes: int = 10, *,
-                 width_mult: float = 1.0, in_channels: int = 3, activation: str = "modified_relu",
-                 dropout: float = 0.0):
+    def __init__(
+        self,
+        depth: int = 28,
+        widen_factor: float = 1.0,
+        num_classes: int = 10,
+        *,
+        width_mult: float = 1.0,
+        in_channels: int = 3,
+        activation: str = "modified_relu",
+        dropout: float = 0.0,
+    ):
         super().__init__()
         if (depth - 4) % 6:
             raise ValueError(f"WideResNet depth must be 6n+4 (28, 40, ...), got {depth}")
@@ -48,9 +56,11 @@ class WideResNet(nn.Module):
         self.stem = nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False)
         stages = []
         prev = widths[0]
-        for i, (width, stride) in enumerate(zip(widths[1:], (1, 2, 2))):
-            blocks = [PreActBlock(prev if j == 0 else width, width, stride if j == 0 else 1, activation, dropout)
-                      for j in range(n)]
+        for width, stride in zip(widths[1:], (1, 2, 2), strict=True):
+            blocks = [
+                PreActBlock(prev if j == 0 else width, width, stride if j == 0 else 1, activation, dropout)
+                for j in range(n)
+            ]
             stages.append(nn.Sequential(*blocks))
             prev = width
         self.stage1, self.stage2, self.stage3 = stages

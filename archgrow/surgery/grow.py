@@ -13,6 +13,7 @@ fan-in norm of the existing units, new fan-out zero, new bias zero, norm layers 
 from __future__ import annotations
 
 from collections.abc import Mapping
+
 import torch
 from torch import nn
 
@@ -67,18 +68,14 @@ def grow(
     for steps in per_tensor.values():
         steps.sort(key=lambda be: be[0].role == FAN_IN)
 
+    _validate(graph, per_tensor, explicit_in, explicit_out)
     for (module_name, tensor_name), steps in per_tensor.items():
         module = graph.model.get_submodule(module_name)
         current = getattr(module, tensor_name)
         old_shape = current.shape
         data = current.detach()
         for b, e in steps:
-            if data.shape[b.dim] != len(e.old_pos):
-                raise GrowthError(
-                    f"'{module_name}.{tensor_name}' has size {data.shape[b.dim]} along dim {b.dim} but the "
-                    f"graph expects {len(e.old_pos)}: the model changed outside archgrow; trace it again"
-                )
-            fill = _fill(b, data, e, module_name, explicit_in, explicit_out, generator)
+            fill = _fill(b, data, e, module, module_name, explicit_in, explicit_out, generator)
             data = expand(data, e, fill)
         _assign(module, tensor_name, current, data, [e for _, e in steps], optimizer, old_shape)
 
@@ -95,6 +92,31 @@ def grow(
                 setattr(module, a.attr, tuple(value))
     graph._refresh_shapes(root)
     return g
+
+
+def _validate(
+    graph: WidthGraph,
+    per_tensor: dict[tuple[str, str], list[tuple[TensorBinding, Expansion]]],
+    explicit_in: dict[str, torch.Tensor],
+    explicit_out: dict[str, torch.Tensor],
+) -> None:
+    """Check every shape before touching anything, so a rejected request leaves the model intact."""
+    for (module_name, tensor_name), steps in per_tensor.items():
+        shape = list(getattr(graph.model.get_submodule(module_name), tensor_name).shape)
+        for b, e in steps:
+            if shape[b.dim] != len(e.old_pos):
+                raise GrowthError(
+                    f"'{module_name}.{tensor_name}' has size {shape[b.dim]} along dim {b.dim} but the "
+                    f"graph expects {len(e.old_pos)}: the model changed outside archgrow; trace it again"
+                )
+            given = {FAN_IN: explicit_in, FAN_OUT: explicit_out}.get(b.role, {}).get(module_name)
+            expected = shape[: b.dim] + [len(e.new_pos)] + shape[b.dim + 1 :]
+            if given is not None and tensor_name == "weight" and list(given.shape) != expected:
+                raise GrowthError(
+                    f"{b.role} for '{module_name}' has shape {tuple(given.shape)}, expected {tuple(expected)} "
+                    f"(its weight with dim {b.dim} replaced by the {len(e.new_pos)} new positions)"
+                )
+            shape[b.dim] = e.size
 
 
 def _by_member(value: TensorOrMap, what: str, names: list[str], g: WidthGroup) -> dict[str, torch.Tensor]:
@@ -120,6 +142,7 @@ def _fill(
     b: TensorBinding,
     data: torch.Tensor,
     e: Expansion,
+    module: nn.Module,
     module_name: str,
     explicit_in: dict[str, torch.Tensor],
     explicit_out: dict[str, torch.Tensor],
@@ -129,14 +152,12 @@ def _fill(
     shape = new_shape(data, b.dim, n)
     given = {FAN_IN: explicit_in, FAN_OUT: explicit_out}.get(b.role, {}).get(module_name)
     if given is not None and b.tensor == "weight":
-        if tuple(given.shape) != tuple(shape):
-            raise GrowthError(
-                f"{b.role} for '{module_name}' has shape {tuple(given.shape)}, expected {tuple(shape)} "
-                f"(its weight with dim {b.dim} replaced by the {n} new positions)"
-            )
         return given.detach()
     if b.role == FAN_IN:
-        return random_units(data, b.dim, n, generator)
+        units = random_units(data, b.dim, n, generator)
+        if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+            units[module.padding_idx] = 0  # the padding row stays zero (it never gets a gradient)
+        return units
     if b.role == MEAN:
         return mean_units(data, b.dim, n)
     if b.role == ONE:
@@ -169,4 +190,3 @@ def _assign(
         module._buffers[name] = data
     else:
         setattr(module, name, data)
-

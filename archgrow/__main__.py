@@ -1,0 +1,3 @@
+from archgrow.cli import main
+
+raise SystemExit(main())
