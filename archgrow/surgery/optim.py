@@ -39,6 +39,3 @@ def pad_state(
                 value = expand(value, e, value.new_zeros(new_shape(value, e.dim, len(e.new_pos))))
             state[key] = value
 
-
-def optimizer_params(optimizer: torch.optim.Optimizer) -> set[int]:
-    return {id(p) for group in optimizer.param_groups for p in group["params"]}
