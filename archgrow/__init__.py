@@ -1,20 +1,31 @@
 """archgrow: grow any PyTorch model's layers while it trains (NORTH* neurogenesis)."""
 
-from archgrow.errors import ArchgrowError, GrowthError, TraceError, UnknownGroupError
-from archgrow.graph import Member, Slot, WidthGraph, WidthGroup, trace
-from archgrow.surgery import grow
-
 __version__ = "0.1.0"
+
+from archgrow.checkpoint import load, save  # noqa: E402
+from archgrow.errors import ArchgrowError, GrowthError, SpecError, TraceError, UnknownGroupError  # noqa: E402
+from archgrow.graph import Member, Slot, WidthGraph, WidthGroup, trace  # noqa: E402
+from archgrow.grower import GrowingModel, GrowthEvent, wrap  # noqa: E402
+from archgrow.spec import Spec, load_spec  # noqa: E402
+from archgrow.surgery import grow  # noqa: E402
 
 __all__ = [
     "ArchgrowError",
+    "GrowingModel",
     "GrowthError",
+    "GrowthEvent",
     "Member",
     "Slot",
+    "Spec",
+    "SpecError",
     "TraceError",
     "UnknownGroupError",
     "WidthGraph",
     "WidthGroup",
     "grow",
+    "load",
+    "load_spec",
+    "save",
     "trace",
+    "wrap",
 ]

@@ -1,11 +1,10 @@
-"""Command line: ``archgrow groups`` prints the width groups of built-in or torchvision models.
-
-Later commands (``validate``, ``schema``, ``run``) hang off the same parser.
-"""
+"""Command line: ``archgrow groups`` (width groups of a model), ``archgrow validate`` (spec files)
+and ``archgrow schema`` (the spec's JSON Schema)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Sequence
@@ -14,8 +13,9 @@ import torch
 from torch import nn
 
 from archgrow import __version__, models
-from archgrow.errors import ArchgrowError
+from archgrow.errors import ArchgrowError, SpecError
 from archgrow.graph import trace
+from archgrow.spec import json_schema, load_spec
 
 DEFAULT_MODELS = ("wrn28", "resnet18")
 BUILTIN_INPUTS = {"mlp": (1, 64), "vgg11": (1, 3, 32, 32), "wrn28": (1, 3, 32, 32)}
@@ -59,8 +59,36 @@ def cmd_groups(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_validate(args: argparse.Namespace) -> int:
+    """One line per problem; with --model, also the problems that need the model (wrap-time)."""
+    from archgrow.grower import wrap
+
+    failed = 0
+    built = {name: build_model(name, args.width_mult) for name in args.model}
+    for path in args.files:
+        try:
+            spec = load_spec(path)
+            for name, (model, x) in built.items():
+                try:
+                    wrap(model, spec, x)
+                except SpecError as exc:
+                    raise SpecError(str(exc), [f"{p} (model {name})" for p in exc.problems]) from None
+        except SpecError as exc:
+            failed += 1
+            for line in exc.problems:
+                print(line, file=sys.stderr)
+            continue
+        print(f"{path}: ok" + (f" (bound to {', '.join(args.model)})" if args.model else ""))
+    return 1 if failed else 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    print(json.dumps(json_schema(), indent=2))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="archgrow", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="archgrow", description="Grow any PyTorch model while it trains.")
     parser.add_argument("--version", action="version", version=f"archgrow {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("groups", help="trace models and print their width groups")
@@ -68,6 +96,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--width-mult", type=float, default=0.25, help="width multiplier of built-in models")
     p.add_argument("--members", type=int, default=4, help="members listed per group")
     p.set_defaults(func=cmd_groups)
+    p = sub.add_parser("validate", help="check growth spec files (exit 1 if any is invalid)")
+    p.add_argument("files", nargs="+", help="YAML or JSON spec files")
+    p.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        help="also bind each spec to this model (built-in or torchvision name; repeatable)",
+    )
+    p.add_argument("--width-mult", type=float, default=0.25, help="width multiplier of built-in models")
+    p.set_defaults(func=cmd_validate)
+    p = sub.add_parser("schema", help="print the JSON Schema of growth spec files")
+    p.set_defaults(func=cmd_schema)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

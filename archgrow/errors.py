@@ -24,3 +24,15 @@ class UnknownGroupError(ArchgrowError, KeyError):
 
 class GrowthError(ArchgrowError):
     """A growth request that cannot be carried out (frozen group, bad k, bad tensor shape)."""
+
+
+class SpecError(ArchgrowError, ValueError):
+    """A growth spec that is invalid, alone or for the model it is bound to.
+
+    ``problems`` holds one line per problem (file, field path, what is accepted), so a CLI can
+    print them all at once instead of stopping at the first.
+    """
+
+    def __init__(self, message: str, problems: list[str] | None = None):
+        super().__init__(message)
+        self.problems = list(problems) if problems else [message]

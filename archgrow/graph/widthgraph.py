@@ -89,6 +89,10 @@ class WidthGraph:
         self._vars: WidthVars = analysis.vars
         self._tensor_bindings: list[TensorBinding] = analysis.tensor_bindings
         self._attr_bindings: list[AttrBinding] = analysis.attr_bindings
+        # The traced graph is kept for passes that read it (measurement points), never run:
+        # ints baked into it by fx can be stale after growth.
+        self._gm = analysis.gm
+        self._member_nodes = {(r.module, r.kind): r.node for r in reversed(analysis.members)}
         self._node_meta: dict[str, Any] = {}
         self.nx = nx.DiGraph()
         self._build_nx(analysis)

@@ -178,6 +178,7 @@ def _assign(
 ) -> None:
     """Swap grown data in, keeping the Parameter object (and so optimizer references) alive."""
     if isinstance(current, nn.Parameter):
+        _reset_grad_accumulator(current, data)
         current.data = data
         if current.grad is not None:
             grad = current.grad
@@ -190,3 +191,15 @@ def _assign(
         module._buffers[name] = data
     else:
         setattr(module, name, data)
+
+
+def _reset_grad_accumulator(param: nn.Parameter, data: torch.Tensor) -> None:
+    """Drop the parameter's cached gradient accumulator before its shape changes.
+
+    autograd caches a leaf's AccumulateGrad node (with the leaf's shape) while any graph that used
+    the leaf is alive, e.g. last step's ``loss``; ``.data =`` only resets that cache on a dtype or
+    device change, so a new forward would reuse the stale node and backward would fail with a
+    shape mismatch.  Assigning an empty tensor of another dtype first triggers the reset.
+    """
+    other = torch.float16 if data.dtype != torch.float16 else torch.float32
+    param.data = torch.empty(0, dtype=other, device=data.device)

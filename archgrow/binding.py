@@ -1,0 +1,62 @@
+"""A spec bound to one width group: the resolved settings and everything a trigger or initializer reads.
+
+Binding happens once, in :func:`archgrow.wrap`; model-dependent defaults (``gamma``, caps given
+as multiples, candidate counts) are resolved here so the rest of the code sees plain numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from torch import nn
+
+from archgrow.graph.widthgraph import WidthGroup
+from archgrow.measure import Measurement, Probe
+from archgrow.spec.schema import Settings
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass
+class GroupBinding:
+    """One growing group: its settings, where they came from, and its trigger's running state."""
+
+    group: WidthGroup
+    settings: Settings
+    origin: dict[str, str]  # settings field -> "rules[i]" or "defaults", for error messages
+    initial_width: int
+    max_width: int
+    producer: nn.Module  # the first producer (measured, and given the initializer's fan-in)
+    producer_name: str
+    conv_model: bool  # the model has convolutions: the paper's CNN defaults apply
+    probe: Probe | None = None
+    trigger: Any = None  # a rule object from archgrow.triggers
+    initializer: Any = None  # a rule object from archgrow.initializers
+    state: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.group.name
+
+    @property
+    def width(self) -> int:
+        return self.group.width
+
+    @property
+    def conv(self) -> bool:
+        """The group's channels are conv channels (its measured tensor has positions)."""
+        return isinstance(self.producer, nn.modules.conv._ConvNd)
+
+
+class InitContext:
+    """What an initializer may use: the seeded generator and (lazily re-measured) activations."""
+
+    def __init__(self, model: nn.Module, generator: torch.Generator, measure_fn: Any):
+        self.model = model
+        self.generator = generator
+        self._measure_fn = measure_fn
+
+    def measurement(self, binding: GroupBinding) -> Measurement:
+        return self._measure_fn(binding)

@@ -1,0 +1,114 @@
+"""MNIST read straight from the official IDX files.
+
+Parsing the IDX format here, rather than going through torchvision, keeps the data path free of
+downloads and of optional dependencies, so tests and experiments run offline from a directory of
+the original files (gzipped or not).
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+
+import torch
+
+from archgrow.data.split import DataSplit, permutation_split
+
+__all__ = ["mnist", "mnist_split"]
+
+_PREFIX = {"train": "train", "test": "t10k"}
+_IMAGES_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions
+_LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dimension
+_SIDE = 28
+
+
+def _find(root: Path, stem: str) -> Path:
+    for name in (f"{stem}.gz", stem):
+        if (root / name).is_file():
+            return root / name
+    raise FileNotFoundError(f"MNIST file {stem}.gz (or {stem}) not found in {root}")
+
+
+def _read_idx(path: Path, magic: int) -> tuple[list[int], torch.Tensor]:
+    """Return the dimensions and the flat uint8 payload, after checking the header against the file size."""
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError) as err:  # gzip.BadGzipFile is an OSError
+        raise ValueError(f"{path}: cannot be read as {'gzip' if path.suffix == '.gz' else 'IDX'} ({err})") from err
+    ndim = magic & 0xFF
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise ValueError(f"{path}: {len(raw)} bytes is shorter than the {header}-byte IDX header expected")
+    found = int.from_bytes(raw[:4], "big")
+    if found != magic:
+        raise ValueError(
+            f"{path}: IDX magic number 0x{found:08x}, expected 0x{magic:08x} (unsigned bytes, {ndim} dimension(s))"
+        )
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    size = 1
+    for d in dims:
+        size *= d
+    if len(raw) != header + size:
+        raise ValueError(
+            f"{path}: header declares dimensions {dims} ({header + size} bytes in all) but the file holds {len(raw)} bytes"
+        )
+    if size == 0:  # torch.frombuffer rejects an empty buffer
+        return dims, torch.empty(0, dtype=torch.uint8)
+    return dims, torch.frombuffer(bytearray(raw[header:]), dtype=torch.uint8)
+
+
+def mnist(
+    root: str | os.PathLike, *, split: str = "test", flatten: bool = True, limit: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Load one official MNIST split from ``root`` as ``(images, labels)``.
+
+    Pixels are scaled to [0, 1] float32 without mean/std normalisation, as the NORTH* authors' code
+    does, so results stay comparable with theirs. ``flatten`` gives ``(N, 784)`` for MLPs, otherwise
+    ``(N, 1, 28, 28)``; labels are int64. ``limit`` keeps the first ``limit`` samples, for fast tests.
+    """
+    if split not in _PREFIX:
+        raise ValueError(f"mnist(): split={split!r} is not accepted; it must be one of {sorted(_PREFIX)}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"mnist(): limit={limit!r} is not accepted; it must be None or an integer >= 1")
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"MNIST directory {root} does not exist")
+    prefix = _PREFIX[split]
+    images_path = _find(root, f"{prefix}-images-idx3-ubyte")
+    labels_path = _find(root, f"{prefix}-labels-idx1-ubyte")
+
+    dims, pixels = _read_idx(images_path, _IMAGES_MAGIC)
+    if dims[1:] != [_SIDE, _SIDE]:
+        raise ValueError(f"{images_path}: images are {dims[1]}x{dims[2]}, expected {_SIDE}x{_SIDE}")
+    (n_labels,), labels = _read_idx(labels_path, _LABELS_MAGIC)
+    if n_labels != dims[0]:
+        raise ValueError(f"{labels_path}: {n_labels} labels but {images_path} holds {dims[0]} images")
+    if n_labels and int(labels.max()) > 9:
+        raise ValueError(f"{labels_path}: label {int(labels.max())} found, expected digits 0..9")
+
+    n = dims[0] if limit is None else min(limit, dims[0])
+    x = pixels[: n * _SIDE * _SIDE].to(torch.float32).div_(255.0)
+    x = x.reshape(n, _SIDE * _SIDE) if flatten else x.reshape(n, 1, _SIDE, _SIDE)
+    return x, labels[:n].long()
+
+
+def mnist_split(
+    root: str | os.PathLike, *, test_frac: float = 0.2, seed: int = 0, limit: int | None = None
+) -> DataSplit:
+    """Split one MNIST split into train and test halves with a seeded permutation (flattened images).
+
+    The official train split is used when its files are in ``root``, otherwise the official test
+    split. With only the test split available (as in the offline environment), both halves come from
+    those 10,000 test images, so results are not comparable to numbers on the official test set; the
+    split's name records which source was used. ``limit`` is applied before shuffling.
+    """
+    root = Path(root)
+    has_train = all(
+        (root / f"train-{kind}.gz").is_file() or (root / f"train-{kind}").is_file()
+        for kind in ("images-idx3-ubyte", "labels-idx1-ubyte")
+    )
+    source = "train" if has_train else "test"
+    x, y = mnist(root, split=source, flatten=True, limit=limit)
+    name = f"mnist({source} split, {len(y)} samples, test_frac={test_frac}, seed={seed})"
+    return permutation_split(x, y, test_frac=test_frac, seed=seed, name=name)

@@ -1,0 +1,403 @@
+"""``archgrow.wrap``: a model that grows after each optimizer step, as a spec says (Algorithm 1).
+
+Per ``grow_step`` call: find the groups whose trigger is due, measure activations once for all of
+them (one forward over the input buffer, see :mod:`archgrow.measure`), ask each trigger how many
+units to add, cap at ``max_width`` and round down to the group's step, then grow the groups in
+graph order.  Growth is function-preserving for every NORTH* initializer, so later groups'
+triggers reuse the same measurement; initializers that need activations re-measure if an earlier
+group grew in the same call (their layer input changed size).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from archgrow.binding import GroupBinding, InitContext
+from archgrow.errors import ArchgrowError, SpecError
+from archgrow.graph.widthgraph import WidthGraph, trace
+from archgrow.initializers import INITIALIZERS
+from archgrow.measure import InputBuffer, Measurement, ProbeError, build_probe, measure, measuring, supports_candidates
+from archgrow.spec.io import SpecLike, as_spec
+from archgrow.spec.schema import INITIALIZER_KINDS, TRIGGER_KINDS, Settings, Spec, resolve_width
+from archgrow.surgery.grow import grow
+from archgrow.triggers import TRIGGERS
+
+
+@dataclass(frozen=True)
+class GrowthEvent:
+    """One growth of one group.  ``trigger_seconds`` includes the group's share of the measurement."""
+
+    step: int
+    group: str
+    old_width: int
+    new_width: int
+    trigger: str
+    score: float
+    threshold: float
+    initializer: str
+    trigger_seconds: float
+    initializer_seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class GrowingModel(nn.Module):
+    """Runs the wrapped model; call :meth:`grow_step` after each ``optimizer.step()``."""
+
+    def __init__(self, model: nn.Module, spec: SpecLike, example_inputs: Any = None, *, measure_chunk: int = 512):
+        super().__init__()
+        self.model = model
+        self.spec: Spec = as_spec(spec)
+        self.history: list[GrowthEvent] = []
+        self.steps = 0
+        self.measure_chunk = measure_chunk
+        self.timings = {"measure": 0.0, "trigger": 0.0, "initializer": 0.0, "grow": 0.0}
+        self._generator = torch.Generator().manual_seed(self.spec.seed)
+        self._graph: WidthGraph | None = None
+        self._bindings: list[GroupBinding] = []
+        self._buffer: InputBuffer | None = None
+        self._started = False
+        self._warned: set[str] = set()
+        if example_inputs is not None:
+            self._bind(_as_tuple(example_inputs))
+
+    # ------------------------------------------------------------------ public
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if self._graph is None:
+            self._bind(tuple(a[:1] if isinstance(a, torch.Tensor) else a for a in args))
+        if self.training and self._buffer is not None:
+            self.observe(*args)
+        return self.model(*args, **kwargs)
+
+    def observe(self, *inputs: torch.Tensor) -> None:
+        """Add raw inputs to the activation buffer (done by ``forward`` in training mode).
+
+        The first observation also sets the activation triggers' baselines (phi of the network
+        before any update).
+        """
+        if self._buffer is None:
+            return
+        tensors = [a for a in inputs if isinstance(a, torch.Tensor)]
+        if len(tensors) != len(inputs):
+            raise ArchgrowError("the activation buffer keeps tensor inputs only; pass tensors positionally")
+        self._buffer.push(tensors)
+        if not self._started:
+            self._start()
+
+    def grow_step(self, optimizer: torch.optim.Optimizer | None = None) -> list[GrowthEvent]:
+        """Evaluate the due triggers and grow; pass the optimizer so its state is padded in place."""
+        if self._graph is None:
+            raise ArchgrowError("the model has not been traced yet: pass example_inputs to wrap() or call it once")
+        self.steps += 1
+        due = [
+            b
+            for b in self._bindings
+            if not b.settings.frozen and self.steps % b.settings.every_n_steps == 0 and b.settings.trigger.kind != "static"
+        ]
+        if not due:
+            return []
+        if not self._started:
+            self._start()
+        measured = [b for b in due if b.trigger.needs_activations]
+        measurements: dict[str, Measurement] = {}
+        share = 0.0
+        if measured:
+            t0 = time.perf_counter()
+            measurements = self._measure(measured)
+            spent = time.perf_counter() - t0
+            self.timings["measure"] += spent
+            share = spent / len(measured)
+        decisions = []
+        for b in due:
+            t0 = time.perf_counter()
+            d = b.trigger.evaluate(b, self.steps, measurements.get(b.name))
+            seconds = time.perf_counter() - t0
+            self.timings["trigger"] += seconds
+            decisions.append((b, d, seconds + (share if b.trigger.needs_activations else 0.0)))
+        cache = {name: (m, 0) for name, m in measurements.items()}
+        generation = 0
+
+        def measurement_for(b: GroupBinding) -> Measurement:
+            hit = cache.get(b.name)
+            if hit is not None and hit[1] == generation:
+                return hit[0]
+            m = self._measure([b])[b.name]
+            cache[b.name] = (m, generation)
+            return m
+
+        ctx = InitContext(self.model, self._generator, measurement_for)
+        events = []
+        for b, d, trigger_seconds in decisions:
+            cap = b.max_width
+            if b.settings.trigger.kind in ("linear_schedule", "batched_schedule"):
+                cap = min(cap, b.trigger.final)
+            old = b.width
+            k = min(d.add, cap - old)
+            k -= k % b.group.step
+            if k <= 0:
+                continue
+            t0 = time.perf_counter()
+            fan_in = b.initializer.fan_in(b, k, ctx)
+            t1 = time.perf_counter()
+            grow(
+                self._graph,
+                b.group,
+                k,
+                fan_in={b.producer_name: fan_in} if fan_in is not None else None,
+                optimizer=optimizer,
+                generator=self._generator,
+            )
+            t2 = time.perf_counter()
+            generation += 1
+            self.timings["initializer"] += t1 - t0
+            self.timings["grow"] += t2 - t1
+            event = GrowthEvent(
+                step=self.steps,
+                group=b.name,
+                old_width=old,
+                new_width=b.width,
+                trigger=b.settings.trigger.kind,
+                score=float(d.score),
+                threshold=float(d.threshold),
+                initializer=b.settings.initializer.kind,
+                trigger_seconds=trigger_seconds,
+                initializer_seconds=t2 - t0,
+            )
+            events.append(event)
+        self.history.extend(events)
+        return events
+
+    @property
+    def graph(self) -> WidthGraph:
+        if self._graph is None:
+            raise ArchgrowError("the model has not been traced yet: pass example_inputs to wrap() or call it once")
+        return self._graph
+
+    def widths(self) -> dict[str, int]:
+        """Current width of every group (growing or not)."""
+        return self.graph.widths()
+
+    @property
+    def growing(self) -> dict[str, GroupBinding]:
+        """The groups the spec makes grow, by name."""
+        return {b.name: b for b in self._bindings}
+
+    # ------------------------------------------------------------------ binding
+    def _bind(self, example_inputs: tuple[Any, ...]) -> None:
+        graph = trace(self.model, example_inputs)
+        bindings = bind(self.spec, graph)
+        capacity = 0
+        for b in bindings:
+            if b.trigger.needs_activations or b.initializer.needs_activations:
+                size = getattr(b.settings.trigger, "buffer_size", None)
+                capacity = max(capacity, size or 2 * b.max_width)
+        self._graph = graph
+        self._bindings = bindings
+        self._buffer = InputBuffer(capacity) if capacity else None
+
+    def _start(self) -> None:
+        """Baselines from the network before training (phi(f_0) for activation triggers)."""
+        measured = [b for b in self._bindings if b.trigger.needs_activations]
+        measurements = self._measure(measured) if measured else {}
+        for b in self._bindings:
+            b.trigger.start(b, measurements.get(b.name))
+        self._started = True
+
+    def _measure(self, bindings: Sequence[GroupBinding]) -> dict[str, Measurement]:
+        if self._buffer is None or self._buffer.size == 0:
+            raise ArchgrowError(
+                f"group '{bindings[0].name}' needs activations but no input has been observed: call the wrapped "
+                "model in training mode (grown.train(); grown(x)) or grown.observe(x) before grow_step"
+            )
+        inputs = self._buffer.tensors()
+        with measuring(self.model):
+            out = measure(self.model, [b.probe for b in bindings], inputs, chunk=self.measure_chunk)
+        for b in bindings:
+            rows = out[b.name].h.numel() // max(1, out[b.name].h.shape[b.probe.channel_dim])
+            if rows <= b.width and b.name not in self._warned:
+                self._warned.add(b.name)
+                warnings.warn(
+                    f"group '{b.name}': measured on {rows} rows for width {b.width}; the effective dimension "
+                    f"cannot exceed {rows}, which caps growth (raise buffer_size)",
+                    stacklevel=3,
+                )
+        return out
+
+    # ------------------------------------------------------------------ checkpoint support
+    def grower_state(self) -> dict[str, Any]:
+        return {
+            "steps": self.steps,
+            "history": [e.to_dict() for e in self.history],
+            "states": {b.name: dict(b.state) for b in self._bindings},
+            "started": self._started,
+            "generator": self._generator.get_state(),
+            "buffer": self._buffer.state_dict() if self._buffer is not None else None,
+            "timings": dict(self.timings),
+        }
+
+    def load_grower_state(self, state: dict[str, Any]) -> None:
+        self.steps = state["steps"]
+        self.history = [GrowthEvent(**e) for e in state["history"]]
+        for b in self._bindings:
+            b.state = dict(state["states"].get(b.name, {}))
+        self._started = state["started"]
+        self._generator.set_state(state["generator"])
+        if self._buffer is not None and state["buffer"] is not None:
+            self._buffer.load_state_dict(state["buffer"])
+        self.timings = dict(state["timings"])
+
+
+def wrap(model: nn.Module, spec: SpecLike, example_inputs: Any = None) -> GrowingModel:
+    """Wrap ``model`` so it grows as ``spec`` (a :class:`Spec`, a dict or a YAML/JSON path) says.
+
+    ``example_inputs`` (one tensor or a tuple, batch of one is enough) traces the model now, so
+    spec errors that need the model surface here; without it the first forward call traces.
+    """
+    return GrowingModel(model, spec, example_inputs)
+
+
+# --------------------------------------------------------------------------- spec x graph
+def bind(spec: Spec, graph: WidthGraph) -> list[GroupBinding]:
+    """Resolve the spec for every group; every model-dependent problem is reported at once."""
+    problems: list[str] = []
+    src = spec.source
+    names = [g.name for g in graph.groups]
+    growable = [g.name for g in graph.groups if g.growable]
+    listing = ", ".join(f"{g.name} ({g.width})" for g in graph.groups if g.growable) or "(none)"
+    conv = {g.name: _is_conv(graph, g) for g in graph.groups}
+    for i, rule in enumerate(spec.rules):
+        hits = [n for n in names if rule.selects(n, conv[n])]
+        if not hits:
+            what = f"'{rule.match}'" + (f" with layers: {rule.layers}" if rule.layers != "any" else "")
+            problems.append(f"{src}: rules[{i}].match: {what} selects no width group; growable groups: {listing}")
+            continue
+        if rule.frozen:
+            continue
+        if not rule.is_pattern and rule.match not in growable:
+            problems.append(
+                f"{src}: rules[{i}].match: group '{rule.match}' cannot grow: {graph.group(rule.match).reason}; "
+                f"growable groups: {listing}"
+            )
+        elif not any(n in growable for n in hits):
+            warnings.warn(f"{src}: rules[{i}] ('{rule.match}') selects only frozen groups: {', '.join(hits)}", stacklevel=3)
+    has_conv = any(isinstance(m, nn.modules.conv._ConvNd) for m in graph.model.modules())
+    bindings = []
+    for g in graph.groups:
+        if not g.growable:
+            continue
+        settings, matched = spec.settings_for(g.name, conv[g.name])
+        if not matched or settings.frozen:
+            continue
+        origin = _origins(spec, matched)
+        try:
+            b = _bind_group(g, settings, origin, graph, has_conv, src)
+        except SpecError as exc:
+            problems.extend(exc.problems)
+            continue
+        bindings.append(b)
+    if problems:
+        raise SpecError("\n".join(problems), problems=problems)
+    return bindings
+
+
+def _origins(spec: Spec, matched: list[int]) -> dict[str, str]:
+    origin = {name: "defaults" for name in Settings.model_fields}
+    for i in matched:
+        for name in Settings.model_fields:
+            if getattr(spec.rules[i], name) is not None:
+                origin[name] = f"rules[{i}]"
+    return origin
+
+
+def _bind_group(g, settings: Settings, origin: dict[str, str], graph: WidthGraph, has_conv: bool, src: str) -> GroupBinding:
+    where = lambda field: f"{src}: {origin[field]}.{field}"  # noqa: E731
+    producer_name = g.producers[0].name
+    try:
+        producer = graph.model.get_submodule(producer_name)
+    except AttributeError:
+        producer = None
+    width = g.width
+    max_width = resolve_width(settings.max_width, width)
+    problems = []
+    if max_width < width:
+        problems.append(
+            f"{where('max_width')}: {settings.max_width!r} gives {max_width}, below group '{g.name}''s current "
+            f"width {width}"
+        )
+    tkind, ikind = settings.trigger.kind, settings.initializer.kind
+    if tkind not in TRIGGERS:
+        problems.append(
+            f"{where('trigger')}: kind '{tkind}' is not implemented yet in this version; available: "
+            f"{', '.join(k for k in TRIGGER_KINDS if k in TRIGGERS)}"
+        )
+    if ikind not in INITIALIZERS:
+        problems.append(
+            f"{where('initializer')}: kind '{ikind}' is not implemented yet in this version; available: "
+            f"{', '.join(k for k in INITIALIZER_KINDS if k in INITIALIZERS)}"
+        )
+    if problems:
+        raise SpecError("\n".join(problems), problems=problems)
+    b = GroupBinding(
+        group=g,
+        settings=settings,
+        origin=origin,
+        initial_width=width,
+        max_width=max_width,
+        producer=producer,
+        producer_name=producer_name,
+        conv_model=has_conv,
+    )
+    needs_probe = tkind == "activation" or ikind in ("select", "preactivation")
+    if needs_probe:
+        try:
+            b.probe = build_probe(graph, g)
+        except ProbeError as exc:
+            field = "trigger" if tkind == "activation" else "initializer"
+            problems.append(f"{where(field)}: group '{g.name}' cannot be measured: {exc}")
+    module_type = type(producer).__name__
+    if ikind in ("select", "preactivation", "weight") and (producer is None or not supports_candidates(producer)):
+        problems.append(
+            f"{where('initializer')}: '{ikind}' needs the group's first producer to be nn.Linear or an "
+            f"nn.ConvNd with groups=1; group '{g.name}' starts with '{producer_name}' ({module_type}); use 'random'"
+        )
+    elif ikind == "preactivation" and not isinstance(producer, nn.Linear):
+        problems.append(
+            f"{where('initializer')}: 'preactivation' is for dense groups (eq. 7); group '{g.name}' is produced "
+            f"by '{producer_name}' ({module_type}); use 'select', 'weight' or 'random'"
+        )
+    if tkind == "weight" and (producer is None or not supports_candidates(producer)):
+        problems.append(
+            f"{where('trigger')}: 'weight' needs the group's first producer to be nn.Linear or an nn.ConvNd "
+            f"with groups=1; group '{g.name}' starts with '{producer_name}' ({module_type})"
+        )
+    if tkind in ("linear_schedule", "batched_schedule"):
+        final = resolve_width(settings.trigger.final_width, width)
+        if final < width:
+            problems.append(
+                f"{where('trigger')}.final_width: {final} is below group '{g.name}''s current width {width}"
+            )
+    if problems:
+        raise SpecError("\n".join(problems), problems=problems)
+    b.trigger = TRIGGERS[tkind](settings.trigger, b)
+    b.initializer = INITIALIZERS[ikind](settings.initializer, b)
+    return b
+
+
+def _is_conv(graph: WidthGraph, g) -> bool:
+    try:
+        return isinstance(graph.model.get_submodule(g.producers[0].name), nn.modules.conv._ConvNd)
+    except AttributeError:
+        return False
+
+
+def _as_tuple(x: Any) -> tuple[Any, ...]:
+    return (x,) if isinstance(x, torch.Tensor) else tuple(x)
+

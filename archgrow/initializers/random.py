@@ -1,0 +1,13 @@
+"""NORTH-Random (§5.1): archgrow's default fan-in (Xavier-uniform at the mean fan-in norm)."""
+
+from __future__ import annotations
+
+import torch
+
+from archgrow.binding import GroupBinding, InitContext
+from archgrow.initializers.base import InitRule
+
+
+class RandomRule(InitRule):
+    def fan_in(self, binding: GroupBinding, k: int, ctx: InitContext) -> torch.Tensor | None:
+        return None  # grow() draws it with the grower's generator

@@ -1,0 +1,300 @@
+"""Where and how a group's activations are measured.
+
+A trigger or initializer that looks at activations needs, for a group, the tensor that feeds the
+next layer (post-activation, post-pool: the paper's recording point, §9.20).  archgrow finds it
+on the traced graph, starting at the group's first producer and walking forward through ops
+that keep the group's channels where they are (activations, norm layers, pooling, dropout),
+stopping before a consumer, a fork, a merge or a reshape.  That walk is a *probe*.
+
+Residual groups (several producers tied by adds) are measured on their first producer's output,
+as the paper measures the first conv of each WRN group.  Unlike the paper, residual additions
+stay on: archgrow cannot switch off skips in an arbitrary model.
+
+Measurement runs the real model (never a GraphModule, which fx may have baked stale sizes into)
+in eval mode, without autograd and with the RNG forked, on a FIFO buffer of raw training inputs.
+Forward hooks capture each probed producer's input and output on its first call; the rest of the
+probe is replayed from the traced nodes on the live modules.  The forward stops as soon as every
+probe has its capture.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import operator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+from archgrow.graph.layout import TensorMeta
+from archgrow.graph.rules import function_name
+from archgrow.graph.widthgraph import WidthGraph, WidthGroup
+
+_IDENTITY_IN_EVAL = {
+    "dropout",
+    "dropout1d",
+    "dropout2d",
+    "dropout3d",
+    "alpha_dropout",
+    "feature_alpha_dropout",
+    "stochastic_depth",
+}
+
+
+class ProbeError(Exception):
+    """The group cannot be measured; the message says why (used in wrap-time errors)."""
+
+
+@dataclass(frozen=True)
+class Probe:
+    """How to obtain a group's activations: hook ``producer``, then replay ``chain``."""
+
+    group: str
+    producer: str
+    channel_dim: int
+    ndim: int
+    chain: tuple[fx.Node, ...]
+
+    @property
+    def dense(self) -> bool:
+        """True when the measured tensor is ``(samples, channels)``."""
+        return self.ndim == 2
+
+    @property
+    def point(self) -> str:
+        """The traced node whose value is measured (for docs and reports)."""
+        return self.chain[-1].name if self.chain else self.producer
+
+
+@dataclass
+class Measurement:
+    """A probe's values on the buffer: producer input ``x``, producer output ``z``, measured ``h``."""
+
+    x: torch.Tensor
+    z: torch.Tensor
+    h: torch.Tensor
+
+
+def build_probe(graph: WidthGraph, group: WidthGroup) -> Probe:
+    """Find the measurement point of ``group`` (see the module docstring)."""
+    first = group.producers[0]
+    node_name = graph._member_nodes.get((first.name, "producer"))
+    nodes = {n.name: n for n in graph._gm.graph.nodes}
+    node = nodes.get(node_name) if node_name else None
+    if node is None or node.op != "call_module":
+        raise ProbeError(
+            f"its first producer '{first.name}' is a parameter used directly in a forward, not a module "
+            "call, so its output cannot be hooked"
+        )
+    meta = graph._node_meta.get(node.name)
+    if not isinstance(meta, TensorMeta):
+        raise ProbeError(f"its first producer '{first.name}' does not return a single tensor")
+    cd = _channel_dim(graph, group, meta)
+    if cd is None:
+        raise ProbeError(f"the output of '{first.name}' has no dimension made of the group's channels alone")
+    chain: list[fx.Node] = []
+    if len(group.producers) == 1:
+        consumers = {m.name for m in group.consumers}
+        followers = {m.name for m in group.followers}
+        cur = node
+        while True:
+            users = list(cur.users)
+            if len(users) != 1:
+                break
+            u = users[0]
+            if u.op not in ("call_module", "call_function", "call_method") or not u.args or u.args[0] is not cur:
+                break
+            if u.op == "call_module":
+                mod = graph._gm.get_submodule(str(u.target))
+                has_params = any(True for _ in mod.parameters(recurse=False))
+                if str(u.target) in consumers or (has_params and str(u.target) not in followers):
+                    break
+            if any(a is not cur and a.op != "get_attr" for a in u.all_input_nodes):
+                break
+            m = graph._node_meta.get(u.name)
+            if not isinstance(m, TensorMeta) or m.ndim != meta.ndim or not _is_channels(graph, group, m, cd):
+                break
+            chain.append(u)
+            cur = u
+    return Probe(group.name, first.name, cd, meta.ndim, tuple(chain))
+
+
+def _is_channels(graph: WidthGraph, group: WidthGroup, meta: TensorMeta, dim: int) -> bool:
+    lay = meta.dims[dim]
+    if lay is None or len(lay) != 1:
+        return False
+    seg = lay[0]
+    return seg.var is not None and graph._vars.find(seg.var) == group._root and seg.inner == 1
+
+
+def _channel_dim(graph: WidthGraph, group: WidthGroup, meta: TensorMeta) -> int | None:
+    found = [d for d in range(meta.ndim) if _is_channels(graph, group, meta, d)]
+    return found[0] if len(found) == 1 else None
+
+
+# --------------------------------------------------------------------------- running probes
+@contextlib.contextmanager
+def measuring(model: nn.Module) -> Iterator[None]:
+    """Eval mode, no autograd, forked RNG; every module's own training flag restored after."""
+    saved = [(m, m.training) for m in model.modules()]
+    devices = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+    try:
+        for m, _ in saved:
+            m.training = False
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
+            yield
+    finally:
+        for m, flag in saved:
+            m.training = flag
+
+
+class _Done(Exception):
+    pass
+
+
+def measure(
+    model: nn.Module, probes: Sequence[Probe], inputs: Sequence[torch.Tensor], *, chunk: int = 512
+) -> dict[str, Measurement]:
+    """Run ``model`` on ``inputs`` (chunked along the batch) and return each probe's values.
+
+    Call inside :func:`measuring`.
+    """
+    producers = sorted({p.producer for p in probes})
+    captured: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {name: [] for name in producers}
+    seen: set[str] = set()
+
+    def hook(name: str):
+        def fn(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+            if name in seen:
+                return
+            seen.add(name)
+            captured[name].append((args[0].detach() if args else None, output.detach()))
+            if len(seen) == len(producers):
+                raise _Done
+
+        return fn
+
+    handles = [model.get_submodule(name).register_forward_hook(hook(name)) for name in producers]
+    try:
+        n = inputs[0].shape[0]
+        for start in range(0, n, chunk):
+            seen.clear()
+            try:
+                model(*(t[start : start + chunk] for t in inputs))
+            except _Done:
+                pass
+            missing = [p for p in producers if p not in seen]
+            if missing:
+                raise RuntimeError(f"the forward pass never called {', '.join(missing)}; cannot measure it")
+    finally:
+        for h in handles:
+            h.remove()
+    out = {}
+    for p in probes:
+        xs, zs = zip(*captured[p.producer], strict=True)
+        x = torch.cat(xs) if xs[0] is not None else None
+        z = torch.cat(zs)
+        out[p.group] = Measurement(x, z, replay(model, p, z))
+    return out
+
+
+def replay(model: nn.Module, probe: Probe, z: torch.Tensor, *, candidates: bool = False) -> torch.Tensor:
+    """Apply the probe's chain to a producer output ``z``.
+
+    With ``candidates``, ``z`` holds only new channels: modules with parameters (norm layers,
+    per-channel affine) act as the identity, which is what a new channel's reset state does
+    (weight 1, bias 0, running mean 0, running variance 1, up to ``1/sqrt(1 + eps)``).
+    """
+    if not probe.chain:
+        return z
+    env: dict[fx.Node, Any] = {probe.chain[0].args[0]: z}
+
+    def value(n: fx.Node) -> Any:
+        if n in env:
+            return env[n]
+        if n.op == "get_attr":
+            return operator.attrgetter(str(n.target))(model)
+        raise RuntimeError(f"probe of '{probe.group}' reads node '{n.name}' outside its chain")
+
+    out = z
+    for node in probe.chain:
+        args = fx.node.map_arg(node.args, value)
+        kwargs = fx.node.map_arg(node.kwargs, value)
+        if node.op == "call_module":
+            mod = model.get_submodule(str(node.target))
+            if candidates and any(True for _ in mod.parameters(recurse=False)):
+                out = args[0]
+            else:
+                out = mod(*args, **kwargs)
+        elif node.op == "call_function":
+            out = args[0] if function_name(node.target) in _IDENTITY_IN_EVAL else node.target(*args, **kwargs)
+        else:
+            out = getattr(args[0], str(node.target))(*args[1:], **kwargs)
+        env[node] = out
+    return out
+
+
+def producer_forward(module: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The producer's output for other output units (``weight``), without bias."""
+    if isinstance(module, nn.Linear):
+        return F.linear(x, weight)
+    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        return module._conv_forward(x, weight, None)
+    raise TypeError(f"no candidate forward for {type(module).__name__}")
+
+
+def supports_candidates(module: nn.Module) -> bool:
+    """Initializers that score candidates need a producer whose units are independent filters."""
+    if isinstance(module, nn.Linear):
+        return True
+    return isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and module.groups == 1
+
+
+# --------------------------------------------------------------------------- input buffer
+class InputBuffer:
+    """A FIFO of raw inputs, newest first, holding at most ``capacity`` samples (paper §2).
+
+    Stores detached copies, so the training graph is never retained and memory is bounded.
+    """
+
+    def __init__(self, capacity: int):
+        if capacity < 1:
+            raise ValueError(f"buffer capacity must be positive, got {capacity}")
+        self.capacity = capacity
+        self._chunks: list[tuple[torch.Tensor, ...]] = []
+        self.size = 0
+
+    def push(self, inputs: Sequence[torch.Tensor]) -> None:
+        batch = tuple(t.detach()[: self.capacity].clone() for t in inputs)
+        n = batch[0].shape[0]
+        if any(t.shape[0] != n for t in batch):
+            raise ValueError("all buffered inputs must share the batch dimension")
+        self._chunks.insert(0, batch)
+        self.size += n
+        while self.size > self.capacity:
+            last = self._chunks[-1]
+            excess = self.size - self.capacity
+            if last[0].shape[0] <= excess:
+                self._chunks.pop()
+                self.size -= last[0].shape[0]
+            else:
+                self._chunks[-1] = tuple(t[: t.shape[0] - excess] for t in last)
+                self.size -= excess
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        if not self._chunks:
+            return ()
+        return tuple(torch.cat(parts) for parts in zip(*self._chunks, strict=True))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"capacity": self.capacity, "inputs": list(self.tensors())}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.capacity = state["capacity"]
+        inputs = tuple(state["inputs"])
+        self._chunks = [inputs] if inputs else []
+        self.size = inputs[0].shape[0] if inputs else 0

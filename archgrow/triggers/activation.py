@@ -1,0 +1,48 @@
+"""T_act (eq. 3) with the running maximum of eq. 10.
+
+Baseline ``base = gamma * s_0 / M_0`` from the first batch the wrapped model sees (before the
+first update).  Each evaluation: ``s = count(activations)`` and add ``s - floor(base * M)`` units
+when positive (eq. 3 with ``max`` for the paper's ``min`` typo, code rounding by default).  With
+``running_max`` the baseline becomes ``max(base, gamma * s / M)`` *after* the threshold is used,
+as the authors' code does on every layer of CNN runs, for T_act and T_weight alike.
+"""
+
+from __future__ import annotations
+
+from archgrow.binding import GroupBinding
+from archgrow.measure import Measurement
+from archgrow.metrics import as_matrix, effective_dim_count, gap_count, per_sample
+from archgrow.spec.schema import ActivationTrigger
+from archgrow.triggers.base import Decision, TriggerRule, grow_count
+
+
+class ActivationRule(TriggerRule):
+    needs_activations = True
+
+    def __init__(self, config: ActivationTrigger, binding: GroupBinding):
+        super().__init__(config, binding)
+        self.gamma = config.gamma if config.gamma is not None else (0.9 if binding.conv_model else 0.97)
+        self.running_max = config.running_max if config.running_max is not None else binding.conv_model
+        self.epsilon = config.epsilon
+        self.metric = config.metric
+        self.rounding = config.rounding
+        dense = binding.probe is not None and binding.probe.dense
+        self.scale = config.scale if config.scale != "auto" else ("samples" if dense else "channels")
+
+    def count(self, binding: GroupBinding, m: Measurement) -> int:
+        if self.metric == "orthogonality_gap":
+            return gap_count(per_sample(m.h), binding.width)
+        return effective_dim_count(as_matrix(m.h, binding.probe.channel_dim), epsilon=self.epsilon, scale=self.scale)
+
+    def start(self, binding: GroupBinding, measurement: Measurement | None) -> None:
+        if measurement is not None:
+            binding.state["base"] = self.gamma * self.count(binding, measurement) / binding.width
+
+    def evaluate(self, binding: GroupBinding, step: int, measurement: Measurement | None) -> Decision:
+        width = binding.width
+        score = self.count(binding, measurement)
+        base = binding.state["base"]
+        add, threshold = grow_count(score, base, width, self.rounding)
+        if self.running_max:
+            binding.state["base"] = max(base, self.gamma * score / width)
+        return Decision(add, score, threshold)

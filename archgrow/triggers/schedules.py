@@ -1,0 +1,51 @@
+"""Fixed schedules (paper B.1.2) and the static baseline.
+
+Progress ``p = step / (total_steps * grow_fraction)`` (capped at 1), counted in ``grow_step``
+calls.  Linear: grow by one unit (one step of the group) whenever the width is below the ramp
+``initial + (final - initial) * p``; so it tracks the ramp and never adds more than one unit per
+call.  Batched: ``stages`` equal batches of ``floor((final - initial) / stages)`` units, the
+``j``-th once ``p >= j / stages``.
+"""
+
+from __future__ import annotations
+
+import math
+
+from archgrow.binding import GroupBinding
+from archgrow.measure import Measurement
+from archgrow.spec.schema import BatchedSchedule, LinearSchedule, resolve_width
+from archgrow.triggers.base import Decision, TriggerRule
+
+
+class _ScheduleRule(TriggerRule):
+    def __init__(self, config: LinearSchedule | BatchedSchedule, binding: GroupBinding):
+        super().__init__(config, binding)
+        self.initial = config.initial_width if config.initial_width is not None else binding.initial_width
+        self.final = resolve_width(config.final_width, binding.initial_width)
+
+    def progress(self, step: int) -> float:
+        return min(1.0, step / (self.config.total_steps * self.config.grow_fraction))
+
+
+class LinearRule(_ScheduleRule):
+    def evaluate(self, binding: GroupBinding, step: int, measurement: Measurement | None) -> Decision:
+        width = binding.width
+        target = self.initial + (self.final - self.initial) * self.progress(step)
+        add = binding.group.step if width < target and width < self.final else 0
+        return Decision(add, width, target)
+
+
+class BatchedRule(_ScheduleRule):
+    def evaluate(self, binding: GroupBinding, step: int, measurement: Measurement | None) -> Decision:
+        width = binding.width
+        stages = self.config.stages
+        span = self.final - self.initial
+        batch = span // stages
+        stage = self.initial + math.floor(math.floor(stages * self.progress(step) + 1e-9) * span / stages)
+        add = batch if batch > 0 and width < stage and width + batch <= self.final else 0
+        return Decision(add, width, stage)
+
+
+class StaticRule(TriggerRule):
+    def evaluate(self, binding: GroupBinding, step: int, measurement: Measurement | None) -> Decision:
+        return Decision(0, binding.width, binding.width)
