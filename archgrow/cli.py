@@ -4,6 +4,7 @@ and ``archgrow schema`` (the spec's JSON Schema)."""
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import time
@@ -66,16 +67,20 @@ def cmd_validate(args: argparse.Namespace) -> int:
     failed = 0
     built = {name: build_model(name, args.width_mult) for name in args.model}
     for path in args.files:
+        problems: list[str] = []
         try:
             spec = load_spec(path)
+        except SpecError as exc:
+            problems = exc.problems
+        else:
             for name, (model, x) in built.items():
                 try:
-                    wrap(model, spec, x)
+                    wrap(copy.deepcopy(model), spec, x)
                 except SpecError as exc:
-                    raise SpecError(str(exc), [f"{p} (model {name})" for p in exc.problems]) from None
-        except SpecError as exc:
+                    problems += [f"{p} (model {name})" for p in exc.problems]
+        if problems:
             failed += 1
-            for line in exc.problems:
+            for line in problems:
                 print(line, file=sys.stderr)
             continue
         print(f"{path}: ok" + (f" (bound to {', '.join(args.model)})" if args.model else ""))

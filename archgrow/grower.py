@@ -304,6 +304,7 @@ def bind(spec: Spec, graph: WidthGraph) -> list[GroupBinding]:
             continue
         bindings.append(b)
     if problems:
+        problems = list(dict.fromkeys(problems))  # a default shared by many groups is reported once
         raise SpecError("\n".join(problems), problems=problems)
     return bindings
 
@@ -329,7 +330,7 @@ def _bind_group(g, settings: Settings, origin: dict[str, str], graph: WidthGraph
     problems = []
     if max_width < width:
         problems.append(
-            f"{where('max_width')}: {settings.max_width!r} gives {max_width}, below group '{g.name}''s current "
+            f"{where('max_width')}: {settings.max_width!r} gives {max_width}, below group '{g.name}'s current "
             f"width {width}"
         )
     tkind, ikind = settings.trigger.kind, settings.initializer.kind
@@ -382,7 +383,7 @@ def _bind_group(g, settings: Settings, origin: dict[str, str], graph: WidthGraph
         final = resolve_width(settings.trigger.final_width, width)
         if final < width:
             problems.append(
-                f"{where('trigger')}.final_width: {final} is below group '{g.name}''s current width {width}"
+                f"{where('trigger')}.final_width: {final} is below group '{g.name}'s current width {width}"
             )
     if problems:
         raise SpecError("\n".join(problems), problems=problems)

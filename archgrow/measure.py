@@ -100,27 +100,67 @@ def build_probe(graph: WidthGraph, group: WidthGroup) -> Probe:
     if len(group.producers) == 1:
         consumers = {m.name for m in group.consumers}
         followers = {m.name for m in group.followers}
+        order = list(graph._gm.graph.nodes)
+        position = {n: i for i, n in enumerate(order)}
         cur = node
         while True:
-            users = list(cur.users)
-            if len(users) != 1:
+            step = _next_region(graph, cur, order, position, consumers, followers)
+            if step is None:
                 break
-            u = users[0]
-            if u.op not in ("call_module", "call_function", "call_method") or not u.args or u.args[0] is not cur:
-                break
-            if u.op == "call_module":
-                mod = graph._gm.get_submodule(str(u.target))
-                has_params = any(True for _ in mod.parameters(recurse=False))
-                if str(u.target) in consumers or (has_params and str(u.target) not in followers):
-                    break
-            if any(a is not cur and a.op != "get_attr" for a in u.all_input_nodes):
-                break
-            m = graph._node_meta.get(u.name)
+            region, end = step
+            m = graph._node_meta.get(end.name)
             if not isinstance(m, TensorMeta) or m.ndim != meta.ndim or not _is_channels(graph, group, m, cd):
                 break
-            chain.append(u)
-            cur = u
+            chain.extend(region)
+            cur = end
     return Probe(group.name, first.name, cd, meta.ndim, tuple(chain))
+
+
+def _next_region(
+    graph: WidthGraph,
+    cur: fx.Node,
+    order: list[fx.Node],
+    position: dict[fx.Node, int],
+    consumers: set[str],
+    followers: set[str],
+    limit: int = 64,
+) -> tuple[list[fx.Node], fx.Node] | None:
+    """The ops from ``cur`` to the next node where every path out of ``cur`` meets again.
+
+    A single-user op is the common case; an activation traced into several ops (``where(x >= 0,
+    x, 0)``) forms a small diamond that rejoins.  Every op in between must take only values
+    from inside the region (or parameters/buffers), and must not be a consumer or another layer
+    with weights.
+    """
+    inside = {cur}
+    pending: dict[fx.Node, set[fx.Node]] = {cur: set(cur.users)}
+    region: list[fx.Node] = []
+    for n in order[position[cur] + 1 : position[cur] + 1 + limit]:
+        inputs = n.all_input_nodes
+        if not any(a in inside for a in inputs):
+            continue
+        if n.op not in ("call_module", "call_function", "call_method"):
+            return None
+        if n.op == "call_module":
+            target = str(n.target)
+            mod = graph._gm.get_submodule(target)
+            if target in consumers or (any(True for _ in mod.parameters(recurse=False)) and target not in followers):
+                return None
+        if any(a not in inside and a.op != "get_attr" for a in inputs):
+            return None
+        inside.add(n)
+        region.append(n)
+        for a in inputs:
+            if a in pending:
+                pending[a].discard(n)
+                if not pending[a]:
+                    del pending[a]
+        if not n.users:
+            return None
+        pending[n] = set(n.users)
+        if len(pending) == 1:
+            return region, n
+    return None
 
 
 def _is_channels(graph: WidthGraph, group: WidthGroup, meta: TensorMeta, dim: int) -> bool:
@@ -211,7 +251,7 @@ def replay(model: nn.Module, probe: Probe, z: torch.Tensor, *, candidates: bool 
     """
     if not probe.chain:
         return z
-    env: dict[fx.Node, Any] = {probe.chain[0].args[0]: z}
+    env: dict[fx.Node, Any] = {_chain_input(probe): z}
 
     def value(n: fx.Node) -> Any:
         if n in env:
@@ -236,6 +276,12 @@ def replay(model: nn.Module, probe: Probe, z: torch.Tensor, *, candidates: bool 
             out = getattr(args[0], str(node.target))(*args[1:], **kwargs)
         env[node] = out
     return out
+
+
+def _chain_input(probe: Probe) -> fx.Node:
+    first = probe.chain[0]
+    inside = set(probe.chain)
+    return next(a for a in first.all_input_nodes if a not in inside and a.op != "get_attr")
 
 
 def producer_forward(module: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

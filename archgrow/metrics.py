@@ -36,11 +36,23 @@ def gram(a: Tensor) -> Tensor:
     return a.T @ a
 
 
-def _spectrum(a: Tensor, divisor: float) -> Tensor:
-    """Singular values of ``a / sqrt(divisor)`` from the smaller Gram matrix (descending)."""
+# Eigenvalues of a float64 Gram are accurate to ~1e-16 * the largest one; below this ratio of
+# threshold to largest eigenvalue the count could be off, and an SVD is used instead.
+_GRAM_RANGE = 1e-11
+
+
+def _spectrum(a: Tensor, divisor: float, epsilon: float = 0.0) -> Tensor:
+    """Singular values of ``a / sqrt(divisor)`` from the smaller Gram matrix (descending).
+
+    Falls back to an SVD when the largest singular value exceeds ``epsilon`` by so much that the
+    Gram's rounding could move values across ``epsilon`` (activations above ~1e3 times epsilon
+    squared range; rare in practice).
+    """
     a = a.to(torch.float64)
     g = a.T @ a if a.shape[1] <= a.shape[0] else a @ a.T
     eig = torch.linalg.eigvalsh(g / divisor).clamp_min(0.0)
+    if epsilon > 0 and eig.numel() and epsilon**2 < _GRAM_RANGE * float(eig[-1]):
+        return torch.linalg.svdvals(a / math.sqrt(divisor))
     return eig.flip(0).sqrt()
 
 
@@ -58,7 +70,7 @@ def effective_dim_count(a: Tensor, *, epsilon: float = 0.01, scale: str = "sampl
     """``M * phi_ED`` (eq. 2): singular values of the scaled activation matrix above ``epsilon``."""
     if a.numel() == 0 or not torch.any(a):
         return 0
-    sv = _spectrum(a, scale_divisor(a, scale))
+    sv = _spectrum(a, scale_divisor(a, scale), epsilon)
     return int((sv > epsilon).sum())
 
 
@@ -96,7 +108,7 @@ def weight_count(w: Tensor, *, epsilon: float = 0.01, bias: Tensor | None = None
         rows = torch.cat([rows, bias.detach().reshape(-1, 1)], dim=1)
     if rows.numel() == 0 or not torch.any(rows):
         return 0
-    sv = _spectrum(rows, rows.shape[1])
+    sv = _spectrum(rows, rows.shape[1], epsilon)
     return int((sv > epsilon).sum())
 
 

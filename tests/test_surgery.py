@@ -239,3 +239,19 @@ def test_stale_graph_is_detected() -> None:
     archgrow.grow(g, "hidden1", 1)
     with pytest.raises(archgrow.GrowthError, match="trace it again"):
         archgrow.grow(g2, "hidden1", 1)
+
+
+def test_backward_after_growth_while_last_graph_is_alive():
+    """autograd caches a leaf's gradient accumulator (with its shape) while an old graph lives;
+    growth must invalidate it, or the next backward fails with a shape mismatch."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 2))
+    graph = archgrow.trace(model, torch.randn(1, 6))
+    opt = torch.optim.Adam(model.parameters())
+    loss = model(torch.randn(5, 6)).sum()  # kept alive across the growth, like a training loop's `loss`
+    loss.backward()
+    opt.step()
+    archgrow.grow(graph, graph.groups[0], 3, optimizer=opt)
+    loss = model(torch.randn(5, 6)).sum()
+    loss.backward()
+    assert model[0].weight.grad.shape == (7, 6) and model[2].weight.grad.shape == (2, 7)

@@ -31,7 +31,8 @@ def load_spec(path: str | os.PathLike) -> Spec:
     except FileNotFoundError:
         raise SpecError(f"{source}: no such file", problems=[f"{source}: no such file"]) from None
     except OSError as exc:
-        raise SpecError(f"{source}: cannot read: {exc.strerror}", problems=[f"{source}: cannot read"]) from None
+        msg = f"{source}: cannot read: {exc.strerror}"
+        raise SpecError(msg, problems=[msg]) from None
     if path.suffix.lower() == ".json":
         try:
             data = json.loads(text)

@@ -12,6 +12,7 @@ their docstrings say.
 from __future__ import annotations
 
 import fnmatch
+import math
 import re
 from typing import Annotated, Any, Literal
 
@@ -52,7 +53,7 @@ Width = Annotated[
         {
             "anyOf": [
                 {"type": "integer", "minimum": 1},
-                {"type": "string", "pattern": r"^\s*(\d+(\.\d*)?|\.\d+)\s*x\s*$"},
+                {"type": "string", "pattern": r"^\s*0*([1-9]\d*(\.\d*)?|0?\.\d*[1-9]\d*)\s*x\s*$"},
             ],
             "description": "absolute width (512) or a multiple of the group's initial width ('2x')",
         }
@@ -64,7 +65,7 @@ def resolve_width(width: int | str, initial: int) -> int:
     """Absolute width for a :data:`Width` value, given the group's width when the spec was bound."""
     if isinstance(width, int):
         return width
-    return max(1, int(float(width[:-1]) * initial))
+    return max(1, math.floor(float(width[:-1]) * initial + 1e-9))
 
 
 def _check_gamma(value: float | None) -> float | None:
@@ -84,7 +85,11 @@ class ActivationTrigger(_Strict):
 
     kind: Literal["activation"] = "activation"
     metric: Literal["effective_dim", "orthogonality_gap"] = "effective_dim"
-    gamma: float | None = Field(None, description="(0, 1]; None: 0.97 for dense models, 0.9 with convolutions")
+    gamma: float | None = Field(
+        None,
+        description="(0, 1]; None: 0.97 for dense models, 0.9 with convolutions",
+        json_schema_extra={"exclusiveMinimum": 0, "maximum": 1},
+    )
     epsilon: PositiveFloat = Field(0.01, description="singular-value threshold of the effective dimension")
     buffer_size: PositiveInt | None = Field(None, description="raw-input FIFO capacity; None: 2 x max width")
     running_max: bool | None = Field(None, description="eq. 10 running maximum; None: on for models with convs")
@@ -100,7 +105,7 @@ class WeightTrigger(_Strict):
     """T_weight (eq. 5): the activation trigger's rule on the weight matrix's effective dimension."""
 
     kind: Literal["weight"] = "weight"
-    gamma: float = Field(0.99, description="(0, 1]")
+    gamma: float = Field(0.99, description="(0, 1]", json_schema_extra={"exclusiveMinimum": 0, "maximum": 1})
     epsilon: PositiveFloat = 0.01
     running_max: bool | None = Field(None, description="None: on for models with convolutions (the code)")
     rounding: Literal["code", "paper"] = "code"

@@ -31,7 +31,7 @@ class LinearRule(_ScheduleRule):
     def evaluate(self, binding: GroupBinding, step: int, measurement: Measurement | None) -> Decision:
         width = binding.width
         target = self.initial + (self.final - self.initial) * self.progress(step)
-        add = binding.group.step if width < target and width < self.final else 0
+        add = binding.group.step if width < target - 1e-9 and width < self.final else 0
         return Decision(add, width, target)
 
 
