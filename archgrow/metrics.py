@@ -30,12 +30,6 @@ def per_sample(h: Tensor) -> Tensor:
     return h.detach().reshape(h.shape[0], -1)
 
 
-def gram(a: Tensor) -> Tensor:
-    """``a^T a`` in float64."""
-    a = a.to(torch.float64)
-    return a.T @ a
-
-
 # Eigenvalues of a float64 Gram are accurate to ~1e-16 * the largest one; below this ratio of
 # threshold to largest eigenvalue the count could be off, and an SVD is used instead.
 _GRAM_RANGE = 1e-11
@@ -212,7 +206,6 @@ __all__ = [
     "effective_dim",
     "effective_dim_count",
     "gap_count",
-    "gram",
     "orthogonality_gap",
     "per_sample",
     "scale_divisor",

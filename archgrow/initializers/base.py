@@ -9,7 +9,7 @@ import torch
 from archgrow.binding import GroupBinding, InitContext
 from archgrow.measure import Measurement, measuring, producer_forward, replay
 from archgrow.metrics import as_matrix, candidate_gaps, candidate_scores, per_sample
-from archgrow.surgery.tensors import random_units, rescale_units, unit_norms
+from archgrow.surgery.tensors import random_units, unit_norms
 
 DENSE_CANDIDATES = 1000
 CONV_CANDIDATES = 100
@@ -19,7 +19,6 @@ class InitRule:
     """Base class; ``needs_activations`` makes the grower keep an input buffer."""
 
     needs_activations = False
-    needs_candidate_forward = False
 
     def __init__(self, config: Any, binding: GroupBinding):
         self.config = config
@@ -72,4 +71,4 @@ def keep_best(scores: torch.Tensor, k: int, order: str = "highest") -> torch.Ten
     return torch.topk(scores, k, largest=(order == "highest")).indices.sort().values
 
 
-__all__ = ["InitRule", "candidate_count", "draw", "keep_best", "mean_norm", "rescale_units", "score"]
+__all__ = ["InitRule", "candidate_count", "draw", "keep_best", "mean_norm", "score"]

@@ -17,7 +17,7 @@ import warnings
 import torch
 
 from archgrow.binding import GroupBinding, InitContext
-from archgrow.initializers.base import DENSE_CANDIDATES, InitRule, draw, keep_best, mean_norm, score
+from archgrow.initializers.base import InitRule, candidate_count, draw, keep_best, mean_norm, score
 from archgrow.metrics import as_matrix
 from archgrow.spec.schema import PreactivationInit
 from archgrow.surgery.tensors import rescale_units
@@ -25,14 +25,11 @@ from archgrow.surgery.tensors import rescale_units
 
 class PreactivationRule(InitRule):
     needs_activations = True
-    needs_candidate_forward = True
-
-    def __init__(self, config: PreactivationInit, binding: GroupBinding):
-        super().__init__(config, binding)
+    config: PreactivationInit
 
     def fan_in(self, binding: GroupBinding, k: int, ctx: InitContext) -> torch.Tensor | None:
         m = ctx.measurement(binding)
-        n_cand = (self.config.candidates if self.config.candidates is not None else DENSE_CANDIDATES) + k
+        n_cand = candidate_count(self.config, binding, k)
         x = as_matrix(m.x, -1).to(torch.float64)
         z = as_matrix(m.z, -1).to(torch.float64)
         n, width = z.shape

@@ -18,10 +18,7 @@ from archgrow.spec.schema import SelectInit
 
 class SelectRule(InitRule):
     needs_activations = True
-    needs_candidate_forward = True
-
-    def __init__(self, config: SelectInit, binding: GroupBinding):
-        super().__init__(config, binding)
+    config: SelectInit
 
     def fan_in(self, binding: GroupBinding, k: int, ctx: InitContext) -> torch.Tensor | None:
         m = ctx.measurement(binding)

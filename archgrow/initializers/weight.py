@@ -17,8 +17,7 @@ from archgrow.spec.schema import WeightInit
 
 
 class WeightInitRule(InitRule):
-    def __init__(self, config: WeightInit, binding: GroupBinding):
-        super().__init__(config, binding)
+    config: WeightInit
 
     def fan_in(self, binding: GroupBinding, k: int, ctx: InitContext) -> torch.Tensor | None:
         weight = binding.producer.weight.detach()
