@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
+from archgrow.auxgrad import Bridge
+from archgrow.errors import ArchgrowError
 from archgrow.graph.widthgraph import WidthGroup
 from archgrow.measure import Measurement, Probe
 from archgrow.spec.schema import Settings
@@ -32,6 +34,7 @@ class GroupBinding:
     producer_name: str
     conv_model: bool  # the model has convolutions: the paper's CNN defaults apply
     probe: Probe | None = None
+    bridge: Bridge | None = None  # auxiliary gradient, for T_grad and the gradient-based initializers
     trigger: Any = None  # a rule object from archgrow.triggers
     initializer: Any = None  # a rule object from archgrow.initializers
     state: dict[str, float] = field(default_factory=dict)
@@ -51,12 +54,25 @@ class GroupBinding:
 
 
 class InitContext:
-    """What an initializer may use: the seeded generator and (lazily re-measured) activations."""
+    """What an initializer may use: the seeded generator, (lazily re-measured) activations, and
+    the step's loss for initializers that try candidates on the model (Firefly, conv NeST)."""
 
-    def __init__(self, model: nn.Module, generator: torch.Generator, measure_fn: Any):
+    def __init__(self, model: nn.Module, generator: torch.Generator, measure_fn: Any, loss_fn: Any = None, trial_fn: Any = None):
         self.model = model
         self.generator = generator
         self._measure_fn = measure_fn
+        self._loss_fn = loss_fn
+        self._trial_fn = trial_fn
 
     def measurement(self, binding: GroupBinding) -> Measurement:
         return self._measure_fn(binding)
+
+    def loss(self, binding: GroupBinding, *, grad: bool) -> torch.Tensor:
+        """The user's ``loss_fn`` on the current model state (inputs are not buffered, norm statistics
+        and the RNG are left as they were)."""
+        if self._loss_fn is None:
+            raise ArchgrowError(
+                f"group '{binding.name}': the '{binding.settings.initializer.kind}' initializer evaluates candidates "
+                "on the loss: pass grow_step(optimizer, loss_fn=lambda: criterion(grown(x), y)) with the step's batch"
+            )
+        return self._trial_fn(self._loss_fn, grad)

@@ -12,21 +12,22 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from archgrow.auxgrad import BridgeError, build_bridge
 from archgrow.binding import GroupBinding, InitContext
 from archgrow.errors import ArchgrowError, SpecError
 from archgrow.graph.widthgraph import WidthGraph, trace
 from archgrow.initializers import INITIALIZERS
+from archgrow.initializers.base import apply_units
 from archgrow.measure import InputBuffer, Measurement, ProbeError, build_probe, measure, measuring, supports_candidates
 from archgrow.spec.io import SpecLike, as_spec
 from archgrow.spec.schema import INITIALIZER_KINDS, TRIGGER_KINDS, Settings, Spec, resolve_width
-from archgrow.surgery.grow import grow
 from archgrow.triggers import TRIGGERS
 
 
@@ -65,6 +66,7 @@ class GrowingModel(nn.Module):
         self._bindings: list[GroupBinding] = []
         self._buffer: InputBuffer | None = None
         self._started = False
+        self._in_trial = False
         self._warned: set[str] = set()
         if example_inputs is not None:
             self._bind(_as_tuple(example_inputs))
@@ -73,7 +75,7 @@ class GrowingModel(nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         if self._graph is None:
             self._bind(tuple(a[:1] if isinstance(a, torch.Tensor) else a for a in args))
-        if self.training and self._buffer is not None:
+        if self.training and self._buffer is not None and not self._in_trial:
             self.observe(*args)
         return self.model(*args, **kwargs)
 
@@ -92,16 +94,26 @@ class GrowingModel(nn.Module):
         if not self._started:
             self._start()
 
-    def grow_step(self, optimizer: torch.optim.Optimizer | None = None) -> list[GrowthEvent]:
-        """Evaluate the due triggers and grow; pass the optimizer so its state is padded in place."""
+    def grow_step(
+        self, optimizer: torch.optim.Optimizer | None = None, *, loss_fn: Callable[[], torch.Tensor] | None = None
+    ) -> list[GrowthEvent]:
+        """Evaluate the due triggers and grow; pass the optimizer so its state is padded in place.
+
+        Call it after ``loss.backward()`` and ``optimizer.step()``, before ``zero_grad``: gradient
+        triggers read the step's gradients.  ``loss_fn`` (no arguments, returns the loss of the
+        step's batch through the wrapped model, without calling backward) is needed by initializers
+        that try candidates on the loss (Firefly, NeST on conv groups).
+        """
         if self._graph is None:
             raise ArchgrowError("the model has not been traced yet: pass example_inputs to wrap() or call it once")
         self.steps += 1
-        due = [
-            b
-            for b in self._bindings
-            if not b.settings.frozen and self.steps % b.settings.every_n_steps == 0 and b.settings.trigger.kind != "static"
-        ]
+        try:
+            return self._grow_step(optimizer, loss_fn)
+        finally:
+            self._arm_bridges()
+
+    def _grow_step(self, optimizer: torch.optim.Optimizer | None, loss_fn: Any) -> list[GrowthEvent]:
+        due = [b for b in self._bindings if self._due(b, self.steps)]
         if not due:
             return []
         if not self._started:
@@ -118,7 +130,7 @@ class GrowingModel(nn.Module):
         decisions = []
         for b in due:
             t0 = time.perf_counter()
-            d = b.trigger.evaluate(b, self.steps, measurements.get(b.name))
+            d = self._with_group(b, b.trigger.evaluate, b, self.steps, measurements.get(b.name))
             seconds = time.perf_counter() - t0
             self.timings["trigger"] += seconds
             decisions.append((b, d, seconds + (share if b.trigger.needs_activations else 0.0)))
@@ -133,7 +145,7 @@ class GrowingModel(nn.Module):
             cache[b.name] = (m, generation)
             return m
 
-        ctx = InitContext(self.model, self._generator, measurement_for)
+        ctx = InitContext(self.model, self._generator, measurement_for, loss_fn, self._trial_loss)
         events = []
         for b, d, trigger_seconds in decisions:
             cap = b.max_width
@@ -141,20 +153,16 @@ class GrowingModel(nn.Module):
                 cap = min(cap, b.trigger.final)
             old = b.width
             k = min(d.add, cap - old)
+            if k > 0:
+                most = self._with_group(b, b.initializer.max_units, b)
+                k = min(k, most) if most is not None else k
             k -= k % b.group.step
             if k <= 0:
                 continue
             t0 = time.perf_counter()
-            fan_in = b.initializer.fan_in(b, k, ctx)
+            units = self._with_group(b, b.initializer.units, b, k, ctx)
             t1 = time.perf_counter()
-            grow(
-                self._graph,
-                b.group,
-                k,
-                fan_in={b.producer_name: fan_in} if fan_in is not None else None,
-                optimizer=optimizer,
-                generator=self._generator,
-            )
+            apply_units(b, k, units, optimizer=optimizer, generator=self._generator)
             t2 = time.perf_counter()
             generation += 1
             self.timings["initializer"] += t1 - t0
@@ -174,6 +182,41 @@ class GrowingModel(nn.Module):
             events.append(event)
         self.history.extend(events)
         return events
+
+    def _due(self, b: GroupBinding, step: int) -> bool:
+        return not b.settings.frozen and step % b.settings.every_n_steps == 0 and b.settings.trigger.kind != "static"
+
+    def _arm_bridges(self) -> None:
+        """Capture the auxiliary gradient during the next training step only if it will be read."""
+        for b in self._bindings:
+            if b.bridge is not None:
+                b.bridge.reset()
+                b.bridge.armed = self._due(b, self.steps + 1) and (b.trigger.needs_gradient or b.initializer.needs_gradient)
+
+    @staticmethod
+    def _with_group(b: GroupBinding, fn: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except BridgeError as exc:
+            raise ArchgrowError(f"group '{b.name}': {exc}") from None
+
+    def _trial_loss(self, loss_fn: Callable[[], torch.Tensor], grad: bool) -> torch.Tensor:
+        """Run the user's loss without buffering inputs, capturing gradients or moving the RNG."""
+        armed = [(b.bridge, b.bridge.armed) for b in self._bindings if b.bridge is not None]
+        devices = sorted({p.device.index or 0 for p in self.model.parameters() if p.device.type == "cuda"})
+        self._in_trial = True
+        for bridge, _ in armed:
+            bridge.armed = False
+        try:
+            with torch.random.fork_rng(devices=devices), torch.set_grad_enabled(grad):
+                loss = loss_fn()
+        finally:
+            self._in_trial = False
+            for bridge, flag in armed:
+                bridge.armed = flag
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+            raise ArchgrowError(f"loss_fn must return the loss as a one-element tensor, got {type(loss).__name__}")
+        return loss
 
     @property
     def graph(self) -> WidthGraph:
@@ -202,6 +245,10 @@ class GrowingModel(nn.Module):
         self._graph = graph
         self._bindings = bindings
         self._buffer = InputBuffer(capacity) if capacity else None
+        for b in bindings:
+            if b.bridge is not None and (b.trigger.needs_gradient or b.initializer.needs_gradient):
+                b.bridge.attach()
+        self._arm_bridges()
 
     def _start(self) -> None:
         """Baselines from the network before training (phi(f_0) for activation triggers)."""
@@ -253,6 +300,7 @@ class GrowingModel(nn.Module):
         if self._buffer is not None and state["buffer"] is not None:
             self._buffer.load_state_dict(state["buffer"])
         self.timings = dict(state["timings"])
+        self._arm_bridges()
 
 
 def wrap(model: nn.Module, spec: SpecLike, example_inputs: Any = None) -> GrowingModel:
@@ -356,6 +404,17 @@ def _bind_group(g, settings: Settings, origin: dict[str, str], graph: WidthGraph
         producer_name=producer_name,
         conv_model=has_conv,
     )
+    if tkind == "gradient" or ikind in ("gradmax", "firefly", "nest"):
+        field = "trigger" if tkind == "gradient" else "initializer"
+        kind = tkind if tkind == "gradient" else ikind
+        try:
+            b.bridge = build_bridge(graph, g)
+        except BridgeError as exc:
+            problems.append(f"{where(field)}: '{kind}' cannot be used on group '{g.name}': {exc}")
+        if g.step != 1:
+            problems.append(
+                f"{where(field)}: '{kind}' cannot be used on group '{g.name}', which grows in multiples of {g.step}"
+            )
     needs_probe = tkind == "activation" or ikind in ("select", "preactivation")
     if needs_probe:
         try:

@@ -41,7 +41,7 @@ def train(grown, optimizer, x, y, steps, batch=16):
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        events += grown.grow_step(optimizer)
+        events += grown.grow_step(optimizer, loss_fn=lambda xb=xb, yb=yb: F.cross_entropy(grown(xb), yb))
     return events
 
 
@@ -73,10 +73,6 @@ def test_preset_runs_and_grows(preset, model_name):
     model = build()
     x, y = data_for(shape, classes)
     spec = archgrow.load_spec(preset)
-    if name in GRADIENT_PRESETS:
-        with pytest.raises(SpecError, match="not implemented yet"):
-            wrap(model, spec, x[:1])
-        return
     spec = shortened(spec, total_steps=8, buffer_size=None if model_name == "mlp" else 32)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # few buffered samples for wide groups: expected here
@@ -99,9 +95,11 @@ def test_preset_runs_and_grows(preset, model_name):
 
 
 # --------------------------------------------------------------------------- function preservation
-@pytest.mark.parametrize("init", ["random", "select", "preactivation", "weight"])
+@pytest.mark.parametrize("init", ["random", "select", "preactivation", "weight", "gradmax"])
 @pytest.mark.parametrize("model_name", ["mlp", "vgg11", "wrn28"])
 def test_initializers_preserve_function(init, model_name):
+    """Every group grows in the same step (for GradMax: neighbours' new units meet stale auxiliary
+    gradients, padded with zeros); the function must not move."""
     build, shape, classes = small_models()[model_name]
     torch.manual_seed(1)
     model = build()
@@ -117,7 +115,9 @@ def test_initializers_preserve_function(init, model_name):
         warnings.simplefilter("ignore")
         grown = wrap(model, spec, x[:1])
         grown.train()
-        grown(x)  # fills the buffer
+        out = grown(x)  # fills the buffer
+        if init == "gradmax":
+            F.cross_entropy(out, torch.zeros(len(x), dtype=torch.long)).backward()
         grown.eval()
         with torch.no_grad():
             before = grown(x)
@@ -128,6 +128,10 @@ def test_initializers_preserve_function(init, model_name):
     with torch.no_grad():
         after = grown(x)
     torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-5)
+    if init == "gradmax":  # zero fan-in, fan-out at the mean norm
+        for b in grown.growing.values():
+            assert b.producer.weight.detach()[b.initial_width :].abs().max() == 0
+        return
     # the new units are not degenerate: each producer got non-zero fan-in rows at the mean norm
     for b in grown.growing.values():
         w = b.producer.weight.detach().reshape(b.width, -1)

@@ -9,6 +9,9 @@ does for the non-first convs of a WRN group.
 from __future__ import annotations
 
 from archgrow.initializers.base import InitRule
+from archgrow.initializers.firefly import FireflyRule
+from archgrow.initializers.gradmax import GradMaxRule
+from archgrow.initializers.nest import NestRule
 from archgrow.initializers.preactivation import PreactivationRule
 from archgrow.initializers.random import RandomRule
 from archgrow.initializers.select import SelectRule
@@ -19,6 +22,9 @@ INITIALIZERS: dict[str, type[InitRule]] = {
     "select": SelectRule,
     "preactivation": PreactivationRule,
     "weight": WeightInitRule,
+    "gradmax": GradMaxRule,
+    "firefly": FireflyRule,
+    "nest": NestRule,
 }
 
-__all__ = ["INITIALIZERS", "InitRule", "PreactivationRule", "RandomRule", "SelectRule", "WeightInitRule"]
+__all__ = ["INITIALIZERS", "FireflyRule", "GradMaxRule", "NestRule", "InitRule", "PreactivationRule", "RandomRule", "SelectRule", "WeightInitRule"]

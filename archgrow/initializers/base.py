@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -15,16 +17,49 @@ DENSE_CANDIDATES = 1000
 CONV_CANDIDATES = 100
 
 
+@dataclass
+class Units:
+    """New units for :func:`archgrow.grow`, plus an edit run right after it (``after(old_width)``),
+    e.g. Firefly's split of existing neurons.  ``None`` fields take grow's defaults."""
+
+    fan_in: torch.Tensor | Mapping[str, torch.Tensor] | None = None
+    fan_out: Mapping[str, torch.Tensor] | None = None
+    after: Callable[[int], None] | None = None
+
+
+def apply_units(binding: GroupBinding, k: int, units: Units, *, optimizer: Any = None, generator: Any = None) -> None:
+    """Grow ``binding``'s group by ``k`` as ``units`` says (used for real growth and for trials)."""
+    from archgrow.surgery.grow import grow
+
+    old = binding.width
+    fan_in = units.fan_in
+    if isinstance(fan_in, torch.Tensor):
+        fan_in = {binding.producer_name: fan_in}
+    grow(binding.group._graph, binding.group, k, fan_in=fan_in, fan_out=units.fan_out, optimizer=optimizer, generator=generator)
+    if units.after is not None:
+        units.after(old)
+
+
 class InitRule:
-    """Base class; ``needs_activations`` makes the grower keep an input buffer."""
+    """Base class; ``needs_activations`` makes the grower keep an input buffer, ``needs_gradient``
+    makes it capture the auxiliary gradient of due steps."""
 
     needs_activations = False
+    needs_gradient = False
 
     def __init__(self, config: Any, binding: GroupBinding):
         self.config = config
 
     def fan_in(self, binding: GroupBinding, k: int, ctx: InitContext) -> torch.Tensor | None:
         raise NotImplementedError
+
+    def units(self, binding: GroupBinding, k: int, ctx: InitContext) -> Units:
+        """The ``k`` new units; by default only the first producer's fan-in is chosen."""
+        return Units(fan_in=self.fan_in(binding, k, ctx))
+
+    def max_units(self, binding: GroupBinding) -> int | None:
+        """At most this many units per event (GradMax: the number of singular vectors)."""
+        return None
 
 
 def mean_norm(binding: GroupBinding) -> float:
@@ -71,4 +106,4 @@ def keep_best(scores: torch.Tensor, k: int, order: str = "highest") -> torch.Ten
     return torch.topk(scores, k, largest=(order == "highest")).indices.sort().values
 
 
-__all__ = ["InitRule", "candidate_count", "draw", "keep_best", "mean_norm", "score"]
+__all__ = ["InitRule", "Units", "apply_units", "candidate_count", "draw", "keep_best", "mean_norm", "score"]

@@ -21,6 +21,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    NonNegativeFloat,
     PositiveFloat,
     PositiveInt,
     PrivateAttr,
@@ -190,6 +191,11 @@ class GradMaxInit(_Strict):
     """GradMax: zero fan-in, fan-out from the top singular vectors of the auxiliary gradient."""
 
     kind: Literal["gradmax"] = "gradmax"
+    fan_in_scale: NonNegativeFloat | None = Field(
+        None,
+        description="new fan-in norm as a fraction of the mean fan-in norm; None: 0 (exact zero fan-in) unless a "
+        "ReLU-like op (gradient 0 at 0) lies between the group and its consumers, then 1e-3",
+    )
 
 
 class FireflyInit(_Strict):

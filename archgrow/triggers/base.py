@@ -37,6 +37,7 @@ class TriggerRule:
     """Base class: ``evaluate`` after each due step; ``needs_activations`` asks for a measurement."""
 
     needs_activations = False
+    needs_gradient = False  # reads the auxiliary gradient of the step (binding.bridge)
 
     def __init__(self, config: Any, binding: GroupBinding):
         self.config = config

@@ -1,0 +1,208 @@
+"""Edits of existing channels, and trial growth that can be undone exactly.
+
+Firefly splits neurons (a copy of a channel in every tensor of its group, fan-in perturbed,
+fan-out halved) and both Firefly and NeST try candidates on the real model before keeping a few.
+Both need to address "channel c" in every tensor bound to a group, whatever its layout (slots of
+a concat, H*W blocks after a flatten), and to put the model back bit for bit after a trial.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from archgrow.graph.analysis import FAN_IN, FAN_OUT, TensorBinding
+from archgrow.graph.widthgraph import WidthGraph, WidthGroup
+
+
+def channel_positions(graph: WidthGraph, binding: TensorBinding, group: WidthGroup, channels: Sequence[int]) -> torch.Tensor:
+    """Indices along ``binding.dim`` covered by ``channels`` of ``group`` (every slot, whole blocks).
+
+    Ordered channel by channel, slot by slot, then inside each block.
+    """
+    vars_ = graph._vars
+    root = group._root
+    per_channel: list[list[int]] = [[] for _ in channels]
+    pos = 0
+    for seg in binding.layout:
+        size = vars_.seg_size(seg)
+        if seg.var is not None and vars_.find(seg.var) == root:
+            for i, c in enumerate(channels):
+                start = pos + c * seg.inner
+                per_channel[i].extend(range(start, start + seg.inner))
+        pos += size
+    return torch.tensor([p for ch in per_channel for p in ch], dtype=torch.long)
+
+
+def group_tensors(graph: WidthGraph, group: WidthGroup) -> list[TensorBinding]:
+    """The tensor dimensions bound to ``group``, one per (module, tensor, dim)."""
+    root = group._root
+    vars_ = graph._vars
+    return [
+        b
+        for b in graph._tensor_bindings
+        if any(s.var is not None and vars_.find(s.var) == root for s in b.layout)
+    ]
+
+
+def tensor_of(graph: WidthGraph, b: TensorBinding) -> torch.Tensor:
+    return getattr(graph.model.get_submodule(b.module), b.tensor)
+
+
+def copy_channels(graph: WidthGraph, group: WidthGroup, src: Sequence[int], dst: Sequence[int]) -> None:
+    """Make channels ``dst`` exact copies of ``src`` in every tensor of the group (a neuron split)."""
+    for b in group_tensors(graph, group):
+        t = tensor_of(graph, b)
+        with torch.no_grad():
+            i_src = channel_positions(graph, b, group, src).to(t.device)
+            i_dst = channel_positions(graph, b, group, dst).to(t.device)
+            t.index_copy_(b.dim, i_dst, t.index_select(b.dim, i_src))
+
+
+def scale_channels(graph: WidthGraph, group: WidthGroup, channels: Sequence[int], factor: float, role: str) -> None:
+    """Multiply the ``role`` weights (fan-in or fan-out) of ``channels`` by ``factor``."""
+    for b in group_tensors(graph, group):
+        if b.role != role or b.tensor != "weight":
+            continue
+        t = tensor_of(graph, b)
+        with torch.no_grad():
+            idx = channel_positions(graph, b, group, channels).to(t.device)
+            t.index_copy_(b.dim, idx, t.index_select(b.dim, idx) * factor)
+
+
+def read_channels(
+    graph: WidthGraph,
+    group: WidthGroup,
+    channels: Sequence[int],
+    role: str,
+    tensors: dict[str, torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Each ``role`` member's weight slices of ``channels``: shape ``(len(channels), per, *rest)``.
+
+    ``per`` is the positions one channel covers along the bound dim (slots x block), ``rest`` the
+    weight's other dims in order.  ``tensors`` (module name -> tensor shaped like its weight, e.g.
+    a gradient) is read instead of the weights when given.
+    """
+    out = {}
+    for b in group_tensors(graph, group):
+        if b.role != role or b.tensor != "weight":
+            continue
+        if tensors is not None and b.module not in tensors:
+            continue
+        t = (tensors[b.module] if tensors is not None else tensor_of(graph, b)).detach()
+        idx = channel_positions(graph, b, group, channels).to(t.device)
+        sl = t.index_select(b.dim, idx).movedim(b.dim, 0)
+        out[b.module] = sl.reshape(len(channels), -1, *sl.shape[1:])
+    return out
+
+
+def write_channels(graph: WidthGraph, group: WidthGroup, channels: Sequence[int], role: str, values: dict[str, torch.Tensor]) -> None:
+    """Inverse of :func:`read_channels` for the members named in ``values``."""
+    for b in group_tensors(graph, group):
+        if b.role != role or b.tensor != "weight" or b.module not in values:
+            continue
+        t = tensor_of(graph, b)
+        v = values[b.module]
+        idx = channel_positions(graph, b, group, channels).to(t.device)
+        block = v.reshape(len(idx), *v.shape[2:]).movedim(0, b.dim)
+        with torch.no_grad():
+            t.index_copy_(b.dim, idx, block.to(device=t.device, dtype=t.dtype))
+
+
+@dataclass
+class _Saved:
+    module: nn.Module
+    name: str
+    data: torch.Tensor
+    grad: torch.Tensor | None
+    is_param: bool
+
+
+@contextlib.contextmanager
+def trial(graph: WidthGraph, group: WidthGroup, model: nn.Module) -> Iterator[None]:
+    """Everything done to ``group`` inside (growth, channel edits, forwards in training mode that
+    move norm statistics) is undone on exit, exactly: tensors, gradients, module sizes, width.
+
+    Pass ``optimizer=None`` to :func:`archgrow.grow` inside: optimizer state is not restored.
+    """
+    from archgrow.surgery.grow import _reset_grad_accumulator
+
+    saved: list[_Saved] = []
+    seen: set[tuple[str, str]] = set()
+    for b in group_tensors(graph, group):
+        if (b.module, b.tensor) in seen:
+            continue
+        seen.add((b.module, b.tensor))
+        mod = graph.model.get_submodule(b.module)
+        t = getattr(mod, b.tensor)
+        grad = t.grad.clone() if isinstance(t, nn.Parameter) and t.grad is not None else None
+        saved.append(_Saved(mod, b.tensor, t.detach().clone(), grad, isinstance(t, nn.Parameter)))
+    buffers = [(m, n, buf.clone()) for m in model.modules() for n, buf in m._buffers.items() if buf is not None]
+    attrs = []
+    for a in graph._attr_bindings:
+        mod = graph.model.get_submodule(a.module)
+        attrs.append((mod, a.attr, getattr(mod, a.attr)))
+    root = group._root
+    width = graph._vars.width[root]
+    try:
+        yield
+    finally:
+        for s in saved:
+            current = getattr(s.module, s.name)
+            if s.is_param:
+                _reset_grad_accumulator(current, s.data)
+                current.data = s.data
+                current.grad = s.grad
+            else:
+                s.module._buffers[s.name] = s.data
+        for m, n, buf in buffers:
+            m._buffers[n] = buf
+        for mod, attr, value in attrs:
+            setattr(mod, attr, value)
+        graph._vars.width[root] = width
+        graph._refresh_shapes(root)
+
+
+__all__ = [
+    "FAN_IN",
+    "FAN_OUT",
+    "channel_positions",
+    "copy_channels",
+    "group_tensors",
+    "read_channels",
+    "scale_channels",
+    "trial",
+    "unit_norms_by_role",
+    "write_channels",
+]
+
+
+def unit_norms_by_role(graph: WidthGraph, group: WidthGroup, role: str, *, grad: bool = False) -> torch.Tensor:
+    """Per channel, the L2 norm of all its ``role`` weights together (every producer's fan-in, or
+    every consumer's fan-out including whole flatten blocks); ``grad`` reads ``.grad`` instead.
+
+    Raises ``LookupError`` naming the parameter when ``grad`` is asked for and missing.
+    """
+    width = group.width
+    total = None
+    channels = list(range(width))
+    for b in group_tensors(graph, group):
+        if b.role != role or b.tensor != "weight":
+            continue
+        t = tensor_of(graph, b)
+        if grad:
+            if t.grad is None:
+                raise LookupError(f"{b.module}.weight")
+            t = t.grad
+        t = t.detach()
+        idx = channel_positions(graph, b, group, channels).to(t.device)
+        sl = t.index_select(b.dim, idx).movedim(b.dim, 0).reshape(width, -1)
+        sq = sl.double().pow(2).sum(dim=1)
+        total = sq if total is None else total + sq
+    if total is None:
+        return torch.zeros(width, dtype=torch.float64)
+    return total.sqrt()

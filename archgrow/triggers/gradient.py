@@ -1,0 +1,55 @@
+"""T_grad (eq. 6, §4.4): grow when a new unit could get more gradient than the existing ones have.
+
+The auxiliary gradient's ``k``-th singular value is the largest fan-in gradient norm the ``k``-th
+new unit can get (GradMax's bound).  It is compared with the existing units' gradient norms, each
+``||dL/dW_in[m]|| + ||dL/dW_out[:, m]||`` (weights only; over every producer and consumer of the
+group, and over a channel's whole block after a flatten, §9.29).
+
+Default (``threshold: code``, the authors' code): ``sigma >= sum / 2``.  ``paper``: ``sigma > sum``.
+At most ``min(G.shape)`` units per event, the number of singular vectors.
+
+Both gradients come from the same backward, at the same (pre-update) weights; the authors' code
+mixed pre-update weight gradients with a post-update auxiliary gradient (§9.7).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from archgrow.binding import GroupBinding
+from archgrow.errors import ArchgrowError
+from archgrow.graph.analysis import FAN_IN, FAN_OUT
+from archgrow.measure import Measurement
+from archgrow.spec.schema import GradientTrigger
+from archgrow.surgery.channels import unit_norms_by_role
+from archgrow.triggers.base import Decision, TriggerRule
+
+
+def unit_gradient_norms(binding: GroupBinding) -> torch.Tensor:
+    """Per existing unit: fan-in plus fan-out gradient norm, from the weights' ``.grad``."""
+    graph = binding.group._graph
+    try:
+        fan_in = unit_norms_by_role(graph, binding.group, FAN_IN, grad=True)
+        fan_out = unit_norms_by_role(graph, binding.group, FAN_OUT, grad=True)
+    except LookupError as exc:
+        raise ArchgrowError(
+            f"group '{binding.name}' uses the gradient trigger but '{exc.args[0]}' has no .grad: call grow_step "
+            "after loss.backward() and optimizer.step(), before optimizer.zero_grad()"
+        ) from None
+    return fan_in + fan_out
+
+
+class GradientRule(TriggerRule):
+    needs_gradient = True
+    config: GradientTrigger
+
+    def evaluate(self, binding: GroupBinding, step: int, measurement: Measurement | None) -> Decision:
+        _, s, _ = binding.bridge.svd()
+        total = float(unit_gradient_norms(binding).sum())
+        if self.config.threshold == "code":
+            threshold = 0.5 * total
+            count = int((s >= threshold).sum())
+        else:
+            threshold = total
+            count = int((s > threshold).sum())
+        return Decision(min(count, s.numel()), float(s[0]) if s.numel() else 0.0, threshold)
