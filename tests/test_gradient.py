@@ -4,7 +4,6 @@ T_grad, GradMax's defining property, zero fan-in on stock ReLU models, Firefly's
 from __future__ import annotations
 
 import copy
-import warnings
 from collections import OrderedDict
 
 import pytest

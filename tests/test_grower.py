@@ -13,13 +13,12 @@ import torch
 import torch.nn.functional as F
 
 import archgrow
-from archgrow import ArchgrowError, SpecError, wrap
+from archgrow import ArchgrowError, wrap
 from archgrow.data import generated
 from archgrow.models import mlp, vgg11, wrn28
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = sorted(glob.glob(str(ROOT / "specs" / "*.yaml")))
-GRADIENT_PRESETS = {"gradmax", "firefly", "nest"}
 MNIST = ROOT.parent / "shared" / "data" / "mnist"
 
 

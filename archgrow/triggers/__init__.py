@@ -8,8 +8,8 @@ grower, so every trigger respects them the same way.
 from __future__ import annotations
 
 from archgrow.triggers.activation import ActivationRule
-from archgrow.triggers.gradient import GradientRule
 from archgrow.triggers.base import Decision, TriggerRule, grow_count
+from archgrow.triggers.gradient import GradientRule
 from archgrow.triggers.schedules import BatchedRule, LinearRule, StaticRule
 from archgrow.triggers.weight import WeightRule
 
