@@ -70,6 +70,7 @@ class Bridge:
     _handles: list[Any] = field(default_factory=list)
     _cache: torch.Tensor | None = None
     _svd: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    _values: torch.Tensor | None = None
     _sizes: tuple[list[int], list[int]] = ([], [])
 
     # ------------------------------------------------------------------ shapes
@@ -119,6 +120,17 @@ class Bridge:
         self._pairs.clear()
         self._cache = None
         self._svd = None
+        self._values = None
+
+    def singular_values(self) -> torch.Tensor:
+        """Singular values of ``G`` (float64, descending): all T_grad needs, cheaper than :meth:`svd`."""
+        if self._svd is not None:
+            return self._svd[1]
+        if self._values is None:
+            g = self.gradient().double()
+            gram = g @ g.T if g.shape[0] <= g.shape[1] else g.T @ g
+            self._values = torch.linalg.eigvalsh(gram).flip(0).clamp_min(0).sqrt()
+        return self._values
 
     def svd(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``U, S, V`` of ``G`` in float64, singular values descending, ``min(G.shape)`` of them.

@@ -23,6 +23,16 @@ SPEC = {
 }
 
 
+GRADIENT_SPEC = {
+    "seed": 5,
+    "defaults": {"max_width": 48},
+    "rules": [
+        {"match": "hidden1", "trigger": {"kind": "gradient"}, "initializer": {"kind": "gradmax"}},
+        {"match": "hidden2", "trigger": {"kind": "gradient"}, "initializer": {"kind": "firefly", "candidates": 20}},
+    ],
+}
+
+
 def batches(n_steps, seed=0):
     d = generated(16, seed=1337)
     g = torch.Generator().manual_seed(seed)
@@ -41,14 +51,15 @@ def step(grown, optimizer, x, y):
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
-    return grown.grow_step(optimizer)
+    return grown.grow_step(optimizer, loss_fn=lambda: F.cross_entropy(grown(x), y))
 
 
-def test_resume_is_exact(tmp_path):
+@pytest.mark.parametrize("spec", [SPEC, GRADIENT_SPEC], ids=["north", "gradient"])
+def test_resume_is_exact(tmp_path, spec):
     data = batches(24)
     probe = data[0][0]
     # uninterrupted run
-    a = archgrow.wrap(fresh(), SPEC, probe[:1])
+    a = archgrow.wrap(fresh(), spec, probe[:1])
     opt_a = torch.optim.Adam(a.parameters(), lr=3e-3)
     for x, y in data[:12]:
         step(a, opt_a, x, y)

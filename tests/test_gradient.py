@@ -192,7 +192,11 @@ def test_gradient_trigger_needs_a_backward():
     model = mlp(6, (5,), 3)
     x = torch.randn(8, 6)
     grown = wrap(model, gradient_spec(), x[:1])
-    with pytest.raises(ArchgrowError, match="no backward pass reached out"):
+    with pytest.raises(ArchgrowError, match=r"'hidden1.weight' has no .grad: call grow_step after loss.backward\(\)"):
+        grown.grow_step()
+    grown.eval()  # gradients exist, but the forward was not a training one: nothing captured
+    grown(x).sum().backward()
+    with pytest.raises(ArchgrowError, match="group 'hidden1': no backward pass reached out since the last grow_step"):
         grown.grow_step()
 
 

@@ -17,7 +17,6 @@ import archgrow
 from archgrow import models
 from archgrow.cli import main
 from archgrow.errors import SpecError
-from archgrow.initializers import INITIALIZERS
 from archgrow.spec import (
     INITIALIZER_KINDS,
     TRIGGER_KINDS,
@@ -33,7 +32,6 @@ from archgrow.spec import (
     parse_spec,
     resolve_width,
 )
-from archgrow.triggers import TRIGGERS
 
 REPO = Path(__file__).resolve().parents[1]
 SPECS = REPO / "specs"
@@ -72,13 +70,6 @@ def _vgg() -> torch.nn.Module:
 MLP_X = torch.randn(1, 64)
 VGG_X = torch.randn(1, 3, 32, 32)
 MLP_GROWABLE = "growable groups: hidden1 (64), hidden2 (32)"
-
-
-def _needs_unimplemented(*kinds: str) -> None:
-    """The 'not implemented yet' tests only make sense while these kinds have no implementation."""
-    done = [k for k in kinds if k in TRIGGERS or k in INITIALIZERS]
-    if done:
-        pytest.skip(f"kinds now implemented: {', '.join(done)}")
 
 
 # --------------------------------------------------------------------------- 1. presets
@@ -606,38 +597,6 @@ def test_schedule_final_width_below_current_width() -> None:
         archgrow.wrap(_mlp(), spec, MLP_X)
 
 
-@pytest.mark.parametrize("ikind", ["gradmax", "firefly", "nest"])
-def test_gradient_based_kinds_are_not_implemented_yet(ikind: str) -> None:
-    _needs_unimplemented("gradient", ikind)
-    spec = {"rules": [{"match": "hidden1", "trigger": {"kind": "gradient"}, "initializer": {"kind": ikind}}]}
-    assert _wrap_problems(_mlp(), spec, MLP_X) == [
-        "<dict>: rules[0].trigger: kind 'gradient' is not implemented yet in this version; available: "
-        "activation, weight, linear_schedule, batched_schedule, static",
-        f"<dict>: rules[0].initializer: kind '{ikind}' is not implemented yet in this version; available: "
-        "random, select, preactivation, weight",
-    ]
-
-
-def test_unimplemented_initializer_alone_is_attributed_to_its_rule() -> None:
-    _needs_unimplemented("gradmax")
-    spec = {"defaults": {"initializer": {"kind": "gradmax"}}, "rules": [{"match": "hidden2", "max_width": 64}]}
-    assert _wrap_problems(_mlp(), spec, MLP_X) == [
-        "<dict>: defaults.initializer: kind 'gradmax' is not implemented yet in this version; available: "
-        "random, select, preactivation, weight"
-    ]
-
-
-@pytest.mark.parametrize("preset", ["gradmax", "firefly", "nest"])
-def test_gradient_presets_fail_to_bind(preset: str) -> None:
-    _needs_unimplemented("gradient", preset)
-    path = SPECS / f"{preset}.yaml"
-    with pytest.raises(SpecError) as exc:
-        archgrow.wrap(_mlp(), path, MLP_X)
-    first = f"{path}: rules[0].trigger: kind 'gradient' is not implemented yet in this version; available: "
-    assert exc.value.problems[0].startswith(first)
-    assert any(f"kind '{preset}' is not implemented yet" in line for line in exc.value.problems)
-
-
 def test_several_model_problems_reported_together() -> None:
     spec = {
         "rules": [
@@ -750,17 +709,16 @@ def test_cli_validate_with_model(capsys: pytest.CaptureFixture[str], monkeypatch
 
 
 def test_cli_validate_with_model_reports_bind_problems(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    _needs_unimplemented("gradient", "gradmax")
-    monkeypatch.chdir(REPO)
-    assert main(["validate", "specs/gradmax.yaml", "--model", "mlp"]) == 1
+    path = tmp_path / "bad.yaml"
+    path.write_text("rules:\n  - match: nope\n  - match: hidden1\n    initializer: {kind: gradmax}\n    trigger: {kind: gradient}\n")
+    assert main(["validate", str(path), "--model", "mlp"]) == 1
     out, err = capsys.readouterr()
     assert out == ""
     lines = err.splitlines()
-    assert lines
-    assert all(line.startswith("specs/gradmax.yaml: rules[0].") and line.endswith(" (model mlp)") for line in lines)
-    assert any("kind 'gradient' is not implemented yet" in line for line in lines)
+    assert lines == [f"{path}: rules[0].match: 'nope' selects no width group; growable groups: hidden1 (16) (model mlp)"]
+    assert main(["validate", str(SPECS / "gradmax.yaml"), "--model", "mlp"]) == 0
 
 
 def test_cli_schema(capsys: pytest.CaptureFixture[str]) -> None:

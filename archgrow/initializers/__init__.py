@@ -1,9 +1,11 @@
-"""Initializers: the fan-in of new units (fan-out and bias stay zero, so growth preserves function).
+"""Initializers: the weights of new units.
 
-One class per spec ``kind`` (registered in :data:`INITIALIZERS`).  Each returns the new fan-in of
-the group's measured producer, or ``None`` for archgrow's default (Xavier-uniform rescaled to
-the mean fan-in norm).  Other producers of a residual group always get the default, as the paper
-does for the non-first convs of a WRN group.
+One class per spec ``kind`` (registered in :data:`INITIALIZERS`).  NORTH* rules choose only the
+fan-in of the group's measured producer (``None``: archgrow's default, Xavier-uniform rescaled to
+the mean fan-in norm) and leave fan-out and bias zero, so growth preserves the function; other
+producers of a residual group get the default, as the paper does for the non-first convs of a WRN
+group.  Gradient-based rules (GradMax, Firefly, NeST) return :class:`Units` with fan-in and
+fan-out for every producer and consumer, and Firefly an edit of the units it splits.
 """
 
 from __future__ import annotations

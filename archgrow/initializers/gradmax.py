@@ -49,7 +49,7 @@ class GradMaxRule(InitRule):
             self.fan_in_scale = AUTO_FAN_IN_SCALE if self.dead else 0.0
 
     def max_units(self, binding: GroupBinding) -> int | None:
-        return binding.bridge.svd()[1].numel()
+        return min(binding.bridge.gradient().shape)
 
     def units(self, binding: GroupBinding, k: int, ctx: InitContext) -> Units:
         bridge = binding.bridge

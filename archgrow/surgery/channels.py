@@ -199,8 +199,12 @@ def unit_norms_by_role(graph: WidthGraph, group: WidthGroup, role: str, *, grad:
                 raise LookupError(f"{b.module}.weight")
             t = t.grad
         t = t.detach()
-        idx = channel_positions(graph, b, group, channels).to(t.device)
-        sl = t.index_select(b.dim, idx).movedim(b.dim, 0).reshape(width, -1)
+        seg = b.layout[0]
+        if len(b.layout) == 1 and seg.inner == 1:  # the whole dim is the group's channels: no gather
+            sl = t.movedim(b.dim, 0).reshape(width, -1)
+        else:
+            idx = channel_positions(graph, b, group, channels).to(t.device)
+            sl = t.index_select(b.dim, idx).movedim(b.dim, 0).reshape(width, -1)
         sq = sl.double().pow(2).sum(dim=1)
         total = sq if total is None else total + sq
     if total is None:

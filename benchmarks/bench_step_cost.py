@@ -1,0 +1,124 @@
+"""Per-step cost of each growth strategy against the static network, like the paper's Table 3.
+
+    .venv/bin/python benchmarks/bench_step_cost.py [--steps 40] [--reps 3] [--models mlp vgg11]
+
+For each model, every strategy trains from the same seed on the same fixed batches with its
+trigger evaluated on every step (``every_n_steps: 1``).  A step is forward + backward + Adam step
++ ``grow_step`` (static: no wrapper at all).  Columns:
+
+* ``step ms``: mean wall time of a step over the timed steps (growth events included), median over
+  ``--reps`` repetitions;
+* ``x static``: that mean divided by the static network's, measured in the same run;
+* ``grow_step ms``: mean time inside ``grow_step`` alone (trigger, initializer, surgery);
+* ``params x``: final parameter count over the static network's (a grown network also costs more
+  per step simply because it is bigger);
+* ``events`` / ``final widths``.
+
+Models: ``mlp`` is the paper's MNIST MLP (784 inputs, two hidden layers, Small = 64 units), batch
+128; ``vgg11`` is VGG-11 at width multiplier 1/8 on 32x32 inputs, batch 64.  Data are fixed random
+tensors: the cost of a step does not depend on the values.  Activation triggers use a buffer of
+one batch on VGG (the paper's GPU setting) and 2 x max width on the MLP (its CPU setting).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import archgrow
+from archgrow import models
+
+ROOT = Path(__file__).resolve().parents[1]
+STRATEGIES = ("static", "north-select", "north-random", "north-weight", "gradmax", "firefly", "nest")
+
+
+def setup(model_name: str) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor, int]:
+    torch.manual_seed(0)
+    if model_name == "mlp":
+        return models.mlp(784, (64, 64), 10), torch.randn(128, 784), torch.randint(0, 10, (128,)), 128
+    return models.vgg11(width_mult=0.125), torch.randn(64, 3, 32, 32), torch.randint(0, 10, (64,)), 64
+
+
+def spec_for(strategy: str, model_name: str, batch: int) -> archgrow.Spec:
+    data = archgrow.load_spec(ROOT / "specs" / f"{strategy}.yaml").model_dump(mode="json")
+    data["defaults"]["max_width"] = "2x"
+    for rule in data["rules"]:
+        trig = rule.get("trigger") or {}
+        if trig.get("kind") == "activation":
+            trig["buffer_size"] = batch if model_name == "vgg11" else None
+    return archgrow.spec.parse_spec(data, source=f"{strategy}.yaml (benchmark)")
+
+
+def run(model_name: str, strategy: str, steps: int, warmup: int = 3) -> dict[str, float]:
+    base, x, y, batch = setup(model_name)
+    model = copy.deepcopy(base)
+    grown = None if strategy == "static" else archgrow.wrap(model, spec_for(strategy, model_name, batch), x[:1])
+    net = grown if grown is not None else model
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    grow_time, times = 0.0, []
+    events = 0
+    for step in range(warmup + steps):
+        start = time.perf_counter()
+        net.train()
+        loss = F.cross_entropy(net(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if grown is not None:
+            g0 = time.perf_counter()
+            events += len(grown.grow_step(optimizer, loss_fn=lambda: F.cross_entropy(grown(x), y)))
+            if step >= warmup:
+                grow_time += time.perf_counter() - g0
+        if step >= warmup:
+            times.append(time.perf_counter() - start)
+    widths = grown.widths() if grown is not None else archgrow.trace(model, x[:1]).widths()
+    return {
+        "step": statistics.fmean(times),
+        "grow": grow_time / steps,
+        "params": sum(p.numel() for p in model.parameters()),
+        "events": events,
+        "widths": widths,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="*", default=["mlp", "vgg11"], choices=["mlp", "vgg11"])
+    parser.add_argument("--strategies", nargs="*", default=list(STRATEGIES), choices=list(STRATEGIES))
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--reps", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.steps} timed steps, median of {args.reps} runs\n")
+    for model_name in args.models:
+        results = {}
+        for strategy in dict.fromkeys(["static", *args.strategies]):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                reps = [run(model_name, strategy, args.steps) for _ in range(args.reps)]
+            results[strategy] = {**reps[0], "step": statistics.median(r["step"] for r in reps), "grow": statistics.median(r["grow"] for r in reps)}
+        static = results["static"]
+        print(f"## {model_name}\n")
+        print("| strategy | step ms | x static | grow_step ms | params x | events | final widths |")
+        print("|---|---|---|---|---|---|---|")
+        for strategy, r in results.items():
+            grown_widths = {k: v for k, v in r["widths"].items() if v != static["widths"].get(k)}
+            shown = ", ".join(f"{k}={v}" for k, v in grown_widths.items()) or "unchanged"
+            print(
+                f"| {strategy} | {1e3 * r['step']:.1f} | {r['step'] / static['step']:.2f} | {1e3 * r['grow']:.1f} | "
+                f"{r['params'] / static['params']:.2f} | {r['events']} | {shown} |"
+            )
+        print()
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
