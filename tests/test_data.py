@@ -278,3 +278,17 @@ def test_digits_without_sklearn_says_how_to_install(monkeypatch: pytest.MonkeyPa
     monkeypatch.setitem(sys.modules, "sklearn.datasets", None)  # makes the import fail
     with pytest.raises(ImportError, match=r"pip install scikit-learn.*archgrow\[data\]"):
         digits()
+
+
+# --------------------------------------------------------------------------- CIFAR (torchvision)
+def test_cifar_missing_files_say_where_and_what_to_do(tmp_path):
+    pytest.importorskip("torchvision")
+    from archgrow import ArchgrowError
+    from archgrow.data import cifar
+
+    with pytest.raises(ArchgrowError, match=r"cifar10 not found .* expects .*cifar-10-batches-py.*download=True"):
+        cifar(tmp_path)
+    with pytest.raises(ArchgrowError, match=r"cifar100 not found .*cifar-100-python"):
+        cifar(tmp_path, "cifar100")
+    with pytest.raises(ValueError, match="accepted: cifar10, cifar100"):
+        cifar(tmp_path, "cifar20")
