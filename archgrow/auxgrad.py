@@ -203,9 +203,10 @@ class Bridge:
         new = self.row_sizes if side == "rows" else self.col_sizes
         if old == new:
             return t
-        inner = [_fan_out_numel(m, b) // _out_size(m) for _, m, b in self.consumers] if side == "rows" else [
-            m.weight[0, 0].numel() for _, m in self.producers
-        ]
+        if side == "rows":
+            inner = [_fan_out_block(m, b) for _, m, b in self.consumers]
+        else:
+            inner = [m.weight[0, 0].numel() for _, m in self.producers]
         if side == "cols":
             self._check_appends()
         parts = []
@@ -333,14 +334,14 @@ def _padding(conv: nn.Conv2d) -> tuple[int, int]:
     return tuple(conv.padding)
 
 
-def _out_size(m: nn.Module) -> int:
-    return m.out_features if isinstance(m, nn.Linear) else m.out_channels
+def _fan_out_block(m: nn.Module, block: int) -> int:
+    """Fan-out weights per output unit of consumer ``m`` for one new channel (flatten block or kernel)."""
+    return block if isinstance(m, nn.Linear) else math.prod(m.kernel_size)
 
 
 def _fan_out_numel(m: nn.Module, block: int) -> int:
-    if isinstance(m, nn.Linear):
-        return m.out_features * block
-    return m.out_channels * math.prod(m.kernel_size)
+    out = m.out_features if isinstance(m, nn.Linear) else m.out_channels
+    return out * _fan_out_block(m, block)
 
 
 def _block_spatial(spatial: tuple[int, ...], block: int, group: str, consumer: str) -> tuple[int, ...]:

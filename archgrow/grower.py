@@ -22,6 +22,7 @@ from torch import nn
 from archgrow.auxgrad import BridgeError, build_bridge
 from archgrow.binding import GroupBinding, InitContext
 from archgrow.errors import ArchgrowError, SpecError
+from archgrow.graph.trace import forked_rng
 from archgrow.graph.widthgraph import WidthGraph, trace
 from archgrow.initializers import INITIALIZERS
 from archgrow.initializers.base import apply_units
@@ -203,12 +204,11 @@ class GrowingModel(nn.Module):
     def _trial_loss(self, loss_fn: Callable[[], torch.Tensor], grad: bool) -> torch.Tensor:
         """Run the user's loss without buffering inputs, capturing gradients or moving the RNG."""
         armed = [(b.bridge, b.bridge.armed) for b in self._bindings if b.bridge is not None]
-        devices = sorted({p.device.index or 0 for p in self.model.parameters() if p.device.type == "cuda"})
         self._in_trial = True
         for bridge, _ in armed:
             bridge.armed = False
         try:
-            with torch.random.fork_rng(devices=devices), torch.set_grad_enabled(grad):
+            with forked_rng(self.model), torch.set_grad_enabled(grad):
                 loss = loss_fn()
         finally:
             self._in_trial = False

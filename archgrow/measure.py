@@ -32,6 +32,7 @@ from torch import nn
 
 from archgrow.graph.layout import TensorMeta
 from archgrow.graph.rules import function_name
+from archgrow.graph.trace import forked_rng
 from archgrow.graph.widthgraph import WidthGraph, WidthGroup
 
 _IDENTITY_IN_EVAL = {
@@ -181,11 +182,10 @@ def _channel_dim(graph: WidthGraph, group: WidthGroup, meta: TensorMeta) -> int 
 def measuring(model: nn.Module) -> Iterator[None]:
     """Eval mode, no autograd, forked RNG; every module's own training flag restored after."""
     saved = [(m, m.training) for m in model.modules()]
-    devices = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
     try:
         for m, _ in saved:
             m.training = False
-        with torch.no_grad(), torch.random.fork_rng(devices=devices):
+        with torch.no_grad(), forked_rng(model):
             yield
     finally:
         for m, flag in saved:

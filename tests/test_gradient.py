@@ -15,8 +15,6 @@ import archgrow
 from archgrow import ArchgrowError, SpecError, wrap
 from archgrow.models import ModifiedReLU, mlp
 
-torch.set_default_dtype(torch.float32)
-
 
 def gradient_spec(match="*", init=None, **trigger):
     rule = {"match": match, "frozen": False, "trigger": {"kind": "gradient", **trigger}}
@@ -182,7 +180,7 @@ def test_gradient_trigger_counts_singular_values_against_unit_gradient_norms(thr
         assert e.score == pytest.approx(float(s[0]))
     else:
         assert events == []
-    # A direct check of the arithmetic with a threshold that certainly splits the spectrum
+    # the threshold's per-unit norms are the fan-in plus fan-out weight-gradient norms
     from archgrow.triggers.gradient import unit_gradient_norms
 
     torch.testing.assert_close(unit_gradient_norms(grown.growing["hidden1"])[:5], norms, check_dtype=False)
@@ -425,3 +423,16 @@ def test_gradient_methods_reject_unsupported_groups_at_wrap():
     model(x)
     with pytest.raises(SpecError, match=r"producer '0' is Conv1d; supported: nn.Linear, or nn.Conv2d with groups=1"):
         wrap(model, {"rules": [{"match": "0", "initializer": {"kind": "gradmax"}, "trigger": {"kind": "static"}}]}, x[:1])
+
+
+def test_loss_fn_must_return_the_loss_tensor():
+    torch.manual_seed(0)
+    model = mlp(8, (6,), 3)
+    x, y = torch.randn(16, 8), torch.randint(0, 3, (16,))
+    spec = {"rules": [{"match": "*", "trigger": {"kind": "linear_schedule", "final_width": 9, "total_steps": 1}, "initializer": {"kind": "firefly", "candidates": 4}}]}
+    grown = wrap(model, spec, x[:1])
+    grown.train()
+    F.cross_entropy(grown(x), y).backward()
+    with pytest.raises(ArchgrowError, match="loss_fn must return the loss as a one-element tensor, got float"):
+        grown.grow_step(loss_fn=lambda: 3.0)
+    assert model.hidden1.out_features == 6  # the failed trial left the model as it was

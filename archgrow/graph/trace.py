@@ -147,10 +147,15 @@ class _Recorder(fx.Interpreter):
         return out
 
 
+def forked_rng(model: nn.Module) -> Any:
+    """``torch.random.fork_rng`` over the CPU and every CUDA device ``model`` lives on."""
+    devices = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+    return torch.random.fork_rng(devices=devices)
+
+
 def record_shapes(gm: fx.GraphModule, model: nn.Module, example_inputs: tuple[Any, ...]) -> dict[fx.Node, Any]:
     """Run ``gm`` on ``example_inputs`` in eval mode, without autograd, RNG or statistics side effects."""
-    devices = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
-    with _modes(model, False), torch.no_grad(), torch.random.fork_rng(devices=devices):
+    with _modes(model, False), torch.no_grad(), forked_rng(model):
         recorder = _Recorder(gm)
         placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
         required = sum(1 for n in placeholders if not n.args)

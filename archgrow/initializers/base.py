@@ -11,6 +11,7 @@ import torch
 from archgrow.binding import GroupBinding, InitContext
 from archgrow.measure import Measurement, measuring, producer_forward, replay
 from archgrow.metrics import as_matrix, candidate_gaps, candidate_scores, per_sample
+from archgrow.surgery.grow import grow
 from archgrow.surgery.tensors import random_units, unit_norms
 
 DENSE_CANDIDATES = 1000
@@ -29,8 +30,6 @@ class Units:
 
 def apply_units(binding: GroupBinding, k: int, units: Units, *, optimizer: Any = None, generator: Any = None) -> None:
     """Grow ``binding``'s group by ``k`` as ``units`` says (used for real growth and for trials)."""
-    from archgrow.surgery.grow import grow
-
     old = binding.width
     fan_in = units.fan_in
     if isinstance(fan_in, torch.Tensor):

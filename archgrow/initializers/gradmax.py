@@ -45,8 +45,8 @@ class GradMaxRule(InitRule):
         if config.fan_in_scale is not None:
             self.fan_in_scale = config.fan_in_scale
         else:
-            self.dead = dead_at_zero(binding.group._graph, binding.group)
-            self.fan_in_scale = AUTO_FAN_IN_SCALE if self.dead else 0.0
+            dead = dead_at_zero(binding.group._graph, binding.group)
+            self.fan_in_scale = AUTO_FAN_IN_SCALE if dead else 0.0
 
     def max_units(self, binding: GroupBinding) -> int | None:
         return min(binding.bridge.gradient().shape)

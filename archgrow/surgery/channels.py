@@ -15,8 +15,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from archgrow.graph.analysis import FAN_IN, FAN_OUT, TensorBinding
+from archgrow.graph.analysis import TensorBinding
 from archgrow.graph.widthgraph import WidthGraph, WidthGroup
+from archgrow.surgery.grow import _reset_grad_accumulator
 
 
 def channel_positions(graph: WidthGraph, binding: TensorBinding, group: WidthGroup, channels: Sequence[int]) -> torch.Tensor:
@@ -129,8 +130,6 @@ def trial(graph: WidthGraph, group: WidthGroup, model: nn.Module) -> Iterator[No
 
     Pass ``optimizer=None`` to :func:`archgrow.grow` inside: optimizer state is not restored.
     """
-    from archgrow.surgery.grow import _reset_grad_accumulator
-
     saved: list[_Saved] = []
     seen: set[tuple[str, str]] = set()
     for b in group_tensors(graph, group):
@@ -167,18 +166,6 @@ def trial(graph: WidthGraph, group: WidthGroup, model: nn.Module) -> Iterator[No
         graph._refresh_shapes(root)
 
 
-__all__ = [
-    "FAN_IN",
-    "FAN_OUT",
-    "channel_positions",
-    "copy_channels",
-    "group_tensors",
-    "read_channels",
-    "scale_channels",
-    "trial",
-    "unit_norms_by_role",
-    "write_channels",
-]
 
 
 def unit_norms_by_role(graph: WidthGraph, group: WidthGroup, role: str, *, grad: bool = False) -> torch.Tensor:
@@ -210,3 +197,15 @@ def unit_norms_by_role(graph: WidthGraph, group: WidthGroup, role: str, *, grad:
     if total is None:
         return torch.zeros(width, dtype=torch.float64)
     return total.sqrt()
+
+
+__all__ = [
+    "channel_positions",
+    "copy_channels",
+    "group_tensors",
+    "read_channels",
+    "scale_channels",
+    "trial",
+    "unit_norms_by_role",
+    "write_channels",
+]
