@@ -1,5 +1,5 @@
-"""Command line: ``archgrow groups`` (width groups of a model), ``archgrow validate`` (spec files)
-and ``archgrow schema`` (the spec's JSON Schema)."""
+"""Command line: ``archgrow run`` (experiments), ``archgrow groups`` (width groups of a model),
+``archgrow validate`` (spec files) and ``archgrow schema`` (the spec's JSON Schema)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -16,7 +17,11 @@ from torch import nn
 from archgrow import __version__, models
 from archgrow.errors import ArchgrowError, SpecError
 from archgrow.graph import trace
+from archgrow.grower import bind, wrap
+from archgrow.runner import load_experiment, markdown_table, run_experiment
+from archgrow.runner.sweep import output_dir
 from archgrow.spec import json_schema, load_spec
+from archgrow.viz import plot_run, plot_sweep, render_width_graph, write_run_report, write_sweep_report
 
 DEFAULT_MODELS = ("wrn28", "resnet18")
 BUILTIN_INPUTS = {"mlp": (1, 64), "vgg11": (1, 3, 32, 32), "wrn28": (1, 3, 32, 32)}
@@ -28,21 +33,8 @@ def build_model(name: str, width_mult: float) -> tuple[nn.Module, torch.Tensor]:
     torch.manual_seed(0)
     if name in models.BUILDERS:
         return models.build(name, width_mult=width_mult), torch.randn(BUILTIN_INPUTS[name])
-    try:
-        import torchvision
-    except ImportError:
-        raise ArchgrowError(
-            f"'{name}' is not a built-in model ({', '.join(models.BUILDERS)}) and torchvision is not "
-            "installed: pip install 'archgrow[vision]'"
-        ) from None
-    names = torchvision.models.list_models(module=torchvision.models)
-    if name not in names:
-        raise ArchgrowError(
-            f"unknown model '{name}': use a built-in model ({', '.join(models.BUILDERS)}) or a "
-            f"torchvision classification model ({', '.join(names[:6])}, ...)"
-        )
     size = 224 if name.startswith("vit_") else TORCHVISION_SIZES.get(name, 64)
-    return torchvision.models.get_model(name, weights=None), torch.randn(1, 3, size, size)
+    return models.torchvision_model(name), torch.randn(1, 3, size, size)
 
 
 def cmd_groups(args: argparse.Namespace) -> int:
@@ -62,8 +54,6 @@ def cmd_groups(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """One line per problem; with --model, also the problems that need the model (wrap-time)."""
-    from archgrow.grower import wrap
-
     failed = 0
     built = {name: build_model(name, args.width_mult) for name in args.model}
     for path in args.files:
@@ -85,6 +75,59 @@ def cmd_validate(args: argparse.Namespace) -> int:
             continue
         print(f"{path}: ok" + (f" (bound to {', '.join(args.model)})" if args.model else ""))
     return 1 if failed else 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Train every strategy and baseline of an experiment file; print the table and the report's path."""
+    exp = load_experiment(args.experiment)
+    changes = {}
+    if args.epochs is not None:
+        changes["train.epochs"] = args.epochs
+    if args.device is not None:
+        changes["device"] = args.device
+    if args.strategy or args.seeds or changes:
+        exp = exp.restricted(strategies=args.strategy, seeds=args.seeds, **changes)
+    runs = exp.runs()
+    out = output_dir(exp, args.out)
+    if args.dry_run:
+        print(f"{exp.source}: ok; {len(runs)} runs into {out}")
+        for name, kind, seed in runs:
+            print(f"  {name} ({kind}) seed {seed}")
+        return 0
+    result = run_experiment(exp, output=out, progress=not args.quiet, pictures=not args.no_pictures)
+    print(markdown_table(result.table), end="")
+    where = result.report if result.report.exists() else result.directory
+    print(f"report: {where}")
+    return 0
+
+
+def cmd_visualize(args: argparse.Namespace) -> int:
+    """Redraw a run's or a sweep's pictures and report from its files, or draw a model's width-group graph."""
+    if args.model:
+        model, x = build_model(args.model, args.width_mult)
+        graph = trace(model, x)
+        growing = None
+        if args.spec:
+            growing = [b.name for b in bind(load_spec(args.spec), graph) if b.settings.trigger.kind != "static"]
+        stem = Path(args.out or f"{args.model}-groups")
+        for path in render_width_graph(graph, stem, growing=growing, engine=args.engine, title=args.title):
+            print(path)
+        return 0
+    if not args.dirs:
+        raise ArchgrowError("give run or sweep directories, or --model NAME to draw a model's width-group graph")
+    for d in map(Path, args.dirs):
+        if (d / "runs.csv").is_file():  # a sweep: its runs, then the sweep itself
+            for summary in sorted(d.glob("*/seed*/summary.json")):
+                plot_run(summary.parent)
+                write_run_report(summary.parent)
+            plot_sweep(d)
+            print(write_sweep_report(d))
+        elif (d / "summary.json").is_file():
+            plot_run(d)
+            print(write_run_report(d))
+        else:
+            raise ArchgrowError(f"{d}: neither a run directory (summary.json) nor a sweep directory (runs.csv)")
+    return 0
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
@@ -111,6 +154,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--width-mult", type=float, default=0.25, help="width multiplier of built-in models")
     p.set_defaults(func=cmd_validate)
+    p = sub.add_parser("run", help="train the strategies and static baselines of an experiment file")
+    p.add_argument("experiment", help="experiment YAML file (see experiments/)")
+    p.add_argument("--out", help="output folder (default: the file's output, else runs/<name>)")
+    p.add_argument("--strategy", action="append", help="run only this strategy or baseline (repeatable)")
+    p.add_argument("--seeds", type=int, nargs="+", help="run only these seeds")
+    p.add_argument("--epochs", type=int, help="override train.epochs")
+    p.add_argument("--device", help="override device (cpu, cuda, auto)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--no-pictures", action="store_true", help="write the data files only")
+    p.add_argument("--dry-run", action="store_true", help="validate and list the runs, train nothing")
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("visualize", help="redraw run/sweep pictures and reports, or draw a model's width groups")
+    p.add_argument("dirs", nargs="*", help="run or sweep directories written by `archgrow run`")
+    p.add_argument("--model", help="draw this model's width-group graph instead (built-in or torchvision name)")
+    p.add_argument("--spec", help="with --model: mark the groups this spec does not grow as frozen")
+    p.add_argument("--width-mult", type=float, default=0.25, help="width multiplier of built-in models")
+    p.add_argument("--out", help="with --model: output path without suffix (default <model>-groups)")
+    p.add_argument("--engine", choices=["auto", "dot", "python"], default="auto", help="graph renderer")
+    p.add_argument("--title", help="with --model: picture title")
+    p.set_defaults(func=cmd_visualize)
     p = sub.add_parser("schema", help="print the JSON Schema of growth spec files")
     p.set_defaults(func=cmd_schema)
     args = parser.parse_args(argv)

@@ -36,3 +36,7 @@ class SpecError(ArchgrowError, ValueError):
     def __init__(self, message: str, problems: list[str] | None = None):
         super().__init__(message)
         self.problems = list(problems) if problems else [message]
+
+
+class VizDependencyError(ArchgrowError, ImportError):
+    """matplotlib, needed to draw pictures, is not installed (``pip install 'archgrow[viz]'``)."""

@@ -51,6 +51,21 @@ class GrowthEvent:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class TriggerEvaluation:
+    """One trigger evaluation, growth or not: what plots of score against threshold need.
+
+    ``add`` is what the trigger asked for, before ``max_width``, the initializer's limit and the
+    group's step; for T_grad below its early-exit bound ``score`` is that bound on sigma_1.
+    """
+
+    step: int
+    group: str
+    score: float
+    threshold: float
+    add: int
+
+
 class GrowingModel(nn.Module):
     """Runs the wrapped model; call :meth:`grow_step` after each ``optimizer.step()``."""
 
@@ -59,6 +74,7 @@ class GrowingModel(nn.Module):
         self.model = model
         self.spec: Spec = as_spec(spec)
         self.history: list[GrowthEvent] = []
+        self.evaluations: list[TriggerEvaluation] = []  # of the latest grow_step only
         self.steps = 0
         self.measure_chunk = measure_chunk
         self.timings = {"measure": 0.0, "trigger": 0.0, "initializer": 0.0, "grow": 0.0}
@@ -108,6 +124,7 @@ class GrowingModel(nn.Module):
         if self._graph is None:
             raise ArchgrowError("the model has not been traced yet: pass example_inputs to wrap() or call it once")
         self.steps += 1
+        self.evaluations = []
         try:
             return self._grow_step(optimizer, loss_fn)
         finally:
@@ -135,6 +152,7 @@ class GrowingModel(nn.Module):
             seconds = time.perf_counter() - t0
             self.timings["trigger"] += seconds
             decisions.append((b, d, seconds + (share if b.trigger.needs_activations else 0.0)))
+            self.evaluations.append(TriggerEvaluation(self.steps, b.name, float(d.score), float(d.threshold), int(d.add)))
         cache = {name: (m, 0) for name, m in measurements.items()}
         generation = 0
 

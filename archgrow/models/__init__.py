@@ -6,12 +6,31 @@ from collections.abc import Callable
 
 from torch import nn
 
+from archgrow.errors import ArchgrowError
 from archgrow.models.activations import ModifiedReLU, modified_relu
 from archgrow.models.mlp import mlp
 from archgrow.models.vgg import VGG11, vgg11
 from archgrow.models.wrn import WideResNet, wrn28
 
 BUILDERS: dict[str, Callable[..., nn.Module]] = {"mlp": mlp, "vgg11": vgg11, "wrn28": wrn28}
+
+
+def torchvision_model(name: str, **kwargs) -> nn.Module:
+    """A ``torchvision.models`` classification model without weights; errors list what is accepted."""
+    try:
+        import torchvision
+    except ImportError:
+        raise ArchgrowError(
+            f"'{name}' is not a built-in model ({', '.join(BUILDERS)}) and torchvision is not "
+            "installed: pip install 'archgrow[vision]'"
+        ) from None
+    names = torchvision.models.list_models(module=torchvision.models)
+    if name not in names:
+        raise ArchgrowError(
+            f"unknown model '{name}': use a built-in model ({', '.join(BUILDERS)}) or a "
+            f"torchvision classification model ({', '.join(names[:6])}, ...)"
+        )
+    return torchvision.models.get_model(name, weights=None, **kwargs)
 
 
 def build(name: str, **kwargs) -> nn.Module:
@@ -23,4 +42,4 @@ def build(name: str, **kwargs) -> nn.Module:
     return builder(**kwargs)
 
 
-__all__ = ["BUILDERS", "VGG11", "ModifiedReLU", "WideResNet", "build", "mlp", "modified_relu", "vgg11", "wrn28"]
+__all__ = ["BUILDERS", "VGG11", "ModifiedReLU", "WideResNet", "build", "mlp", "torchvision_model", "modified_relu", "vgg11", "wrn28"]

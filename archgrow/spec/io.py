@@ -91,26 +91,26 @@ def json_schema() -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- error formatting
-def format_errors(exc: ValidationError) -> list[str]:
-    """One ``field.path: message`` line per problem, with the accepted values."""
+def format_errors(exc: ValidationError, root: type[BaseModel] = Spec) -> list[str]:
+    """One ``field.path: message`` line per problem, with the accepted values (``root``: the validated model)."""
     lines = []
     for err in exc.errors(include_url=False):
-        path, model = _path_and_model(err["loc"])
+        path, model = _path_and_model(err["loc"], root)
         lines.append(f"{path or '(top level)'}: {_message(err, model, path)}")
     return lines
 
 
-def _path_and_model(loc: tuple[Any, ...]) -> tuple[str, type[BaseModel] | None]:
+def _path_and_model(loc: tuple[Any, ...], root: type[BaseModel]) -> tuple[str, type[BaseModel] | None]:
     """The field path as the user wrote it (union tags dropped), and the model that owns its last part."""
     parts: list[str] = []
-    model: Any = Spec
+    model: Any = root
     parent: Any = None
     for item in loc:
         if isinstance(item, int):
             if parts:
                 parts[-1] += f"[{item}]"
             model = _list_item(model)
-        elif item in TRIGGER_KINDS + INITIALIZER_KINDS and _is_union(model):
+        elif _is_union(model) and _union_member(model, item) is not None:
             model = _union_member(model, item)
         else:
             parts.append(str(item))
@@ -152,8 +152,13 @@ def _union_member(annotation: Any, kind: str) -> Any:
     return None
 
 
-def _accepted_kinds(path: str) -> tuple[str, ...]:
-    return INITIALIZER_KINDS if path.rsplit(".", 1)[-1].startswith("initializer") else TRIGGER_KINDS
+def _accepted_kinds(path: str, ctx: dict[str, Any]) -> str:
+    field = path.rsplit(".", 1)[-1]
+    if field.startswith("initializer"):
+        return ", ".join(INITIALIZER_KINDS)
+    if field.startswith("trigger"):
+        return ", ".join(TRIGGER_KINDS)
+    return str(ctx.get("expected_tags", "")).replace("'", "")
 
 
 def _message(err: dict[str, Any], model: type[BaseModel] | None, path: str) -> str:
@@ -161,9 +166,9 @@ def _message(err: dict[str, Any], model: type[BaseModel] | None, path: str) -> s
     given = err.get("input")
     ctx = err.get("ctx") or {}
     if kind == "union_tag_invalid":
-        return f"unknown kind {ctx.get('tag')!r}; accepted kinds: {', '.join(_accepted_kinds(path))}"
+        return f"unknown kind {ctx.get('tag')!r}; accepted kinds: {_accepted_kinds(path, ctx)}"
     if kind == "union_tag_not_found":
-        return f"missing 'kind'; accepted kinds: {', '.join(_accepted_kinds(path))}"
+        return f"missing 'kind'; accepted kinds: {_accepted_kinds(path, ctx)}"
     if kind == "extra_forbidden":
         field = path.rsplit(".", 1)[-1]
         accepted = ", ".join(model.model_fields) if model else "see `archgrow schema`"

@@ -1,0 +1,114 @@
+"""From experiment sections to objects: the data split, the model, and static baselines.
+
+Static baselines are made by the same surgery that grows models: the seeded model is widened to
+``factor`` times the initial width of the groups the strategies grow, then every layer is
+re-initialised by its own ``reset_parameters``. That works for any traced model (torchvision ones
+have no width multiplier), and a baseline with factor 1 is exactly the growing runs' initial model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from archgrow import models
+from archgrow.data import DataSplit, cifar, digits, generated, mnist_split
+from archgrow.errors import ArchgrowError
+from archgrow.graph.widthgraph import WidthGraph
+from archgrow.runner.experiment import CifarData, DataConfig, DigitsData, GeneratedData, MnistData, ModelConfig
+from archgrow.surgery import grow
+
+
+def load_data(cfg: DataConfig) -> DataSplit:
+    """The train/test split an experiment's ``data`` section describes."""
+    if isinstance(cfg, GeneratedData):
+        return generated(
+            cfg.n_independent,
+            n_samples=cfg.n_samples,
+            n_features=cfg.n_features,
+            test_frac=cfg.test_frac,
+            noise=cfg.noise,
+            seed=cfg.seed,
+        )
+    if isinstance(cfg, DigitsData):
+        split = digits(test_frac=cfg.test_frac, seed=cfg.seed)
+        return _as_images(split, 8, None) if cfg.images else split
+    if isinstance(cfg, MnistData):
+        if not Path(cfg.root).is_dir():
+            raise ArchgrowError(
+                f"data.root: MNIST folder {cfg.root} does not exist; it must hold the IDX files "
+                "(t10k-images-idx3-ubyte[.gz] and t10k-labels-idx1-ubyte[.gz], optionally the train-* pair)"
+            )
+        split = mnist_split(cfg.root, test_frac=cfg.test_frac, seed=cfg.seed, limit=cfg.limit)
+        return _as_images(split, 28, cfg.pad_to) if cfg.images else split
+    if isinstance(cfg, CifarData):
+        return cifar(cfg.root, cfg.kind, download=cfg.download, limit=cfg.limit)
+    raise TypeError(f"unknown data section {type(cfg).__name__}")
+
+
+def _as_images(split: DataSplit, side: int, pad_to: int | None) -> DataSplit:
+    def image(x: torch.Tensor) -> torch.Tensor:
+        x = x.reshape(x.shape[0], 1, side, side)
+        if pad_to is not None and pad_to > side:
+            before = (pad_to - side) // 2
+            after = pad_to - side - before
+            x = nn.functional.pad(x, (before, after, before, after))
+        return x
+
+    return DataSplit(image(split.x_train), split.y_train, image(split.x_test), split.y_test, split.name)
+
+
+def build_model(cfg: ModelConfig, data: DataSplit, seed: int) -> nn.Module:
+    """The model, initialised from ``seed`` (the global RNG is left as it was)."""
+    shape = tuple(data.x_train.shape[1:])
+    kwargs = dict(cfg.kwargs)
+    if cfg.activation is not None:
+        kwargs["activation"] = cfg.activation
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if cfg.name == "mlp":
+            hidden = tuple(cfg.hidden) if cfg.hidden else (64,)
+            return models.mlp(data.n_features, hidden, data.num_classes, width_mult=cfg.width_mult, **kwargs)
+        if cfg.name in ("vgg11", "wrn28"):
+            if len(shape) != 3:
+                raise ArchgrowError(
+                    f"model.name: {cfg.name} needs image data (N, C, H, W), but the data gives samples of shape "
+                    f"{shape}; use images: true in the data section"
+                )
+            if cfg.name == "vgg11":
+                kwargs.setdefault("input_size", shape[-1])
+            builder = models.BUILDERS[cfg.name]
+            return builder(num_classes=data.num_classes, width_mult=cfg.width_mult, in_channels=shape[0], **kwargs)
+        kwargs.setdefault("num_classes", data.num_classes)
+        return models.torchvision_model(cfg.name, **kwargs)
+
+
+def scale_groups(graph: WidthGraph, factor: float, groups: Iterable[str], seed: int) -> dict[str, int]:
+    """Widen ``groups`` to ``factor`` x their width (rounded up to each group's step), then re-initialise.
+
+    Returns the new widths. Factors below 1 are refused: archgrow grows, it does not prune.
+    """
+    if factor < 1:
+        raise ArchgrowError(f"static baseline factor {factor} < 1: baselines can only be wider than the initial model")
+    targets: dict[str, int] = {}
+    grew = False
+    for name in groups:
+        g = graph.group(name)
+        target = max(g.width, math.ceil(round(g.width * factor, 6) / g.step) * g.step)
+        if target > g.width:
+            grow(graph, name, target - g.width)
+            grew = True
+        targets[name] = graph.group(name).width
+    if not grew:
+        return targets
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for module in graph.model.modules():
+            reset = getattr(module, "reset_parameters", None)
+            if callable(reset) and any(True for _ in module.parameters(recurse=False)):
+                reset()
+    return targets
