@@ -16,6 +16,7 @@ import json
 import statistics
 from pathlib import Path
 
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from archgrow.runner import markdown_table
@@ -37,7 +38,8 @@ def main() -> None:
     args.doc.mkdir(parents=True, exist_ok=True)
     (args.doc / f"{args.name}.md").write_text(markdown_table(table))
     strategies = list(dict.fromkeys(r["strategy"] for r in runs))
-    colours = {s: f"C{i % 10}" for i, s in enumerate(strategies)}
+    tab20 = colormaps["tab20"]  # 20 distinct colours: dark shades first, then the light ones
+    colours = {s: tab20((2 * i) % 20 + (2 * i) // 20 % 2) for i, s in enumerate(strategies)}
 
     # Figure 2: accuracy and time vs parameters
     fig = Figure(figsize=(11, 4), layout="constrained")

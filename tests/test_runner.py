@@ -323,3 +323,22 @@ def test_cli_visualize_redraws_runs_and_draws_models(sweep, tmp_path, capsys):
     assert (tmp_path / "g.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["visualize", str(tmp_path)]) == 2
     assert "neither a run directory" in capsys.readouterr().err
+
+
+def test_torchvision_model_builds_and_scales_as_a_static_baseline():
+    from archgrow.data import DataSplit
+    from archgrow.runner.experiment import ModelConfig
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(12, 3, 32, 32, generator=g), torch.arange(12) % 5
+    split = DataSplit(x[:8], y[:8], x[8:], y[8:], "random images")
+    model = build_model(ModelConfig(name="resnet18"), split, seed=0)
+    assert model.fc.out_features == 5  # num_classes from the data
+    graph = trace(model, x[:1])
+    # the residual stage: layer1's conv2s, the stem conv and their BatchNorms share one group
+    name = next(gr.name for gr in graph.groups if "layer1.0.conv2" in [m.name for m in gr.producers])
+    widths = scale_groups(graph, 2.0, [name], seed=0)
+    assert widths == {name: 128}
+    assert model.layer1[0].conv2.weight.shape[0] == 128 and model.layer1[1].bn2.num_features == 128
+    model.eval()
+    assert model(x[:2]).shape == (2, 5)

@@ -159,6 +159,7 @@ def run_one(
             [epoch, step, *(_num(v) for v in row.values()), _params(model), f"{time.perf_counter() - started:.3f}", *widths]
         )
         metrics_file.flush()
+        triggers_file.flush()
         return row
 
     train_seconds = 0.0
