@@ -342,3 +342,22 @@ def test_torchvision_model_builds_and_scales_as_a_static_baseline():
     assert model.layer1[0].conv2.weight.shape[0] == 128 and model.layer1[1].bn2.num_features == 128
     model.eval()
     assert model(x[:2]).shape == (2, 5)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "experiments").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_experiments_validate(path):
+    exp = load_experiment(path)
+    assert exp.runs() and all(exp.spec(s) is not None for s in exp.strategies)
+
+
+def test_readme_experiment_example_validates(tmp_path):
+    import re
+
+    blocks = re.findall(r"```yaml\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    example = next(b for b in blocks if "strategies:" in b)
+    (tmp_path / "experiments").mkdir()
+    (tmp_path / "specs").symlink_to(ROOT / "specs")
+    path = tmp_path / "experiments" / "example.yaml"
+    path.write_text(example)
+    exp = load_experiment(path)
+    assert set(exp.strategies) == {"north-select", "gradmax"} and exp.baselines == {"small-static": 1, "big-static": 8}
