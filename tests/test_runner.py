@@ -101,6 +101,7 @@ def test_growing_run_files_are_consistent(sweep, strategy):
     assert {g: int(last[f"width:{g}"]) for g in groups} == summary["final_widths"]
     assert int(last["params"]) == summary["params"]
     assert float(last["test_acc"]) == pytest.approx(summary["test_acc"], abs=1e-6)
+    assert all(0 < float(r["train_loss"]) < 10 for r in rows)  # epoch 0: evaluated; later: mean batch loss
     assert int(last["step"]) == summary["steps"] == 2 * 8  # 480 train samples / 64 per batch
     # every step evaluates both groups' triggers
     evaluations = read_csv(run / "triggers.csv")

@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from archgrow.graph.widthgraph import trace
+from archgrow.grower import bind
 from archgrow.runner.build import build_model, load_data
 from archgrow.runner.experiment import Experiment
-from archgrow.runner.train import RunPlan, grown_groups, resolve_device, run_one
+from archgrow.runner.train import RunPlan, resolve_device, run_one
 
 
 @dataclass(frozen=True)
@@ -83,11 +84,12 @@ def _baseline_groups(exp: Experiment, data: Any) -> list[str]:
     """The groups any strategy grows (every growable group when the experiment has no strategy)."""
     model = build_model(exp.model, data, exp.seeds[0])
     example = data.x_train[:1].to(next(model.parameters()).dtype)
+    graph = trace(model, example)
     if not exp.strategies:
-        return [g.name for g in trace(model, example).groups if g.growable]
+        return [g.name for g in graph.groups if g.growable]
     names: dict[str, None] = {}
-    for strategy in exp.strategies:
-        names.update(dict.fromkeys(grown_groups(exp.spec(strategy), model, example)))
+    for strategy in exp.strategies:  # bind checks each spec against the model; static triggers never grow
+        names.update(dict.fromkeys(b.name for b in bind(exp.spec(strategy), graph) if b.settings.trigger.kind != "static"))
     return list(names)
 
 

@@ -25,7 +25,7 @@ from torch import nn
 from archgrow.data import DataSplit
 from archgrow.errors import ArchgrowError
 from archgrow.graph.widthgraph import trace
-from archgrow.grower import GrowingModel, bind, wrap
+from archgrow.grower import GrowingModel, wrap
 from archgrow.runner.build import build_model, scale_groups
 from archgrow.runner.experiment import Experiment
 from archgrow.runner.progress import Progress
@@ -51,11 +51,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ArchgrowError(f"device: {name!r} was asked for but CUDA is not available here; use cpu or auto")
     return device
-
-
-def grown_groups(spec: Spec, model: nn.Module, example: torch.Tensor) -> list[str]:
-    """The groups a spec makes grow on this model (bound on a throwaway trace)."""
-    return [b.name for b in bind(spec, trace(model, example)) if b.settings.trigger.kind != "static"]
 
 
 def fit_schedules(spec: Spec, total_steps: int) -> Spec:
@@ -169,7 +164,8 @@ def run_one(
         for epoch in range(1, cfg.epochs + 1):
             net.train()
             order = torch.randperm(n_train, generator=generator).to(device)
-            losses = []
+            loss_sum = torch.zeros((), dtype=dtype, device=device)  # summed on device: no sync per step
+            batches = 0
             t0 = time.perf_counter()
             for i in range(0, n_train, cfg.batch_size):
                 idx = order[i : i + cfg.batch_size]
@@ -190,10 +186,12 @@ def run_one(
                         history.flush()
                 if scheduler is not None:
                     scheduler.step()
-                losses.append(loss.item())
-                bar.update(step, loss=f"{losses[-1]:.3f}", test_acc=f"{last['test_acc']:.2%}", width=_short(graph, groups))
+                loss_sum += loss.detach()
+                batches += 1
+                if bar.live:  # formatting (and loss.item()'s sync) only where the bar is drawn
+                    bar.update(step, loss=f"{loss.item():.3f}", test_acc=f"{last['test_acc']:.2%}", width=_short(graph, groups))
             train_seconds += time.perf_counter() - t0
-            last = record_epoch(epoch, step, sum(losses) / len(losses))
+            last = record_epoch(epoch, step, loss_sum.item() / batches)
             bar.update(step, force=True, test_acc=f"{last['test_acc']:.2%}", width=_short(graph, groups))
             bar.epoch_line(
                 f"epoch {epoch}/{cfg.epochs}: loss {last['train_loss']:.4f}, test acc {last['test_acc']:.2%}, "

@@ -110,8 +110,8 @@ def _path_and_model(loc: tuple[Any, ...], root: type[BaseModel]) -> tuple[str, t
             if parts:
                 parts[-1] += f"[{item}]"
             model = _list_item(model)
-        elif _is_union(model) and _union_member(model, item) is not None:
-            model = _union_member(model, item)
+        elif _is_union(model) and (member := _union_member(model, item)) is not None:
+            model = member
         else:
             parts.append(str(item))
             parent = model

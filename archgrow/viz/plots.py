@@ -49,26 +49,26 @@ PNG_DPI = 120
 # ----------------------------------------------------------------------------------------------
 
 
-def load_run_summary(run_dir: PathLike) -> dict[str, Any]:
-    """``<run_dir>/summary.json``; :class:`FileNotFoundError` naming the file if the dir is not a run."""
-    path = Path(run_dir) / "summary.json"
+def _read_summary(directory: PathLike, what: str) -> Any:
+    """``<directory>/summary.json``; :class:`FileNotFoundError` saying the dir is not a ``what`` directory."""
+    path = Path(directory) / "summary.json"
     if not path.is_file():
         raise FileNotFoundError(
-            f"{path} does not exist: {Path(run_dir)} is not a run directory (see docs/run-directory.md)"
+            f"{path} does not exist: {Path(directory)} is not a {what} directory (see docs/run-directory.md)"
         )
     with path.open(encoding="utf-8") as f:
         return json.load(f)
 
 
+def load_run_summary(run_dir: PathLike) -> dict[str, Any]:
+    """``<run_dir>/summary.json``; :class:`FileNotFoundError` naming the file if the dir is not a run."""
+    return _read_summary(run_dir, "run")
+
+
 def load_sweep_summary(sweep_dir: PathLike) -> dict[str, Any]:
     """``<sweep_dir>/summary.json`` (with its ``runs`` list); clear errors for a missing file or a run dir."""
+    summary = _read_summary(sweep_dir, "sweep")
     path = Path(sweep_dir) / "summary.json"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} does not exist: {Path(sweep_dir)} is not a sweep directory (see docs/run-directory.md)"
-        )
-    with path.open(encoding="utf-8") as f:
-        summary = json.load(f)
     if not isinstance(summary, dict) or not isinstance(summary.get("runs"), list):
         raise ValueError(
             f"{path} has no 'runs' list: {Path(sweep_dir)} looks like a run directory, not a sweep directory"
