@@ -1,7 +1,8 @@
 """``archgrow.wrap``: a model that grows after each optimizer step, as a spec says (Algorithm 1).
 
 Per ``grow_step`` call: find the groups whose trigger is due, measure activations once for all of
-them (one forward over the input buffer, see :mod:`archgrow.measure`), ask each trigger how many
+them (one forward over the input buffer, see :mod:`archgrow.measure`, or, for ``source: step``,
+the values hooked from the training forward itself), ask each trigger how many
 units to add, cap at ``max_width`` and round down to the group's step, then grow the groups in
 graph order.  Growth is function-preserving for every NORTH* initializer, so later groups'
 triggers reuse the same measurement; initializers that need activations re-measure if an earlier
@@ -26,7 +27,16 @@ from archgrow.graph.trace import forked_rng
 from archgrow.graph.widthgraph import WidthGraph, trace
 from archgrow.initializers import INITIALIZERS
 from archgrow.initializers.base import apply_units
-from archgrow.measure import InputBuffer, Measurement, ProbeError, build_probe, measure, measuring, supports_candidates
+from archgrow.measure import (
+    InputBuffer,
+    Measurement,
+    ProbeError,
+    StepCapture,
+    build_probe,
+    measure,
+    measuring,
+    supports_candidates,
+)
 from archgrow.spec.io import SpecLike, as_spec
 from archgrow.spec.schema import INITIALIZER_KINDS, TRIGGER_KINDS, Settings, Spec, resolve_width
 from archgrow.triggers import TRIGGERS
@@ -82,6 +92,8 @@ class GrowingModel(nn.Module):
         self._graph: WidthGraph | None = None
         self._bindings: list[GroupBinding] = []
         self._buffer: InputBuffer | None = None
+        self._capture: StepCapture | None = None
+        self._unstarted: set[str] = set()  # source: step groups still waiting for their baseline
         self._started = False
         self._in_trial = False
         self._warned: set[str] = set()
@@ -92,8 +104,11 @@ class GrowingModel(nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         if self._graph is None:
             self._bind(tuple(a[:1] if isinstance(a, torch.Tensor) else a for a in args))
-        if self.training and self._buffer is not None and not self._in_trial:
-            self.observe(*args)
+        if self.training and not self._in_trial:
+            if self._buffer is not None:
+                self.observe(*args)
+            if self._capture is not None:
+                self._capture.begin()
         return self.model(*args, **kwargs)
 
     def observe(self, *inputs: torch.Tensor) -> None:
@@ -141,7 +156,8 @@ class GrowingModel(nn.Module):
         share = 0.0
         if measured:
             t0 = time.perf_counter()
-            measurements = self._measure(measured)
+            measurements = self._measure([b for b in measured if not _from_step(b)])
+            measurements.update(self._captured([b for b in measured if _from_step(b)]))
             spent = time.perf_counter() - t0
             self.timings["measure"] += spent
             share = spent / len(measured)
@@ -206,11 +222,14 @@ class GrowingModel(nn.Module):
         return not b.settings.frozen and step % b.settings.every_n_steps == 0 and b.settings.trigger.kind != "static"
 
     def _arm_bridges(self) -> None:
-        """Capture the auxiliary gradient during the next training step only if it will be read."""
+        """Capture the auxiliary gradient (and step activations) during the next training step only
+        if they will be read."""
         for b in self._bindings:
             if b.bridge is not None:
                 b.bridge.reset()
                 b.bridge.armed = self._due(b, self.steps + 1) and (b.trigger.needs_gradient or b.initializer.needs_gradient)
+        if self._capture is not None:
+            self._capture.armed = any(_from_step(b) and self._due(b, self.steps + 1) for b in self._bindings)
 
     @staticmethod
     def _with_group(b: GroupBinding, fn: Callable[..., Any], *args: Any) -> Any:
@@ -222,6 +241,8 @@ class GrowingModel(nn.Module):
     def _trial_loss(self, loss_fn: Callable[[], torch.Tensor], grad: bool) -> torch.Tensor:
         """Run the user's loss without buffering inputs, capturing gradients or moving the RNG."""
         armed = [(b.bridge, b.bridge.armed) for b in self._bindings if b.bridge is not None]
+        if self._capture is not None:
+            armed.append((self._capture, self._capture.armed))
         self._in_trial = True
         for bridge, _ in armed:
             bridge.armed = False
@@ -257,26 +278,54 @@ class GrowingModel(nn.Module):
         bindings = bind(self.spec, graph)
         capacity = 0
         for b in bindings:
-            if b.trigger.needs_activations or b.initializer.needs_activations:
+            if (b.trigger.needs_activations or b.initializer.needs_activations) and not _from_step(b):
                 size = getattr(b.settings.trigger, "buffer_size", None)
                 capacity = max(capacity, size or 2 * b.max_width)
+        stepped = [b for b in bindings if _from_step(b)]
         self._graph = graph
         self._bindings = bindings
-        self._buffer = InputBuffer(capacity) if capacity else None
+        # source: step groups re-measure on the latest batch after a neighbour grew in the same step
+        self._buffer = InputBuffer(capacity) if capacity else (InputBuffer(None) if stepped else None)
+        self._capture = StepCapture(self.model, [b.probe for b in stepped]) if stepped else None
+        self._unstarted = {b.name for b in stepped}
         for b in bindings:
             if b.bridge is not None and (b.trigger.needs_gradient or b.initializer.needs_gradient):
                 b.bridge.attach()
         self._arm_bridges()
 
     def _start(self) -> None:
-        """Baselines from the network before training (phi(f_0) for activation triggers)."""
-        measured = [b for b in self._bindings if b.trigger.needs_activations]
+        """Baselines from the network before training (phi(f_0) for activation triggers).
+
+        ``source: step`` groups take theirs from the first step's own forward (see :meth:`_captured`).
+        """
+        measured = [b for b in self._bindings if b.trigger.needs_activations and not _from_step(b)]
         measurements = self._measure(measured) if measured else {}
         for b in self._bindings:
-            b.trigger.start(b, measurements.get(b.name))
+            if b.name not in self._unstarted:
+                b.trigger.start(b, measurements.get(b.name))
         self._started = True
 
+    def _captured(self, bindings: Sequence[GroupBinding]) -> dict[str, Measurement]:
+        """Measurements of ``source: step`` groups from the latest training forward."""
+        out = {}
+        for b in bindings:
+            m = self._capture.measurement(b.probe) if self._capture is not None else None
+            if m is None:
+                raise ArchgrowError(
+                    f"group '{b.name}' measures the training step's own forward (trigger source: step), but no "
+                    "forward of the wrapped model in training mode ran since the last grow_step: call grown(x) "
+                    "with grad enabled, then backward and optimizer.step(), before grow_step"
+                )
+            if b.name in self._unstarted:  # phi(f_0): the first step's forward, before any update
+                b.trigger.start(b, m)
+                self._unstarted.discard(b.name)
+            out[b.name] = m
+        self._warn_rows(out)
+        return out
+
     def _measure(self, bindings: Sequence[GroupBinding]) -> dict[str, Measurement]:
+        if not bindings:
+            return {}
         if self._buffer is None or self._buffer.size == 0:
             raise ArchgrowError(
                 f"group '{bindings[0].name}' needs activations but no input has been observed: call the wrapped "
@@ -285,16 +334,21 @@ class GrowingModel(nn.Module):
         inputs = self._buffer.tensors()
         with measuring(self.model):
             out = measure(self.model, [b.probe for b in bindings], inputs, chunk=self.measure_chunk)
-        for b in bindings:
+        self._warn_rows(out)
+        return out
+
+    def _warn_rows(self, out: dict[str, Measurement]) -> None:
+        for b in self._bindings:
+            if b.name not in out:
+                continue
             rows = out[b.name].h.numel() // max(1, out[b.name].h.shape[b.probe.channel_dim])
             if rows <= b.width and b.name not in self._warned:
                 self._warned.add(b.name)
                 warnings.warn(
                     f"group '{b.name}': measured on {rows} rows for width {b.width}; the effective dimension "
-                    f"cannot exceed {rows}, which caps growth (raise buffer_size)",
-                    stacklevel=3,
+                    f"cannot exceed {rows}, which caps growth (raise buffer_size, or the batch size with source: step)",
+                    stacklevel=4,
                 )
-        return out
 
     # ------------------------------------------------------------------ checkpoint support
     def grower_state(self) -> dict[str, Any]:
@@ -303,6 +357,7 @@ class GrowingModel(nn.Module):
             "history": [e.to_dict() for e in self.history],
             "states": {b.name: dict(b.state) for b in self._bindings},
             "started": self._started,
+            "unstarted": sorted(self._unstarted),
             "generator": self._generator.get_state(),
             "buffer": self._buffer.state_dict() if self._buffer is not None else None,
             "timings": dict(self.timings),
@@ -314,6 +369,7 @@ class GrowingModel(nn.Module):
         for b in self._bindings:
             b.state = dict(state["states"].get(b.name, {}))
         self._started = state["started"]
+        self._unstarted = set(state.get("unstarted", sorted(self._unstarted)))
         self._generator.set_state(state["generator"])
         if self._buffer is not None and state["buffer"] is not None:
             self._buffer.load_state_dict(state["buffer"])
@@ -474,6 +530,11 @@ def _is_conv(graph: WidthGraph, g) -> bool:
         return isinstance(graph.model.get_submodule(g.producers[0].name), nn.modules.conv._ConvNd)
     except AttributeError:
         return False
+
+
+def _from_step(b: GroupBinding) -> bool:
+    """The group's trigger measures the training step's own forward (``source: step``)."""
+    return getattr(b.settings.trigger, "source", "buffer") == "step" and b.trigger.needs_activations
 
 
 def _as_tuple(x: Any) -> tuple[Any, ...]:

@@ -59,6 +59,7 @@ class Probe:
     channel_dim: int
     ndim: int
     chain: tuple[fx.Node, ...]
+    end_module: str | None = None  # hookable end of a mode-independent chain (see StepCapture)
 
     @property
     def dense(self) -> bool:
@@ -114,7 +115,29 @@ def build_probe(graph: WidthGraph, group: WidthGroup) -> Probe:
                 break
             chain.extend(region)
             cur = end
-    return Probe(group.name, first.name, cd, meta.ndim, tuple(chain))
+    return Probe(group.name, first.name, cd, meta.ndim, tuple(chain), _hookable_end(graph, chain))
+
+
+def _hookable_end(graph: WidthGraph, chain: list[fx.Node]) -> str | None:
+    """The module computing the chain's last node, when its output in a training forward equals
+    the eval-mode replay (no norm layer, dropout or other stateful module on the way) and it is
+    called exactly once, so that its first output in a forward is the probe's value."""
+    if not chain or chain[-1].op != "call_module":
+        return None
+    for n in chain:
+        if n.op == "call_module":
+            mod = graph._gm.get_submodule(str(n.target))
+            if any(True for _ in mod.parameters(recurse=False)) or any(True for _ in mod.buffers(recurse=False)):
+                return None
+            if isinstance(mod, nn.modules.dropout._DropoutNd):
+                return None
+        elif n.op == "call_function" and function_name(n.target) in _IDENTITY_IN_EVAL:
+            return None
+        elif n.op == "call_method" and str(n.target) in _IDENTITY_IN_EVAL:
+            return None
+    target = str(chain[-1].target)
+    calls = sum(1 for n in graph._gm.graph.nodes if n.op == "call_module" and str(n.target) == target)
+    return target if calls == 1 else None
 
 
 def _next_region(
@@ -212,7 +235,8 @@ def measure(
             if name in seen:
                 return
             seen.add(name)
-            captured[name].append((args[0].detach() if args else None, output.detach()))
+            # a copy: an in-place op right after the producer (ReLU(inplace=True)) would edit it
+            captured[name].append((args[0].detach() if args else None, output.detach().clone()))
             if len(seen) == len(producers):
                 raise _Done
 
@@ -251,6 +275,8 @@ def replay(model: nn.Module, probe: Probe, z: torch.Tensor, *, candidates: bool 
     """
     if not probe.chain:
         return z
+    if any(_in_place(model, n) for n in probe.chain):  # keep the caller's z (Measurement.z) intact
+        z = z.clone()
     env: dict[fx.Node, Any] = {_chain_input(probe): z}
 
     def value(n: fx.Node) -> Any:
@@ -278,6 +304,14 @@ def replay(model: nn.Module, probe: Probe, z: torch.Tensor, *, candidates: bool 
     return out
 
 
+def _in_place(model: nn.Module, node: fx.Node) -> bool:
+    """The op may overwrite its input: ``ReLU(inplace=True)``, ``F.relu(x, inplace=True)``, ``x.relu_()``."""
+    if node.op == "call_module":
+        return bool(getattr(model.get_submodule(str(node.target)), "inplace", False))
+    name = function_name(node.target) if node.op == "call_function" else str(node.target)
+    return bool(node.kwargs.get("inplace")) or (name.endswith("_") and not name.endswith("__"))
+
+
 def _chain_input(probe: Probe) -> fx.Node:
     first = probe.chain[0]
     inside = set(probe.chain)
@@ -300,15 +334,73 @@ def supports_candidates(module: nn.Module) -> bool:
     return isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and module.groups == 1
 
 
+class StepCapture:
+    """Probe values taken from the training forward itself (``source: step``): no extra forward.
+
+    Forward hooks keep each probed producer's input and (a copy of its) output, and the probe's
+    value where its chain ends in a hookable module (see :func:`_hookable_end`); otherwise the
+    chain is replayed on the output in eval mode, as :func:`measure` does.  Values come from the
+    latest training forward (pre-update weights, the step's batch); only armed steps keep any.
+    The producer's input needs no copy: autograd saved it for the weight gradient, so an in-place
+    edit would have failed the backward.  Its output may legally be edited in place (an
+    ``inplace=True`` ReLU), hence the copy.
+    """
+
+    def __init__(self, model: nn.Module, probes: Sequence[Probe]):
+        self.model = model
+        self.probes = list(probes)
+        self.armed = False
+        self._values: dict[tuple[str, str], tuple[torch.Tensor | None, torch.Tensor]] = {}
+        self._handles: list[Any] = []
+        for name in sorted({p.producer for p in self.probes}):
+            self._handles.append(model.get_submodule(name).register_forward_hook(self._hook("producer", name)))
+        for name in sorted({p.end_module for p in self.probes if p.end_module}):
+            self._handles.append(model.get_submodule(name).register_forward_hook(self._hook("end", name)))
+
+    def _hook(self, role: str, name: str):
+        def fn(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+            key = (role, name)
+            if not self.armed or not module.training or not torch.is_grad_enabled() or key in self._values:
+                return
+            if role == "producer":
+                self._values[key] = (args[0].detach() if args else None, output.detach().clone())
+            else:
+                self._values[key] = (None, output.detach())
+
+        return fn
+
+    def begin(self) -> None:
+        """A new training forward: forget the last one's values."""
+        self._values = {}
+
+    def measurement(self, probe: Probe) -> Measurement | None:
+        """The probe's values from the latest armed training forward, or ``None`` if it did not run."""
+        produced = self._values.get(("producer", probe.producer))
+        if produced is None:
+            return None
+        x, z = produced
+        end = self._values.get(("end", probe.end_module)) if probe.end_module else None
+        if end is not None:
+            return Measurement(x, z, end[1])
+        with measuring(self.model):
+            return Measurement(x, z, replay(self.model, probe, z))
+
+    def detach(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+
 # --------------------------------------------------------------------------- input buffer
 class InputBuffer:
     """A FIFO of raw inputs, newest first, holding at most ``capacity`` samples (paper §2).
 
+    ``capacity=None`` keeps the latest batch only (what ``source: step`` groups re-measure on).
     Stores detached copies, so the training graph is never retained and memory is bounded.
     """
 
-    def __init__(self, capacity: int):
-        if capacity < 1:
+    def __init__(self, capacity: int | None):
+        if capacity is not None and capacity < 1:
             raise ValueError(f"buffer capacity must be positive, got {capacity}")
         self.capacity = capacity
         self._chunks: list[tuple[torch.Tensor, ...]] = []
@@ -319,6 +411,9 @@ class InputBuffer:
         n = batch[0].shape[0]
         if any(t.shape[0] != n for t in batch):
             raise ValueError("all buffered inputs must share the batch dimension")
+        if self.capacity is None:
+            self._chunks, self.size = [batch], n
+            return
         self._chunks.insert(0, batch)
         self.size += n
         while self.size > self.capacity:

@@ -4,11 +4,17 @@
 
 For each model, every strategy trains from the same seed on the same fixed batches with its
 trigger evaluated on every step (``every_n_steps: 1``).  A step is forward + backward + Adam step
-+ ``grow_step`` (static: no wrapper at all).  Columns:
++ ``grow_step`` (static: no wrapper at all).  ``name@step`` is the strategy with its activation
+trigger on ``source: step`` (the training forward's own activations, no extra forward).  Columns:
 
 * ``step ms``: mean wall time of a step over the timed steps (growth events included), median over
   ``--reps`` repetitions;
 * ``x static``: that mean divided by the static network's, measured in the same run;
+* ``no-growth x``: the same ratio over the timed steps where nothing grew (trigger evaluation
+  only; ``-`` when every step grew);
+* ``overhead x``: the no-growth steps' mean divided by a plain step of the *grown* network (its
+  final widths, no wrapper, same run): the cost of evaluating the triggers every step, without
+  the cost of the network simply being bigger;
 * ``grow_step ms``: mean time inside ``grow_step`` alone (trigger, initializer, surgery);
 * ``params x``: final parameter count over the static network's (a grown network also costs more
   per step simply because it is bigger);
@@ -37,7 +43,17 @@ import archgrow
 from archgrow import models
 
 ROOT = Path(__file__).resolve().parents[1]
-STRATEGIES = ("static", "north-select", "north-random", "north-weight", "gradmax", "firefly", "nest")
+STRATEGIES = (
+    "static",
+    "north-select",
+    "north-select@step",
+    "north-random",
+    "north-random@step",
+    "north-weight",
+    "gradmax",
+    "firefly",
+    "nest",
+)
 
 
 def setup(model_name: str) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor, int]:
@@ -48,40 +64,67 @@ def setup(model_name: str) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor,
 
 
 def spec_for(strategy: str, model_name: str, batch: int) -> archgrow.Spec:
-    data = archgrow.load_spec(ROOT / "specs" / f"{strategy}.yaml").model_dump(mode="json")
+    preset, _, source = strategy.partition("@")
+    data = archgrow.load_spec(ROOT / "specs" / f"{preset}.yaml").model_dump(mode="json")
     data["defaults"]["max_width"] = "2x"
     for rule in data["rules"]:
         trig = rule.get("trigger") or {}
         if trig.get("kind") == "activation":
-            trig["buffer_size"] = batch if model_name == "vgg11" else None
+            trig["buffer_size"] = batch if model_name == "vgg11" and not source else None
+            trig["source"] = source or "buffer"
     return archgrow.spec.parse_spec(data, source=f"{strategy}.yaml (benchmark)")
+
+
+def plain_steps(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, warmup: int = 3) -> float:
+    """Mean seconds of a plain training step of ``model`` (no wrapper, no growth)."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    times = []
+    for step in range(warmup + steps):
+        start = time.perf_counter()
+        model.train()
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step >= warmup:
+            times.append(time.perf_counter() - start)
+    return statistics.fmean(times)
 
 
 def run(model_name: str, strategy: str, steps: int, warmup: int = 3) -> dict[str, float]:
     base, x, y, batch = setup(model_name)
     model = copy.deepcopy(base)
-    grown = None if strategy == "static" else archgrow.wrap(model, spec_for(strategy, model_name, batch), x[:1])
-    net = grown if grown is not None else model
-    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
-    grow_time, times = 0.0, []
+    if strategy == "static":
+        step = plain_steps(model, x, y, steps, warmup)
+        widths = archgrow.trace(model, x[:1]).widths()
+        params = sum(p.numel() for p in model.parameters())
+        return {"step": step, "quiet": step, "final": step, "grow": 0.0, "params": params, "events": 0, "widths": widths}
+    grown = archgrow.wrap(model, spec_for(strategy, model_name, batch), x[:1])
+    optimizer = torch.optim.Adam(grown.parameters(), lr=1e-3)
+    grow_time, times, quiet = 0.0, [], []
     events = 0
     for step in range(warmup + steps):
         start = time.perf_counter()
-        net.train()
-        loss = F.cross_entropy(net(x), y)
+        grown.train()
+        loss = F.cross_entropy(grown(x), y)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        if grown is not None:
-            g0 = time.perf_counter()
-            events += len(grown.grow_step(optimizer, loss_fn=lambda: F.cross_entropy(grown(x), y)))
-            if step >= warmup:
-                grow_time += time.perf_counter() - g0
+        g0 = time.perf_counter()
+        grew = len(grown.grow_step(optimizer, loss_fn=lambda: F.cross_entropy(grown(x), y)))
+        events += grew
         if step >= warmup:
+            grow_time += time.perf_counter() - g0
             times.append(time.perf_counter() - start)
-    widths = grown.widths() if grown is not None else archgrow.trace(model, x[:1]).widths()
+            if not grew:
+                quiet.append(times[-1])
+    widths = grown.widths()
+    # the grown network trained plainly: what its size alone costs per step
+    final = plain_steps(copy.deepcopy(grown.model), x, y, steps, warmup)
     return {
         "step": statistics.fmean(times),
+        "quiet": statistics.fmean(quiet) if quiet else None,
+        "final": final,
         "grow": grow_time / steps,
         "params": sum(p.numel() for p in model.parameters()),
         "events": events,
@@ -104,17 +147,26 @@ def main() -> None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 reps = [run(model_name, strategy, args.steps) for _ in range(args.reps)]
-            results[strategy] = {**reps[0], "step": statistics.median(r["step"] for r in reps), "grow": statistics.median(r["grow"] for r in reps)}
+            quiet = [r["quiet"] for r in reps if r["quiet"] is not None]
+            results[strategy] = {
+                **reps[0],
+                "step": statistics.median(r["step"] for r in reps),
+                "grow": statistics.median(r["grow"] for r in reps),
+                "quiet": statistics.median(quiet) if quiet else None,
+                "final": statistics.median(r["final"] for r in reps),
+            }
         static = results["static"]
         print(f"## {model_name}\n")
-        print("| strategy | step ms | x static | grow_step ms | params x | events | final widths |")
-        print("|---|---|---|---|---|---|---|")
+        print("| strategy | step ms | x static | no-growth x | overhead x | grow_step ms | params x | events | final widths |")
+        print("|---|---|---|---|---|---|---|---|---|")
         for strategy, r in results.items():
             grown_widths = {k: v for k, v in r["widths"].items() if v != static["widths"].get(k)}
             shown = ", ".join(f"{k}={v}" for k, v in grown_widths.items()) or "unchanged"
+            quiet = f"{r['quiet'] / static['step']:.2f}" if r["quiet"] is not None else "-"
+            overhead = f"{r['quiet'] / r['final']:.2f}" if r["quiet"] is not None else "-"
             print(
-                f"| {strategy} | {1e3 * r['step']:.1f} | {r['step'] / static['step']:.2f} | {1e3 * r['grow']:.1f} | "
-                f"{r['params'] / static['params']:.2f} | {r['events']} | {shown} |"
+                f"| {strategy} | {1e3 * r['step']:.1f} | {r['step'] / static['step']:.2f} | {quiet} | {overhead} | "
+                f"{1e3 * r['grow']:.1f} | {r['params'] / static['params']:.2f} | {r['events']} | {shown} |"
             )
         print()
         sys.stdout.flush()

@@ -23,6 +23,7 @@ from archgrow.metrics import (
     candidate_scores,
     effective_dim,
     effective_dim_count,
+    eigen_count_above,
     gap_count,
     orthogonality_gap,
     per_sample,
@@ -400,6 +401,56 @@ def test_candidate_scores_lexicographic_matches_tuple_order_on_random_candidates
         for j in range(len(ref)):
             if ref[i][0] != ref[j][0] or abs(ref[i][1] - ref[j][1]) > 1e-6:
                 assert (lex[i] > lex[j]) == (ref[i] > ref[j]), (i, j, ref[i], ref[j])
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 30.0], ids=["tiny", "unit", "large"])
+def test_candidate_scores_on_wide_post_relu_layers_with_dead_units(scale: float) -> None:
+    """The bordered-spectrum scores on realistic layers: post-ReLU, dead (all-zero) units, exact
+    zero eigenvalues, many candidates, against an SVD of every stacked matrix."""
+    rows, m = 120, 40
+    w = randn(30, m + 60, seed=110)
+    x = randn(rows, 30, seed=111)
+    acts = torch.relu(x @ w) * scale
+    existing = acts[:, :m].clone()
+    existing[:, :5] = 0.0  # dead units
+    existing[:, 5:8] = existing[:, 8:11]  # duplicated units
+    cand = torch.cat([acts[:, m:], existing[:, 8:12] * 2.0, torch.zeros(rows, 1, dtype=torch.float64)], dim=1)
+    for divisor_scale in ("samples", "channels"):
+        got = candidate_scores(existing, cand, epsilon=EPS, scale=divisor_scale)
+        ref = ref_scores(existing, cand, EPS, divisor_scale)
+        counts = torch.tensor([c for c, _ in ref], dtype=torch.float64)
+        sums = torch.tensor([t for _, t in ref], dtype=torch.float64)
+        torch.testing.assert_close(got, counts + sums, rtol=1e-9, atol=1e-6 * max(1.0, scale))
+        assert torch.argsort(got, descending=True)[:5].tolist() == torch.argsort(counts + sums, descending=True)[:5].tolist()
+
+
+def test_candidate_scores_count_part_is_exact_around_epsilon() -> None:
+    """The count comes from inertia, not from rounded square roots: new directions whose singular
+    value sits a hair above or below epsilon are counted on the right side."""
+    rows, m = 50, 3
+    q, _ = torch.linalg.qr(randn(rows, m + 4, seed=120))
+    root = math.sqrt(rows)
+    existing = q[:, :m] * root
+    new = [EPS * (1 + 1e-6), EPS * (1 - 1e-6), EPS * 2, EPS / 2]
+    cand = torch.stack([q[:, m + i] * root * s for i, s in enumerate(new)], dim=1)
+    lex = candidate_scores(existing, cand, epsilon=EPS, lexicographic=True)
+    assert [math.floor(v) for v in lex.tolist()] == [m + 1, m, m + 1, m]
+
+
+def test_eigen_count_above_matches_eigvalsh_on_indefinite_matrices() -> None:
+    """Inertia from LDL^T, including Bunch-Kaufman 2x2 pivots (one eigenvalue of each sign)."""
+    gen_ = gen(130)
+    pivots_2x2 = 0
+    for trial in range(300):
+        n = int(torch.randint(1, 30, (1,), generator=gen_))
+        a = torch.randn(n, n, generator=gen_, dtype=torch.float64)
+        g = a + a.T if trial % 2 else a.T @ a / n
+        ev = torch.linalg.eigvalsh(g)
+        t = float(ev[int(torch.randint(0, n, (1,), generator=gen_))]) + 1e-3  # thresholds among the eigenvalues
+        pivots_2x2 += int((torch.linalg.ldl_factor(g - t * torch.eye(n, dtype=g.dtype))[1] < 0).sum())
+        assert eigen_count_above(g, t) == int((ev > t).sum()), (trial, n, t)
+    assert pivots_2x2 > 0  # the 2x2 branch was exercised
+    assert eigen_count_above(torch.zeros(0, 0, dtype=torch.float64), 0.5) == 0
 
 
 # --------------------------------------------------------------------------- candidate gaps

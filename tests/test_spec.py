@@ -154,7 +154,7 @@ BAD_FILES = [
         "rules:\n  - match: '*'\n    trigger: {kind: activation, gama: 0.5}\n",
         [
             "rules[0].trigger.gama: unknown field 'gama'; accepted fields: "
-            "kind, metric, gamma, epsilon, buffer_size, running_max, rounding, scale"
+            "kind, metric, gamma, epsilon, source, buffer_size, running_max, rounding, scale"
         ],
     ),
     (

@@ -277,9 +277,10 @@ class Analysis:
         name = rules.function_name(fn)
         self._note_param_users(node, fn)
         out = self.out()
-        if fn in rules.ELEMENTWISE_FUNCTIONS:
+        qualified = f"{getattr(fn, '__module__', '')}.{getattr(fn, '__name__', '')}"
+        if fn in rules.ELEMENTWISE_FUNCTIONS or qualified in rules.ELEMENTWISE_FUNCTION_NAMES:
             return self.elementwise(self.tensors(node.args, node.kwargs)) if _is_tensor(out) else _fixed(out)
-        if f"{getattr(fn, '__module__', '')}.{getattr(fn, '__name__', '')}" in rules.PER_SAMPLE_FUNCTION_NAMES:
+        if qualified in rules.PER_SAMPLE_FUNCTION_NAMES:
             return self.elementwise(self.tensors(node.args[0]))
         if fn in rules.LIKE_FUNCTIONS:
             src = self.m(node.args[0])

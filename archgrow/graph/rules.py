@@ -46,6 +46,11 @@ ELEMENTWISE_FUNCTIONS: set = (
     )
 )
 
+# Element-wise functions hidden from fx with ``torch.fx.wrap``, matched by qualified name.
+ELEMENTWISE_FUNCTION_NAMES: set[str] = {
+    "archgrow.models.activations.modified_relu",
+}
+
 # Functions that libraries hide from fx with ``torch.fx.wrap`` and that only scale each sample:
 # matched by qualified name so the core needs none of those libraries installed.
 PER_SAMPLE_FUNCTION_NAMES: set[str] = {

@@ -27,6 +27,7 @@ from pydantic import (
     PrivateAttr,
     WithJsonSchema,
     field_validator,
+    model_validator,
 )
 
 _MULTIPLE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*x\s*$")
@@ -92,7 +93,16 @@ class ActivationTrigger(_Strict):
         json_schema_extra={"exclusiveMinimum": 0, "maximum": 1},
     )
     epsilon: PositiveFloat = Field(0.01, description="singular-value threshold of the effective dimension")
-    buffer_size: PositiveInt | None = Field(None, description="raw-input FIFO capacity; None: 2 x max width")
+    source: Literal["buffer", "step"] = Field(
+        "buffer",
+        description=(
+            "buffer: recompute activations on a FIFO of raw inputs after the update (the authors' code); "
+            "step: reuse the training step's own forward on its batch (pre-update weights, no extra forward)"
+        ),
+    )
+    buffer_size: PositiveInt | None = Field(
+        None, description="raw-input FIFO capacity; None: 2 x max width (source: buffer only)"
+    )
     running_max: bool | None = Field(None, description="eq. 10 running maximum; None: on for models with convs")
     rounding: Literal["code", "paper"] = Field("code", description="code: s - floor(g*phi0*M); paper: floor(...)")
     scale: Literal["auto", "samples", "channels"] = Field(
@@ -100,6 +110,15 @@ class ActivationTrigger(_Strict):
     )
 
     _gamma = field_validator("gamma")(_check_gamma)
+
+    @model_validator(mode="after")
+    def _buffer_needs_buffer_source(self) -> ActivationTrigger:
+        if self.source == "step" and self.buffer_size is not None:
+            raise ValueError(
+                "buffer_size sets the raw-input FIFO of source: buffer; source: step measures the training "
+                "step's own batch: remove buffer_size or use source: buffer"
+            )
+        return self
 
 
 class WeightTrigger(_Strict):
