@@ -436,3 +436,18 @@ def test_loss_fn_must_return_the_loss_tensor():
     with pytest.raises(ArchgrowError, match="loss_fn must return the loss as a one-element tensor, got float"):
         grown.grow_step(loss_fn=lambda: 3.0)
     assert model.hidden1.out_features == 6  # the failed trial left the model as it was
+
+
+@pytest.mark.parametrize(
+    "kernel,padding,dilation,size,target",
+    [(3, 1, 1, 16, (8, 8)), (5, 2, 1, 12, (4, 4)), (3, 0, 1, 10, (4, 4)), (3, 2, 2, 12, (6, 6)), ((3, 1), (1, 0), 1, 8, (4, 8))],
+)
+def test_pooled_patches_from_a_box_filtered_input_equal_pooling_the_patches(kernel, padding, dilation, size, target):
+    """The shortcut for stride-1 producers pooled by whole factors gives the patches, then pooled."""
+    from archgrow.auxgrad import _pooled_patches
+
+    conv = nn.Conv2d(4, 5, kernel, padding=padding, dilation=dilation).double()
+    x = torch.randn(2, 4, size, 8 if isinstance(kernel, tuple) else size, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    out = tuple(conv(x).shape[2:])
+    patches = F.unfold(x, conv.kernel_size, dilation=conv.dilation, padding=conv.padding).reshape(2, -1, *out)
+    torch.testing.assert_close(_pooled_patches(x, conv, out, target), F.adaptive_avg_pool2d(patches, target), rtol=0, atol=1e-12)
