@@ -67,7 +67,6 @@ class Bridge:
     armed: bool = False
     _current: dict[str, tuple[torch.Tensor, tuple[int, ...]]] = field(default_factory=dict)
     _pairs: list[_Pair] = field(default_factory=list)
-    _handles: list[Any] = field(default_factory=list)
     _cache: torch.Tensor | None = None
     _svd: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
     _values: torch.Tensor | None = None
@@ -106,14 +105,9 @@ class Bridge:
     # ------------------------------------------------------------------ hooks
     def attach(self) -> None:
         for name, m in self.producers:
-            self._handles.append(m.register_forward_hook(self._producer_hook(name)))
+            m.register_forward_hook(self._producer_hook(name))
         for i, (_, m, _) in enumerate(self.consumers):
-            self._handles.append(m.register_forward_hook(self._consumer_hook(i)))
-
-    def detach(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
+            m.register_forward_hook(self._consumer_hook(i))
 
     def reset(self) -> None:
         self._current = {}

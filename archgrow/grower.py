@@ -309,7 +309,7 @@ class GrowingModel(nn.Module):
         """Measurements of ``source: step`` groups from the latest training forward."""
         out = {}
         for b in bindings:
-            m = self._capture.measurement(b.probe) if self._capture is not None else None
+            m = self._capture.measurement(b.probe)  # bound whenever a group uses source: step
             if m is None:
                 raise ArchgrowError(
                     f"group '{b.name}' measures the training step's own forward (trigger source: step), but no "

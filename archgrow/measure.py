@@ -351,11 +351,10 @@ class StepCapture:
         self.probes = list(probes)
         self.armed = False
         self._values: dict[tuple[str, str], tuple[torch.Tensor | None, torch.Tensor]] = {}
-        self._handles: list[Any] = []
         for name in sorted({p.producer for p in self.probes}):
-            self._handles.append(model.get_submodule(name).register_forward_hook(self._hook("producer", name)))
+            model.get_submodule(name).register_forward_hook(self._hook("producer", name))
         for name in sorted({p.end_module for p in self.probes if p.end_module}):
-            self._handles.append(model.get_submodule(name).register_forward_hook(self._hook("end", name)))
+            model.get_submodule(name).register_forward_hook(self._hook("end", name))
 
     def _hook(self, role: str, name: str):
         def fn(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
@@ -384,11 +383,6 @@ class StepCapture:
             return Measurement(x, z, end[1])
         with measuring(self.model):
             return Measurement(x, z, replay(self.model, probe, z))
-
-    def detach(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
 
 
 # --------------------------------------------------------------------------- input buffer

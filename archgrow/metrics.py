@@ -62,7 +62,7 @@ def eigen_count_above(g: Tensor, t: float) -> int:
     shifted = g - t * torch.eye(n, dtype=g.dtype, device=g.device)
     if g.device.type != "cpu":  # LAPACK's sytrf pivots; other back ends may not report 2x2 blocks alike
         return int((torch.linalg.eigvalsh(shifted) > 0).sum())
-    ld, pivots, info = torch.linalg.ldl_factor_ex(shifted)
+    ld, pivots, _ = torch.linalg.ldl_factor_ex(shifted)
     paired = pivots < 0  # both rows of each 2x2 block
     return int(((ld.diagonal() > 0) & ~paired).sum()) + int(paired.sum()) // 2
 
@@ -257,6 +257,7 @@ __all__ = [
     "candidate_scores",
     "effective_dim",
     "effective_dim_count",
+    "eigen_count_above",
     "gap_count",
     "orthogonality_gap",
     "per_sample",

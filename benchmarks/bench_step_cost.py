@@ -75,17 +75,21 @@ def spec_for(strategy: str, model_name: str, batch: int) -> archgrow.Spec:
     return archgrow.spec.parse_spec(data, source=f"{strategy}.yaml (benchmark)")
 
 
+def train_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> None:
+    net.train()
+    loss = F.cross_entropy(net(x), y)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+
+
 def plain_steps(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, warmup: int = 3) -> float:
     """Mean seconds of a plain training step of ``model`` (no wrapper, no growth)."""
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     times = []
     for step in range(warmup + steps):
         start = time.perf_counter()
-        model.train()
-        loss = F.cross_entropy(model(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        train_step(model, optimizer, x, y)
         if step >= warmup:
             times.append(time.perf_counter() - start)
     return statistics.fmean(times)
@@ -105,11 +109,7 @@ def run(model_name: str, strategy: str, steps: int, warmup: int = 3) -> dict[str
     events = 0
     for step in range(warmup + steps):
         start = time.perf_counter()
-        grown.train()
-        loss = F.cross_entropy(grown(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        train_step(grown, optimizer, x, y)
         g0 = time.perf_counter()
         grew = len(grown.grow_step(optimizer, loss_fn=lambda: F.cross_entropy(grown(x), y)))
         events += grew

@@ -23,42 +23,36 @@ def spec(source: str, initializer: str = "random", **trigger) -> dict:
     return {"seed": 0, "defaults": {"max_width": "2x"}, "rules": [{"match": "*", "trigger": trig, "initializer": {"kind": initializer}}]}
 
 
-class ConvInplace(nn.Module):
+class TwoConv(nn.Module):
+    """conv1 -> ``middle`` -> conv2 -> head: ``middle`` is what conv1's probe walks through."""
+
+    def __init__(self, *middle: nn.Module) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 3, padding=1)
+        self.middle = nn.Sequential(*middle)
+        self.conv2 = nn.Conv2d(6, 8, 3, padding=1)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.middle(self.conv1(x))
+        return self.head(F.adaptive_avg_pool2d(F.relu(self.conv2(h)), 1).flatten(1))
+
+
+def conv_inplace() -> TwoConv:
     """torchvision style: an in-place ReLU edits the conv's output right after it is produced."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 6, 3, padding=1)
-        self.relu = nn.ReLU(inplace=True)
-        self.pool = nn.MaxPool2d(2)
-        self.conv2 = nn.Conv2d(6, 8, 3, padding=1)
-        self.head = nn.Linear(8, 4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.pool(self.relu(self.conv1(x)))
-        return self.head(F.adaptive_avg_pool2d(F.relu(self.conv2(h)), 1).flatten(1))
+    return TwoConv(nn.ReLU(inplace=True), nn.MaxPool2d(2))
 
 
-class ConvBN(nn.Module):
+def conv_bn() -> TwoConv:
     """A norm layer in the probe chain: its value is replayed in eval mode, not hooked."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 6, 3, padding=1)
-        self.bn = nn.BatchNorm2d(6)
-        self.conv2 = nn.Conv2d(6, 8, 3, padding=1)
-        self.head = nn.Linear(8, 4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.relu(self.bn(self.conv1(x)))
-        return self.head(F.adaptive_avg_pool2d(F.relu(self.conv2(h)), 1).flatten(1))
+    return TwoConv(nn.BatchNorm2d(6), nn.ReLU())
 
 
 CASES = {
     "mlp": (lambda: mlp(20, (8, 8), 3), (20,), 3),
     "vgg11": (lambda: vgg11(width_mult=0.125), (3, 32, 32), 10),
-    "inplace_relu": (ConvInplace, (3, 8, 8), 4),
-    "batchnorm": (ConvBN, (3, 8, 8), 4),
+    "inplace_relu": (conv_inplace, (3, 8, 8), 4),
+    "batchnorm": (conv_bn, (3, 8, 8), 4),
 }
 
 
@@ -73,7 +67,7 @@ def test_captured_values_equal_a_measurement_forward(name):
     if name == "batchnorm":
         # batch statistics would change conv2's input; with running statistics on both sides the
         # replayed conv1 value (eval mode, by design) is the only thing left to compare
-        model.bn.eval()
+        model.middle[0].eval()
     grown(x)  # the training forward: hooks keep the probed values
     bindings = list(grown.growing.values())
     hooked = [b.name for b in bindings if b.probe.end_module]
@@ -92,7 +86,7 @@ def test_captured_values_equal_a_measurement_forward(name):
 
 def test_inplace_activation_does_not_corrupt_the_producer_output():
     torch.manual_seed(0)
-    model = ConvInplace()
+    model = conv_inplace()
     x = torch.randn(4, 3, 8, 8)
     grown = wrap(model, spec("step"), x[:1])
     grown.train()
