@@ -252,6 +252,20 @@ class Bridge:
                 )
 
 
+def _box_filter(x: torch.Tensor, factor: tuple[int, ...]) -> torch.Tensor:
+    """Mean over every ``factor`` window at stride 1 (valid positions only), by shifted sums:
+    ``avg_pool2d(x, factor, stride=1)`` computes the same, measured 8-15x slower on CPU."""
+    h = x
+    for dim, f in ((2, factor[0]), (3, factor[1])):
+        if f > 1:
+            n = h.shape[dim] - f + 1
+            acc = h.narrow(dim, 0, n)
+            for i in range(1, f):
+                acc = acc + h.narrow(dim, i, n)
+            h = acc
+    return h / math.prod(factor) if math.prod(factor) > 1 else h
+
+
 def _pooled_patches(x: torch.Tensor, conv: nn.Conv2d, out_spatial: tuple[int, ...], target: tuple[int, ...]) -> torch.Tensor:
     """The producer's input patches at each output position, average-pooled to ``target``:
     ``(N, C_in*k*k, *target)``.
@@ -265,7 +279,7 @@ def _pooled_patches(x: torch.Tensor, conv: nn.Conv2d, out_spatial: tuple[int, ..
     n = x.shape[0]
     factors = [o // t if t and o % t == 0 else 0 for o, t in zip(out_spatial, target, strict=True)]
     if tuple(target) != tuple(out_spatial) and tuple(conv.stride) == (1, 1) and all(factors):
-        box = F.avg_pool2d(F.pad(x, (padding[1], padding[1], padding[0], padding[0])), tuple(factors), stride=1)
+        box = _box_filter(F.pad(x, (padding[1], padding[1], padding[0], padding[0])), tuple(factors))
         patches = F.unfold(box, conv.kernel_size, dilation=conv.dilation, stride=tuple(factors))
         return patches.reshape(n, patches.shape[1], *target)
     patches = F.unfold(x, conv.kernel_size, dilation=conv.dilation, padding=padding, stride=conv.stride)

@@ -60,6 +60,7 @@ class Probe:
     ndim: int
     chain: tuple[fx.Node, ...]
     end_module: str | None = None  # hookable end of a mode-independent chain (see StepCapture)
+    stateless: bool = False  # the chain computes the same in training and eval mode, with no RNG
 
     @property
     def dense(self) -> bool:
@@ -115,29 +116,46 @@ def build_probe(graph: WidthGraph, group: WidthGroup) -> Probe:
                 break
             chain.extend(region)
             cur = end
-    return Probe(group.name, first.name, cd, meta.ndim, tuple(chain), _hookable_end(graph, chain))
+    return Probe(group.name, first.name, cd, meta.ndim, tuple(chain), _hookable_end(graph, chain), _stateless(graph, chain))
 
 
 def _hookable_end(graph: WidthGraph, chain: list[fx.Node]) -> str | None:
     """The module computing the chain's last node, when its output in a training forward equals
-    the eval-mode replay (no norm layer, dropout or other stateful module on the way) and it is
-    called exactly once, so that its first output in a forward is the probe's value."""
-    if not chain or chain[-1].op != "call_module":
+    the eval-mode replay (:func:`_stateless`: no norm layer, dropout, random or mode-dependent
+    step on the way) and it is called exactly once, so that its first output in a forward is the
+    probe's value."""
+    if not chain or chain[-1].op != "call_module" or not _stateless(graph, chain):
         return None
-    for n in chain:
-        if n.op == "call_module":
-            mod = graph._gm.get_submodule(str(n.target))
-            if any(True for _ in mod.parameters(recurse=False)) or any(True for _ in mod.buffers(recurse=False)):
-                return None
-            if isinstance(mod, nn.modules.dropout._DropoutNd):
-                return None
-        elif n.op == "call_function" and function_name(n.target) in _IDENTITY_IN_EVAL:
-            return None
-        elif n.op == "call_method" and str(n.target) in _IDENTITY_IN_EVAL:
-            return None
     target = str(chain[-1].target)
     calls = sum(1 for n in graph._gm.graph.nodes if n.op == "call_module" and str(n.target) == target)
     return target if calls == 1 else None
+
+
+_RANDOM_WORDS = ("rand", "dropout", "bernoulli", "rrelu", "normal", "uniform", "stochastic", "multinomial")
+_MODE_FREE_MODULES = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish,
+    nn.Hardsigmoid, nn.Hardtanh, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.Softsign, nn.Threshold, nn.Identity,
+    nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd, nn.modules.pooling._AdaptiveAvgPoolNd,
+    nn.modules.pooling._AdaptiveMaxPoolNd, nn.Flatten,
+)
+
+
+def _stateless(graph: WidthGraph, chain: list[fx.Node]) -> bool:
+    """Every step of the chain computes the same in training and eval mode and draws no random
+    numbers: known parameter-free torch modules, and functions or methods that are not random.
+    Replaying such a chain without autograd gives the training forward's value with no mode
+    switch and no RNG side effect (anything else is replayed under :func:`measuring`)."""
+    for n in chain:
+        if n.op == "call_module":
+            if not isinstance(graph._gm.get_submodule(str(n.target)), _MODE_FREE_MODULES):
+                return False
+        elif n.op in ("call_function", "call_method"):
+            name = (function_name(n.target) if n.op == "call_function" else str(n.target)).lower()
+            if any(word in name for word in _RANDOM_WORDS) or "training" in n.kwargs:
+                return False
+        else:
+            return False
+    return True
 
 
 def _next_region(
@@ -381,6 +399,9 @@ class StepCapture:
         end = self._values.get(("end", probe.end_module)) if probe.end_module else None
         if end is not None:
             return Measurement(x, z, end[1])
+        if probe.stateless:  # element-wise functions only: no need to switch every module's mode
+            with torch.no_grad():
+                return Measurement(x, z, replay(self.model, probe, z))
         with measuring(self.model):
             return Measurement(x, z, replay(self.model, probe, z))
 

@@ -9,12 +9,18 @@ trigger on ``source: step`` (the training forward's own activations, no extra fo
 
 * ``step ms``: mean wall time of a step over the timed steps (growth events included), median over
   ``--reps`` repetitions;
-* ``x static``: that mean divided by the static network's, measured in the same run;
+* ``x static``: that mean divided by the static network's, timed right before it (each repetition
+  pairs the two, the ratio is the median over repetitions: the machine's speed drifts between
+  runs, so the static row shows the noise floor);
 * ``no-growth x``: the same ratio over the timed steps where nothing grew (trigger evaluation
   only; ``-`` when every step grew);
 * ``overhead x``: the no-growth steps' mean divided by a plain step of the *grown* network (its
-  final widths, no wrapper, same run): the cost of evaluating the triggers every step, without
+  final widths, no wrapper or hooks, same run): the cost of evaluating the triggers every step, without
   the cost of the network simply being bigger;
+* ``flops x``: the matmul and convolution FLOPs of one more step after the timed ones (training
+  step + ``grow_step``, counted by ``torch.utils.flop_counter``; LAPACK factorisations and
+  element-wise work are not counted) over a plain step of the grown network: the arithmetic
+  floor of ``overhead x`` (``-`` when that step grew);
 * ``grow_step ms``: mean time inside ``grow_step`` alone (trigger, initializer, surgery);
 * ``params x``: final parameter count over the static network's (a grown network also costs more
   per step simply because it is bigger);
@@ -38,6 +44,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 import archgrow
 from archgrow import models
@@ -102,7 +109,7 @@ def run(model_name: str, strategy: str, steps: int, warmup: int = 3) -> dict[str
         step = plain_steps(model, x, y, steps, warmup)
         widths = archgrow.trace(model, x[:1]).widths()
         params = sum(p.numel() for p in model.parameters())
-        return {"step": step, "quiet": step, "final": step, "grow": 0.0, "params": params, "events": 0, "widths": widths}
+        return {"step": step, "quiet": step, "final": step, "flops": 1.0, "grow": 0.0, "params": params, "events": 0, "widths": widths}
     grown = archgrow.wrap(model, spec_for(strategy, model_name, batch), x[:1])
     optimizer = torch.optim.Adam(grown.parameters(), lr=1e-3)
     grow_time, times, quiet = 0.0, [], []
@@ -118,10 +125,24 @@ def run(model_name: str, strategy: str, steps: int, warmup: int = 3) -> dict[str
             times.append(time.perf_counter() - start)
             if not grew:
                 quiet.append(times[-1])
+    # the arithmetic of one more step (matmul and conv FLOPs; factorisations are not counted),
+    # set against a plain step of the same network below
+    with FlopCounterMode(display=False) as counter:
+        train_step(grown, optimizer, x, y)
+        grew = grown.grow_step(optimizer, loss_fn=lambda: F.cross_entropy(grown(x), y))
+    step_flops = None if grew else counter.get_total_flops()
     widths = grown.widths()
-    # the grown network trained plainly: what its size alone costs per step
-    final = plain_steps(copy.deepcopy(grown.model), x, y, steps, warmup)
+    # the grown network trained plainly: what its size alone costs per step (its copy would keep
+    # archgrow's hooks, which still capture into the wrapper's state: drop them)
+    plain = copy.deepcopy(grown.model)
+    for module in plain.modules():
+        module._forward_hooks.clear()
+        module._forward_pre_hooks.clear()
+    final = plain_steps(plain, x, y, steps, warmup)
+    with FlopCounterMode(display=False) as counter:
+        train_step(plain, torch.optim.Adam(plain.parameters(), lr=1e-3), x, y)
     return {
+        "flops": step_flops / counter.get_total_flops() if step_flops else None,
         "step": statistics.fmean(times),
         "quiet": statistics.fmean(quiet) if quiet else None,
         "final": final,
@@ -142,30 +163,37 @@ def main() -> None:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.steps} timed steps, median of {args.reps} runs\n")
     for model_name in args.models:
+        run(model_name, "static", args.steps)  # warm the allocator and thread pool before timing
         results = {}
         for strategy in dict.fromkeys(["static", *args.strategies]):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                reps = [run(model_name, strategy, args.steps) for _ in range(args.reps)]
-            quiet = [r["quiet"] for r in reps if r["quiet"] is not None]
+                # each repetition times the static network right before the strategy: on a shared
+                # machine the speed drifts between runs, so ratios are taken within a pair
+                pairs = [(run(model_name, "static", args.steps), run(model_name, strategy, args.steps)) for _ in range(args.reps)]
+            reps = [r for _, r in pairs]
+            quiet = [(r["quiet"], s["step"]) for s, r in pairs if r["quiet"] is not None]
             results[strategy] = {
                 **reps[0],
                 "step": statistics.median(r["step"] for r in reps),
+                "ratio": statistics.median(r["step"] / s["step"] for s, r in pairs),
+                "quiet_ratio": statistics.median(q / s for q, s in quiet) if quiet else None,
+                "overhead": statistics.median(q / r["final"] for r in reps if (q := r["quiet"]) is not None) if quiet else None,
                 "grow": statistics.median(r["grow"] for r in reps),
-                "quiet": statistics.median(quiet) if quiet else None,
-                "final": statistics.median(r["final"] for r in reps),
+                "flops": reps[0]["flops"],
             }
         static = results["static"]
         print(f"## {model_name}\n")
-        print("| strategy | step ms | x static | no-growth x | overhead x | grow_step ms | params x | events | final widths |")
-        print("|---|---|---|---|---|---|---|---|---|")
+        print("| strategy | step ms | x static | no-growth x | overhead x | flops x | grow_step ms | params x | events | final widths |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for strategy, r in results.items():
             grown_widths = {k: v for k, v in r["widths"].items() if v != static["widths"].get(k)}
             shown = ", ".join(f"{k}={v}" for k, v in grown_widths.items()) or "unchanged"
-            quiet = f"{r['quiet'] / static['step']:.2f}" if r["quiet"] is not None else "-"
-            overhead = f"{r['quiet'] / r['final']:.2f}" if r["quiet"] is not None else "-"
+            quiet = f"{r['quiet_ratio']:.2f}" if r["quiet_ratio"] is not None else "-"
+            overhead = f"{r['overhead']:.2f}" if r["overhead"] is not None else "-"
+            flops = f"{r['flops']:.2f}" if r["flops"] is not None else "-"
             print(
-                f"| {strategy} | {1e3 * r['step']:.1f} | {r['step'] / static['step']:.2f} | {quiet} | {overhead} | "
+                f"| {strategy} | {1e3 * r['step']:.1f} | {r['ratio']:.2f} | {quiet} | {overhead} | {flops} | "
                 f"{1e3 * r['grow']:.1f} | {r['params'] / static['params']:.2f} | {r['events']} | {shown} |"
             )
         print()

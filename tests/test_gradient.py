@@ -186,6 +186,37 @@ def test_gradient_trigger_counts_singular_values_against_unit_gradient_norms(thr
     torch.testing.assert_close(unit_gradient_norms(grown.growing["hidden1"])[:5], norms, check_dtype=False)
 
 
+def test_sigma_max_bound_is_an_upper_bound_and_tight_at_rank_one():
+    """The skip test T_grad runs before any spectrum: it must never be below sigma_1 (or a firing
+    step would be missed), whatever the dtype, and equals sigma_1 for a rank-one G."""
+    from archgrow.triggers.gradient import sigma_max_bound
+
+    gen = torch.Generator().manual_seed(0)
+    for dtype in (torch.float32, torch.float64, torch.bfloat16):
+        for shape in [(64, 784), (10, 64), (576, 288)]:
+            g = torch.randn(shape, generator=gen).to(dtype)
+            rank_one = (torch.randn(shape[0], 1, generator=gen) @ torch.randn(1, shape[1], generator=gen)).to(dtype)
+            for m in (g, rank_one, 1e-30 * g.double()):
+                s1 = float(torch.linalg.svdvals(m.double())[0])
+                assert sigma_max_bound(m) >= s1
+            assert sigma_max_bound(rank_one) == pytest.approx(float(torch.linalg.svdvals(rank_one.double())[0]), rel=2e-3)
+
+
+def test_unit_norms_of_several_roles_in_one_pass_equal_one_role_at_a_time():
+    from archgrow.graph.analysis import FAN_IN, FAN_OUT
+    from archgrow.surgery.channels import unit_norms_by_role
+
+    model = conv_net(1, pool=nn.AvgPool2d(2), flatten=True)
+    graph = archgrow.trace(model, torch.randn(1, 3, 8, 8, dtype=torch.float64))
+    F.cross_entropy(model(torch.randn(4, 3, 8, 8, dtype=torch.float64)), torch.tensor([0, 1, 2, 0])).backward()
+    group = graph.group("conv1")
+    both = unit_norms_by_role(graph, group, (FAN_IN, FAN_OUT), grad=True)
+    for role, expected in [(FAN_IN, model.conv1.weight.grad.flatten(1).norm(dim=1)),
+                           (FAN_OUT, model.fc.weight.grad.reshape(3, 4, 16).transpose(0, 1).flatten(1).norm(dim=1))]:
+        torch.testing.assert_close(both[role], unit_norms_by_role(graph, group, role, grad=True))
+        torch.testing.assert_close(both[role], expected)
+
+
 def test_gradient_trigger_needs_a_backward():
     model = mlp(6, (5,), 3)
     x = torch.randn(8, 6)

@@ -84,6 +84,33 @@ def test_captured_values_equal_a_measurement_forward(name):
             torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6, msg=f"{b.name}.{field}")
 
 
+@pytest.mark.parametrize("middle", ["rrelu", "functional_rrelu"])
+def test_random_chain_steps_are_replayed_in_eval_mode_not_redrawn(middle):
+    """Element-wise chains are replayed without a mode switch; a random step (RReLU draws slopes in
+    training mode) must still get the eval-mode replay and leave the RNG where it was."""
+
+    class FunctionalRReLU(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return F.rrelu(x, training=self.training)
+
+    torch.manual_seed(0)
+    model = TwoConv(nn.RReLU() if middle == "rrelu" else FunctionalRReLU(), nn.MaxPool2d(2))
+    x = torch.randn(4, 3, 8, 8)
+    grown = wrap(model, spec("step"), x[:1])
+    probe = grown.growing["conv1"].probe
+    assert not probe.stateless and probe.end_module is None
+    assert wrap(mlp(20, (8, 8), 3), spec("step"), torch.randn(1, 20)).growing["hidden1"].probe.stateless
+    grown.train()
+    grown(x)
+    state = torch.get_rng_state()
+    m = grown._captured([grown.growing["conv1"]])["conv1"]
+    assert torch.equal(torch.get_rng_state(), state)
+    if middle == "rrelu":  # (fx bakes the functional form's training=True into the graph)
+        slope = (1 / 8 + 1 / 3) / 2  # RReLU in eval mode: the mean of its slope range
+        torch.testing.assert_close(m.h, F.max_pool2d(F.leaky_relu(m.z, slope), 2))
+    assert all(mod.training for mod in model.modules())
+
+
 def test_inplace_activation_does_not_corrupt_the_producer_output():
     torch.manual_seed(0)
     model = conv_inplace()

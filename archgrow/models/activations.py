@@ -1,36 +1,29 @@
 """The paper's modified ReLU: max(0, x) with gradient 1 at x = 0.
 
 Zero-fan-in neurons (GradMax, paper §6.1) sit exactly at pre-activation 0, where ``nn.ReLU`` has
-gradient 0 and such a neuron would never learn.  The forward is ``relu`` (one fast kernel; an
-element-wise ``where(x >= 0, x, 0)`` has the same derivative but measured ~30x slower on CPU) and
-the backward passes the gradient wherever ``x >= 0``.  ``torch.fx.wrap`` keeps it one traced
-call, which the width analysis knows to be element-wise.
+gradient 0 and such a neuron would never learn.  ``threshold(x, -tiny, 0)`` is that function with
+native kernels in both directions (its backward passes the gradient where ``x > -tiny``): as fast
+as ``relu``, where a Python ``autograd.Function`` measured 2-3x slower per call on CPU.  ``tiny``
+is the dtype's smallest *normal* number, so flushing denormals cannot turn the threshold into 0;
+the price is that negative subnormal inputs (``|x| < tiny``, e.g. 1.2e-38 in float32) pass
+through unchanged instead of becoming 0.  ``torch.fx.wrap`` keeps it one traced call, which the
+width analysis knows to be element-wise.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-
-class _ModifiedReLUFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        mask = x >= 0
-        ctx.save_for_backward(mask)
-        return torch.relu(x)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        (mask,) = ctx.saved_tensors
-        return grad * mask
+_NEG_TINY = {dt: -torch.finfo(dt).tiny for dt in (torch.float16, torch.bfloat16, torch.float32, torch.float64)}
 
 
 @torch.fx.wrap
 def modified_relu(x: torch.Tensor) -> torch.Tensor:
     """``relu`` with derivative 1 at 0 (call it from this module or through :class:`ModifiedReLU`
     inside models that archgrow traces: ``torch.fx.wrap`` hides it only from here)."""
-    return _ModifiedReLUFunction.apply(x)
+    return F.threshold(x, _NEG_TINY[x.dtype], 0.0)
 
 
 class ModifiedReLU(nn.Module):

@@ -168,17 +168,22 @@ def trial(graph: WidthGraph, group: WidthGroup, model: nn.Module) -> Iterator[No
 
 
 
-def unit_norms_by_role(graph: WidthGraph, group: WidthGroup, role: str, *, grad: bool = False) -> torch.Tensor:
-    """Per channel, the L2 norm of all its ``role`` weights together (every producer's fan-in, or
-    every consumer's fan-out including whole flatten blocks); ``grad`` reads ``.grad`` instead.
+def unit_norms_by_role(
+    graph: WidthGraph, group: WidthGroup, role: str | tuple[str, ...], *, grad: bool = False
+) -> torch.Tensor | dict[str, torch.Tensor]:
+    """Per channel, the L2 norm (as float64) of all its ``role`` weights together (every producer's
+    fan-in, or every consumer's fan-out including whole flatten blocks); ``grad`` reads ``.grad``
+    instead.  A tuple of roles gives a dict of them from one pass over the group's tensors (the
+    gradient trigger reads both on every step).
 
     Raises ``LookupError`` naming the parameter when ``grad`` is asked for and missing.
     """
+    roles = role if isinstance(role, tuple) else (role,)
     width = group.width
-    total = None
-    channels = list(range(width))
+    norms: dict[str, list[torch.Tensor]] = {r: [] for r in roles}
+    channels = None
     for b in group_tensors(graph, group):
-        if b.role != role or b.tensor != "weight":
+        if b.role not in norms or b.tensor != "weight":
             continue
         t = tensor_of(graph, b)
         if grad:
@@ -190,13 +195,24 @@ def unit_norms_by_role(graph: WidthGraph, group: WidthGroup, role: str, *, grad:
         if len(b.layout) == 1 and seg.inner == 1:  # the whole dim is the group's channels: no gather
             sl = t.movedim(b.dim, 0).reshape(width, -1)
         else:
+            channels = channels if channels is not None else list(range(width))
             idx = channel_positions(graph, b, group, channels).to(t.device)
             sl = t.index_select(b.dim, idx).movedim(b.dim, 0).reshape(width, -1)
-        sq = sl.double().pow(2).sum(dim=1)
-        total = sq if total is None else total + sq
-    if total is None:
-        return torch.zeros(width, dtype=torch.float64)
-    return total.sqrt()
+        norms[b.role].append(_row_norms(sl))
+    out = {}
+    for r, parts in norms.items():
+        if not parts:
+            out[r] = torch.zeros(width, dtype=torch.float64)
+        else:
+            out[r] = parts[0] if len(parts) == 1 else torch.stack(parts).square().sum(0).sqrt()
+    return out if isinstance(role, tuple) else out[role]
+
+
+def _row_norms(t: torch.Tensor) -> torch.Tensor:
+    """Row norms, returned in float64 but reduced in float32 or wider: float32 keeps ~1e-7
+    relative error on these sums and costs half of a float64 reduction (measured on 64 x 784)."""
+    wide = t.dtype in (torch.float32, torch.float64)
+    return torch.linalg.vector_norm(t, dim=1, dtype=None if wide else torch.float32).double()
 
 
 __all__ = [

@@ -29,14 +29,13 @@ def unit_gradient_norms(binding: GroupBinding) -> torch.Tensor:
     """Per existing unit: fan-in plus fan-out gradient norm, from the weights' ``.grad``."""
     graph = binding.group._graph
     try:
-        fan_in = unit_norms_by_role(graph, binding.group, FAN_IN, grad=True)
-        fan_out = unit_norms_by_role(graph, binding.group, FAN_OUT, grad=True)
+        norms = unit_norms_by_role(graph, binding.group, (FAN_IN, FAN_OUT), grad=True)
     except LookupError as exc:
         raise ArchgrowError(
             f"group '{binding.name}' uses the gradient trigger but '{exc.args[0]}' has no .grad: call grow_step "
             "after loss.backward() and optimizer.step(), before optimizer.zero_grad()"
         ) from None
-    return fan_in + fan_out
+    return norms[FAN_IN] + norms[FAN_OUT]
 
 
 class GradientRule(TriggerRule):
@@ -58,6 +57,12 @@ class GradientRule(TriggerRule):
 
 
 def sigma_max_bound(g: torch.Tensor) -> float:
-    """An upper bound on the largest singular value: min(||G||_F, sqrt(||G||_1 ||G||_inf))."""
-    a = g.detach().abs().double()
-    return min(float(a.pow(2).sum().sqrt()), float((a.sum(0).max() * a.sum(1).max()).sqrt()))
+    """An upper bound on the largest singular value: ``||G||_F``, reduced in float32 or wider and
+    raised by 1e-4 relative so that the reduction's rounding (~1e-6) cannot make it a non-bound.
+
+    Tight when ``G`` is close to rank one, which the auxiliary gradient of a batch usually is
+    (measured on the benchmark's VGG-11: ``||G||_F / sigma_1`` between 1.0 and 1.9 across its
+    groups); one reduction, no factorisation.
+    """
+    wide = g.dtype in (torch.float32, torch.float64)
+    return float(torch.linalg.vector_norm(g.detach(), dtype=None if wide else torch.float32)) * (1 + 1e-4)
