@@ -272,8 +272,8 @@ def _pooled_patches(x: torch.Tensor, conv: nn.Conv2d, out_spatial: tuple[int, ..
 
     For a stride-1 producer pooled by whole factors, averaging r x r neighbouring patches equals
     taking one patch of the input box-filtered with r x r, so the patches are unfolded at the
-    pooled resolution from an ``avg_pool2d`` of the ``C_in`` input channels (r^2 times less work
-    than unfolding ``C_in*k*k`` channels at full resolution and pooling them).
+    pooled resolution from a box filter (:func:`_box_filter`) of the ``C_in`` input channels
+    (r^2 times less work than unfolding ``C_in*k*k`` channels at full resolution and pooling them).
     """
     padding = _padding(conv)
     n = x.shape[0]

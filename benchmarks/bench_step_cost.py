@@ -19,8 +19,9 @@ trigger on ``source: step`` (the training forward's own activations, no extra fo
   the cost of the network simply being bigger;
 * ``flops x``: the matmul and convolution FLOPs of one more step after the timed ones (training
   step + ``grow_step``, counted by ``torch.utils.flop_counter``; LAPACK factorisations and
-  element-wise work are not counted) over a plain step of the grown network: the arithmetic
-  floor of ``overhead x`` (``-`` when that step grew);
+  element-wise work are not counted) over a plain step of the grown network: how much
+  arithmetic the strategy adds (not a bound on the time ratio, whose uncounted parts differ;
+  ``-`` when that step grew);
 * ``grow_step ms``: mean time inside ``grow_step`` alone (trigger, initializer, surgery);
 * ``params x``: final parameter count over the static network's (a grown network also costs more
   per step simply because it is bigger);
