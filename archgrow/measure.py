@@ -357,7 +357,8 @@ class StepCapture:
 
     Forward hooks keep each probed producer's input and (a copy of its) output, and the probe's
     value where its chain ends in a hookable module (see :func:`_hookable_end`); otherwise the
-    chain is replayed on the output in eval mode, as :func:`measure` does.  Values come from the
+    chain is replayed on the output: under ``no_grad`` alone when it is stateless (element-wise
+    functions, :func:`_stateless`), else in eval mode, as :func:`measure` does.  Values come from the
     latest training forward (pre-update weights, the step's batch); only armed steps keep any.
     The producer's input needs no copy: autograd saved it for the weight gradient, so an in-place
     edit would have failed the backward.  Its output may legally be edited in place (an
