@@ -263,7 +263,8 @@ def _box_filter(x: torch.Tensor, factor: tuple[int, ...]) -> torch.Tensor:
             for i in range(1, f):
                 acc = acc + h.narrow(dim, i, n)
             h = acc
-    return h / math.prod(factor) if math.prod(factor) > 1 else h
+    area = math.prod(factor)
+    return h / area if area > 1 else h
 
 
 def _pooled_patches(x: torch.Tensor, conv: nn.Conv2d, out_spatial: tuple[int, ...], target: tuple[int, ...]) -> torch.Tensor:

@@ -116,15 +116,16 @@ def build_probe(graph: WidthGraph, group: WidthGroup) -> Probe:
                 break
             chain.extend(region)
             cur = end
-    return Probe(group.name, first.name, cd, meta.ndim, tuple(chain), _hookable_end(graph, chain), _stateless(graph, chain))
+    stateless = _stateless(graph, chain)
+    return Probe(group.name, first.name, cd, meta.ndim, tuple(chain), _hookable_end(graph, chain, stateless), stateless)
 
 
-def _hookable_end(graph: WidthGraph, chain: list[fx.Node]) -> str | None:
+def _hookable_end(graph: WidthGraph, chain: list[fx.Node], stateless: bool) -> str | None:
     """The module computing the chain's last node, when its output in a training forward equals
-    the eval-mode replay (:func:`_stateless`: no norm layer, dropout, random or mode-dependent
-    step on the way) and it is called exactly once, so that its first output in a forward is the
-    probe's value."""
-    if not chain or chain[-1].op != "call_module" or not _stateless(graph, chain):
+    the eval-mode replay (a ``stateless`` chain, :func:`_stateless`: no norm layer, dropout,
+    random or mode-dependent step on the way) and it is called exactly once, so that its first
+    output in a forward is the probe's value."""
+    if not chain or chain[-1].op != "call_module" or not stateless:
         return None
     target = str(chain[-1].target)
     calls = sum(1 for n in graph._gm.graph.nodes if n.op == "call_module" and str(n.target) == target)

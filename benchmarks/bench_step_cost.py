@@ -181,7 +181,6 @@ def main() -> None:
                 "quiet_ratio": statistics.median(q / s for q, s in quiet) if quiet else None,
                 "overhead": statistics.median(q / r["final"] for r in reps if (q := r["quiet"]) is not None) if quiet else None,
                 "grow": statistics.median(r["grow"] for r in reps),
-                "flops": reps[0]["flops"],
             }
         static = results["static"]
         print(f"## {model_name}\n")

@@ -204,13 +204,13 @@ def test_sigma_max_bound_is_an_upper_bound_and_tight_at_rank_one():
 
 def test_unit_norms_of_several_roles_in_one_pass_equal_one_role_at_a_time():
     from archgrow.graph.analysis import FAN_IN, FAN_OUT
-    from archgrow.surgery.channels import unit_norms_by_role
+    from archgrow.surgery.channels import unit_norms_by_role, unit_norms_by_roles
 
     model = conv_net(1, pool=nn.AvgPool2d(2), flatten=True)
     graph = archgrow.trace(model, torch.randn(1, 3, 8, 8, dtype=torch.float64))
     F.cross_entropy(model(torch.randn(4, 3, 8, 8, dtype=torch.float64)), torch.tensor([0, 1, 2, 0])).backward()
     group = graph.group("conv1")
-    both = unit_norms_by_role(graph, group, (FAN_IN, FAN_OUT), grad=True)
+    both = unit_norms_by_roles(graph, group, (FAN_IN, FAN_OUT), grad=True)
     for role, expected in [(FAN_IN, model.conv1.weight.grad.flatten(1).norm(dim=1)),
                            (FAN_OUT, model.fc.weight.grad.reshape(3, 4, 16).transpose(0, 1).flatten(1).norm(dim=1))]:
         torch.testing.assert_close(both[role], unit_norms_by_role(graph, group, role, grad=True))

@@ -10,12 +10,15 @@ from archgrow import models
 from archgrow.cli import main
 
 
-def test_modified_relu_has_gradient_one_at_zero() -> None:
-    x = torch.tensor([-1.0, 0.0, 2.0], requires_grad=True)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_modified_relu_has_gradient_one_at_zero(dtype) -> None:
+    tiny = torch.finfo(dtype).tiny  # the smallest normal negative input is cut to 0 like relu
+    x = torch.tensor([-1.0, -tiny, 0.0, 2.0], dtype=dtype, requires_grad=True)
     y = models.ModifiedReLU()(x)
     y.sum().backward()
-    assert torch.equal(y.detach(), torch.tensor([0.0, 0.0, 2.0]))
-    assert torch.equal(x.grad, torch.tensor([0.0, 1.0, 1.0]))
+    assert torch.equal(y.detach(), torch.relu(x.detach()))
+    assert torch.equal(x.grad, torch.tensor([0.0, 0.0, 1.0, 1.0], dtype=dtype))
+    assert torch.equal(models.modified_relu(torch.tensor([-3, 0, 4])), torch.tensor([0, 0, 4]))
     x2 = torch.tensor([0.0], requires_grad=True)
     torch.relu(x2).sum().backward()
     assert x2.grad.item() == 0.0  # the reason the modified ReLU exists

@@ -23,6 +23,15 @@ def spec(source: str, initializer: str = "random", **trigger) -> dict:
     return {"seed": 0, "defaults": {"max_width": "2x"}, "rules": [{"match": "*", "trigger": trig, "initializer": {"kind": initializer}}]}
 
 
+def train_step(grown: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> None:
+    """One training forward (the one ``source: step`` captures), backward and update."""
+    grown.train()
+    loss = F.cross_entropy(grown(x), y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+
+
 class TwoConv(nn.Module):
     """conv1 -> ``middle`` -> conv2 -> head: ``middle`` is what conv1's probe walks through."""
 
@@ -136,11 +145,7 @@ def test_baseline_is_the_first_steps_forward_and_equals_the_buffer_one(name):
         grown = wrap(make(), spec(source, **extra), x[:1])
         opt = torch.optim.SGD(grown.parameters(), lr=0.0)  # no update: both sources see the same weights
         for _ in range(3):
-            grown.train()
-            loss = F.cross_entropy(grown(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+            train_step(grown, opt, x, y)
             grown.grow_step(opt)
         bases[source] = {b.name: b.state["base"] for b in grown.growing.values()}
         widths[source] = grown.widths()
@@ -156,11 +161,7 @@ def test_select_grows_from_step_activations_and_preserves_function():
     opt = torch.optim.Adam(grown.parameters(), lr=1e-3)
     events = []
     for _ in range(3):
-        grown.train()
-        loss = F.cross_entropy(grown(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        train_step(grown, opt, x, y)
         grown.eval()
         before = grown(x)
         events += grown.grow_step(opt)

@@ -23,7 +23,12 @@ _NEG_TINY = {dt: -torch.finfo(dt).tiny for dt in (torch.float16, torch.bfloat16,
 def modified_relu(x: torch.Tensor) -> torch.Tensor:
     """``relu`` with derivative 1 at 0 (call it from this module or through :class:`ModifiedReLU`
     inside models that archgrow traces: ``torch.fx.wrap`` hides it only from here)."""
-    return F.threshold(x, _NEG_TINY[x.dtype], 0.0)
+    neg_tiny = _NEG_TINY.get(x.dtype)
+    if neg_tiny is None:
+        if not x.is_floating_point():  # integer inputs carry no gradient: plain relu
+            return torch.relu(x)
+        neg_tiny = -torch.finfo(x.dtype).tiny
+    return F.threshold(x, neg_tiny, 0.0)
 
 
 class ModifiedReLU(nn.Module):

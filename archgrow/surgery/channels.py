@@ -168,17 +168,21 @@ def trial(graph: WidthGraph, group: WidthGroup, model: nn.Module) -> Iterator[No
 
 
 
-def unit_norms_by_role(
-    graph: WidthGraph, group: WidthGroup, role: str | tuple[str, ...], *, grad: bool = False
-) -> torch.Tensor | dict[str, torch.Tensor]:
+def unit_norms_by_role(graph: WidthGraph, group: WidthGroup, role: str, *, grad: bool = False) -> torch.Tensor:
     """Per channel, the L2 norm (as float64) of all its ``role`` weights together (every producer's
     fan-in, or every consumer's fan-out including whole flatten blocks); ``grad`` reads ``.grad``
-    instead.  A tuple of roles gives a dict of them from one pass over the group's tensors (the
-    gradient trigger reads both on every step).
+    instead.
 
     Raises ``LookupError`` naming the parameter when ``grad`` is asked for and missing.
     """
-    roles = role if isinstance(role, tuple) else (role,)
+    return unit_norms_by_roles(graph, group, (role,), grad=grad)[role]
+
+
+def unit_norms_by_roles(
+    graph: WidthGraph, group: WidthGroup, roles: tuple[str, ...], *, grad: bool = False
+) -> dict[str, torch.Tensor]:
+    """:func:`unit_norms_by_role` for several roles in one pass over the group's tensors (the
+    gradient trigger reads fan-in and fan-out norms on every step)."""
     width = group.width
     norms: dict[str, list[torch.Tensor]] = {r: [] for r in roles}
     channels = None
@@ -205,7 +209,7 @@ def unit_norms_by_role(
             out[r] = torch.zeros(width, dtype=torch.float64)
         else:
             out[r] = parts[0] if len(parts) == 1 else torch.stack(parts).square().sum(0).sqrt()
-    return out if isinstance(role, tuple) else out[role]
+    return out
 
 
 def _row_norms(t: torch.Tensor) -> torch.Tensor:
@@ -223,5 +227,6 @@ __all__ = [
     "scale_channels",
     "trial",
     "unit_norms_by_role",
+    "unit_norms_by_roles",
     "write_channels",
 ]

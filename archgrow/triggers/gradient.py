@@ -21,7 +21,7 @@ from archgrow.errors import ArchgrowError
 from archgrow.graph.analysis import FAN_IN, FAN_OUT
 from archgrow.measure import Measurement
 from archgrow.spec.schema import GradientTrigger
-from archgrow.surgery.channels import unit_norms_by_role
+from archgrow.surgery.channels import unit_norms_by_roles
 from archgrow.triggers.base import Decision, TriggerRule
 
 
@@ -29,7 +29,7 @@ def unit_gradient_norms(binding: GroupBinding) -> torch.Tensor:
     """Per existing unit: fan-in plus fan-out gradient norm, from the weights' ``.grad``."""
     graph = binding.group._graph
     try:
-        norms = unit_norms_by_role(graph, binding.group, (FAN_IN, FAN_OUT), grad=True)
+        norms = unit_norms_by_roles(graph, binding.group, (FAN_IN, FAN_OUT), grad=True)
     except LookupError as exc:
         raise ArchgrowError(
             f"group '{binding.name}' uses the gradient trigger but '{exc.args[0]}' has no .grad: call grow_step "
