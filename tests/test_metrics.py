@@ -18,6 +18,7 @@ from archgrow import metrics, models
 from archgrow.binding import GroupBinding
 from archgrow.measure import Measurement, build_probe, measure, measuring
 from archgrow.metrics import (
+    activation_count,
     as_matrix,
     candidate_gaps,
     candidate_scores,
@@ -167,6 +168,43 @@ def test_effective_dim_count_is_invariant_to_row_order_and_float32_input_dtype_i
     assert effective_dim_count(a[perm]) == effective_dim_count(a)
     assert effective_dim_count(a.float()) == effective_dim_count(a)
 
+
+
+def _map_with_singular_values(n: int, c: int, hw: tuple[int, int], s: list[float], seed: int) -> torch.Tensor:
+    """An ``(n, c, *hw)`` map whose ``as_matrix`` layout has the given singular values."""
+    return with_singular_values(n * hw[0] * hw[1], c, s, seed=seed).reshape(n, *hw, c).permute(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize("scale", ["samples", "channels"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize(
+    "n, c, hw",
+    [(4, 6, (4, 4)), (3, 6, (2, 2)), (2, 16, (2, 2)), (1, 40, (3, 3))],
+    ids=["positions>channels", "positions<channels", "rows=channels/2", "rows<channels"],
+)
+def test_activation_count_equals_the_matrix_count_for_maps(n: int, c: int, hw: tuple[int, int], dtype, scale: str) -> None:
+    rows = n * hw[0] * hw[1]
+    divisor = rows if scale == "samples" else c
+    values = [s * math.sqrt(divisor) for s in STRADDLE][: min(rows, c)]
+    h = _map_with_singular_values(n, c, hw, values, seed=23).to(dtype)
+    expected = ref_count(as_matrix(h, 1), EPS, scale)
+    assert expected == min(3, len(values))  # the map really straddles epsilon
+    assert activation_count(h, 1, epsilon=EPS, scale=scale) == expected
+    assert activation_count(h, -3, epsilon=EPS, scale=scale) == expected
+    # channels last goes through as_matrix: same answer
+    assert activation_count(h.permute(0, 2, 3, 1), 3, epsilon=EPS, scale=scale) == expected
+
+
+def test_activation_count_dense_zero_empty_and_bad_scale() -> None:
+    a = CASES["rank_deficient_tall"]
+    assert activation_count(a, 1) == effective_dim_count(a) == 4
+    assert activation_count(torch.zeros(3, 5, 4, 4), 1) == 0
+    assert activation_count(torch.zeros(0, 5, 4, 4), 1) == 0
+    # huge values: the float64 Gram's rounding could cross epsilon, the SVD path decides
+    big = _map_with_singular_values(2, 6, (4, 4), [1e7, 1e6, 0.02 * math.sqrt(32), 0.005 * math.sqrt(32)], seed=24)
+    assert activation_count(big, 1) == ref_count(as_matrix(big, 1)) == 3
+    with pytest.raises(ValueError, match="scale"):
+        activation_count(torch.ones(2, 3, 4, 4), 1, scale="rows")
 
 # --------------------------------------------------------------------------- orthogonality gap
 GAP_CASES = {

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from archgrow.binding import GroupBinding
 from archgrow.measure import Measurement
-from archgrow.metrics import as_matrix, effective_dim_count, gap_count, per_sample
+from archgrow.metrics import activation_count, gap_count, per_sample
 from archgrow.spec.schema import ActivationTrigger
 from archgrow.triggers.base import Decision, TriggerRule, grow_count
 
@@ -32,7 +32,7 @@ class ActivationRule(TriggerRule):
     def count(self, binding: GroupBinding, m: Measurement) -> int:
         if self.metric == "orthogonality_gap":
             return gap_count(per_sample(m.h), binding.width)
-        return effective_dim_count(as_matrix(m.h, binding.probe.channel_dim), epsilon=self.epsilon, scale=self.scale)
+        return activation_count(m.h, binding.probe.channel_dim, epsilon=self.epsilon, scale=self.scale)
 
     def start(self, binding: GroupBinding, measurement: Measurement | None) -> None:
         if measurement is not None:
