@@ -1,0 +1,45 @@
+"""The step-cost benchmark runs end to end and prints a well-formed table (timings are not asserted)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_step_cost.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_step_cost", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_step_cost_table_has_a_row_per_strategy_with_positive_figures(bench, monkeypatch, capsys) -> None:
+    strategies = ["gradmax", "north-select@step"]
+    argv = ["bench_step_cost.py", "--models", "mlp", "--steps", "2", "--reps", "1", "--strategies", *strategies]
+    monkeypatch.setattr(sys, "argv", argv)
+    bench.main()
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "---" not in line]
+    header, *rows = lines
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    assert columns[:4] == ["strategy", "step ms", "x static", "no-growth x"]
+    table = {r.strip("|").split("|")[0].strip(): [c.strip() for c in r.strip("|").split("|")] for r in rows}
+    assert list(table) == ["static", *strategies]
+    for name, cells in table.items():
+        assert float(cells[1]) > 0, name  # step ms
+        assert float(cells[2]) > 0, name  # x static
+    assert table["static"][-2] == "0"  # events: the static network never grows
+    # the gradient strategy computes G on every step: it adds matmul FLOPs to the plain step
+    assert float(table["gradmax"][columns.index("flops x")]) > 1.0
+
+
+def test_every_model_config_builds_with_its_batch(bench) -> None:
+    for name, (_, shape, batch) in bench.MODELS.items():
+        model, x, y, b = bench.setup(name)
+        assert b == batch and x.shape == (batch, *shape) and y.shape == (batch,), name
+        assert model(x[:2]).shape == (2, 10), name
