@@ -160,9 +160,9 @@ def weight_count(w: Tensor, *, epsilon: float = 0.01, bias: Tensor | None = None
     rows = w.detach().reshape(w.shape[0], -1)
     if bias is not None:
         rows = torch.cat([rows, bias.detach().reshape(-1, 1)], dim=1)
-    if rows.numel() == 0 or not torch.any(rows):
+    if rows.numel() == 0:
         return 0
-    return _count_above(rows, rows.shape[1], epsilon)
+    return _count_above(rows, rows.shape[1], epsilon)  # an all-zero weight has a zero Gram trace: 0
 
 
 def candidate_scores(

@@ -32,6 +32,14 @@ def train_step(grown: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y:
     opt.step()
 
 
+def small_step_mlp() -> tuple[nn.Module, torch.Tensor]:
+    """A 20-8-3 MLP wrapped with the random preset on ``source: step``, and a batch of 16."""
+    torch.manual_seed(0)
+    model = mlp(20, (8,), 3)
+    x = torch.randn(16, 20)
+    return wrap(model, spec("step"), x[:1]), x
+
+
 class TwoConv(nn.Module):
     """conv1 -> ``middle`` -> conv2 -> head: ``middle`` is what conv1's probe walks through."""
 
@@ -172,10 +180,7 @@ def test_select_grows_from_step_activations_and_preserves_function():
 
 
 def test_grow_step_without_a_training_forward_says_what_to_do():
-    torch.manual_seed(0)
-    model = mlp(20, (8,), 3)
-    x = torch.randn(16, 20)
-    grown = wrap(model, spec("step"), x[:1])
+    grown, x = small_step_mlp()
     grown.eval()
     grown(x)  # evaluation forwards are not captured
     with pytest.raises(ArchgrowError, match=r"group 'hidden1' .*source: step.*training mode"):
@@ -183,10 +188,7 @@ def test_grow_step_without_a_training_forward_says_what_to_do():
 
 
 def test_trial_forwards_do_not_replace_the_captured_step():
-    torch.manual_seed(0)
-    model = mlp(20, (8,), 3)
-    x = torch.randn(16, 20)
-    grown = wrap(model, spec("step"), x[:1])
+    grown, x = small_step_mlp()
     grown.train()
     grown(x)
     kept = grown._capture.measurement(grown.growing["hidden1"].probe).h.clone()
@@ -200,10 +202,7 @@ def test_buffer_size_with_step_source_is_rejected():
 
 
 def test_checkpoint_keeps_the_pending_baseline():
-    torch.manual_seed(0)
-    model = mlp(20, (8,), 3)
-    x = torch.randn(16, 20)
-    grown = wrap(model, spec("step"), x[:1])
+    grown, x = small_step_mlp()
     state = grown.grower_state()
     assert state["unstarted"] == ["hidden1"]
     grown.train()
