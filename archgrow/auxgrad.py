@@ -176,7 +176,7 @@ class Bridge:
                 continue
             parts = [self._block(pair, name, m) for name, m in self.producers]
             cols = [p.shape[1] for p in parts]  # sizes when captured: neighbours may have grown since
-            row = torch.cat(parts, dim=1)
+            row = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
             i = pair.consumer
             blocks[i] = row if blocks[i] is None else blocks[i] + row
         if any(b is None for b in blocks):
@@ -185,7 +185,7 @@ class Bridge:
                 f"no backward pass reached {', '.join(missing)} since the last grow_step: call grow_step after "
                 "loss.backward() on a forward of the wrapped model in training mode"
             )
-        self._cache = torch.cat(blocks, dim=0)
+        self._cache = blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=0)
         self._sizes = ([b.shape[0] for b in blocks], cols)
         self._pairs.clear()
         return self._cache

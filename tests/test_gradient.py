@@ -215,6 +215,27 @@ def test_unit_norms_of_several_roles_in_one_pass_equal_one_role_at_a_time():
                            (FAN_OUT, model.fc.weight.grad.reshape(3, 4, 16).transpose(0, 1).flatten(1).norm(dim=1))]:
         torch.testing.assert_close(both[role], unit_norms_by_role(graph, group, role, grad=True))
         torch.testing.assert_close(both[role], expected)
+    # the group's members are looked up once per graph: after growth the norms read the new tensors
+    archgrow.grow(graph, group, 2)
+    model.zero_grad()
+    F.cross_entropy(model(torch.randn(4, 3, 8, 8, dtype=torch.float64)), torch.tensor([0, 1, 2, 0])).backward()
+    both = unit_norms_by_roles(graph, group, (FAN_IN, FAN_OUT), grad=True)
+    torch.testing.assert_close(both[FAN_IN], model.conv1.weight.grad.flatten(1).norm(dim=1))
+    torch.testing.assert_close(both[FAN_OUT], model.fc.weight.grad.reshape(3, 6, 16).transpose(0, 1).flatten(1).norm(dim=1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_norms_along_any_dim_equal_norms_of_the_moved_slices(dtype):
+    """Per-slice norms are reduced where the slices lie (two code paths: leading dim, later dims)."""
+    from archgrow.surgery.channels import _norms_along
+
+    t = torch.randn(6, 5, 3, 3, generator=torch.Generator().manual_seed(0)).to(dtype)
+    for dim in (0, 1, 2, -1):
+        expected = t.double().movedim(dim, 0).flatten(1).norm(dim=1)
+        got = _norms_along(t, dim)
+        assert got.dtype == torch.float64 and got.shape == (t.shape[dim],)
+        torch.testing.assert_close(got, expected, rtol=1e-6, atol=0)
+    torch.testing.assert_close(_norms_along(torch.tensor([-2.0, 0.5]), 0), torch.tensor([2.0, 0.5], dtype=torch.float64))
 
 
 def test_gradient_trigger_needs_a_backward():

@@ -89,6 +89,7 @@ class WidthGraph:
         self._vars: WidthVars = analysis.vars
         self._tensor_bindings: list[TensorBinding] = analysis.tensor_bindings
         self._attr_bindings: list[AttrBinding] = analysis.attr_bindings
+        self._members_cache: dict[int, list[tuple[TensorBinding, nn.Module]]] = {}  # see surgery.channels
         # The traced graph is kept for passes that read it (measurement points), never run:
         # ints baked into it by fx can be stale after growth.
         self._gm = analysis.gm
