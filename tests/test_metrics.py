@@ -169,7 +169,6 @@ def test_effective_dim_count_is_invariant_to_row_order_and_float32_input_dtype_i
     assert effective_dim_count(a.float()) == effective_dim_count(a)
 
 
-
 def _map_with_singular_values(n: int, c: int, hw: tuple[int, int], s: list[float], seed: int) -> torch.Tensor:
     """An ``(n, c, *hw)`` map whose ``as_matrix`` layout has the given singular values."""
     return with_singular_values(n * hw[0] * hw[1], c, s, seed=seed).reshape(n, *hw, c).permute(0, 3, 1, 2)
@@ -205,6 +204,7 @@ def test_activation_count_dense_zero_empty_and_bad_scale() -> None:
     assert activation_count(big, 1) == ref_count(as_matrix(big, 1)) == 3
     with pytest.raises(ValueError, match="scale"):
         activation_count(torch.ones(2, 3, 4, 4), 1, scale="rows")
+
 
 # --------------------------------------------------------------------------- orthogonality gap
 GAP_CASES = {

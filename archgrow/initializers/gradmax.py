@@ -23,7 +23,7 @@ from archgrow.binding import GroupBinding, InitContext
 from archgrow.graph.analysis import FAN_IN, FAN_OUT, ONE
 from archgrow.initializers.base import InitRule, Units
 from archgrow.spec.schema import GradMaxInit
-from archgrow.surgery.channels import channel_positions, group_tensors, tensor_of, unit_norms_by_role
+from archgrow.surgery.channels import channel_positions, group_members, unit_norms_by_role
 
 AUTO_FAN_IN_SCALE = 1e-3
 _NORMS = (torch.nn.modules.batchnorm._NormBase, torch.nn.GroupNorm, torch.nn.LayerNorm)
@@ -69,12 +69,10 @@ class GradMaxRule(InitRule):
 def _scale_new_norm_weights(binding: GroupBinding, old: int, k: int, value: float) -> None:
     graph = binding.group._graph
     new = list(range(old, old + k))
-    for b in group_tensors(graph, binding.group):
-        if b.tensor != "weight" or b.role != ONE:
+    for b, module in group_members(graph, binding.group):
+        if b.tensor != "weight" or b.role != ONE or not isinstance(module, _NORMS):
             continue
-        if not isinstance(graph.model.get_submodule(b.module), _NORMS):
-            continue
-        t = tensor_of(graph, b)
+        t = getattr(module, b.tensor)
         idx = channel_positions(graph, b, binding.group, new).to(t.device)
         with torch.no_grad():
             t.index_fill_(b.dim, idx, value)

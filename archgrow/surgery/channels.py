@@ -39,13 +39,9 @@ def channel_positions(graph: WidthGraph, binding: TensorBinding, group: WidthGro
     return torch.tensor([p for ch in per_channel for p in ch], dtype=torch.long)
 
 
-def group_tensors(graph: WidthGraph, group: WidthGroup) -> list[TensorBinding]:
-    """The tensor dimensions bound to ``group``, one per (module, tensor, dim)."""
-    return [b for b, _ in group_members(graph, group)]
-
-
 def group_members(graph: WidthGraph, group: WidthGroup) -> list[tuple[TensorBinding, nn.Module]]:
-    """:func:`group_tensors` with each binding's module, found once per graph and group.
+    """The tensor dimensions bound to ``group``, one per (module, tensor, dim), each with its
+    module, found once per graph and group.
 
     The gradient trigger reads every group's weights on every step; scanning all of the graph's
     bindings and resolving dotted module names each time cost more than the norms themselves on
@@ -64,14 +60,10 @@ def group_members(graph: WidthGraph, group: WidthGroup) -> list[tuple[TensorBind
     return members
 
 
-def tensor_of(graph: WidthGraph, b: TensorBinding) -> torch.Tensor:
-    return getattr(graph.model.get_submodule(b.module), b.tensor)
-
-
 def copy_channels(graph: WidthGraph, group: WidthGroup, src: Sequence[int], dst: Sequence[int]) -> None:
     """Make channels ``dst`` exact copies of ``src`` in every tensor of the group (a neuron split)."""
-    for b in group_tensors(graph, group):
-        t = tensor_of(graph, b)
+    for b, module in group_members(graph, group):
+        t = getattr(module, b.tensor)
         with torch.no_grad():
             i_src = channel_positions(graph, b, group, src).to(t.device)
             i_dst = channel_positions(graph, b, group, dst).to(t.device)
@@ -80,10 +72,10 @@ def copy_channels(graph: WidthGraph, group: WidthGroup, src: Sequence[int], dst:
 
 def scale_channels(graph: WidthGraph, group: WidthGroup, channels: Sequence[int], factor: float, role: str) -> None:
     """Multiply the ``role`` weights (fan-in or fan-out) of ``channels`` by ``factor``."""
-    for b in group_tensors(graph, group):
+    for b, module in group_members(graph, group):
         if b.role != role or b.tensor != "weight":
             continue
-        t = tensor_of(graph, b)
+        t = getattr(module, b.tensor)
         with torch.no_grad():
             idx = channel_positions(graph, b, group, channels).to(t.device)
             t.index_copy_(b.dim, idx, t.index_select(b.dim, idx) * factor)
@@ -103,12 +95,12 @@ def read_channels(
     a gradient) is read instead of the weights when given.
     """
     out = {}
-    for b in group_tensors(graph, group):
+    for b, module in group_members(graph, group):
         if b.role != role or b.tensor != "weight":
             continue
         if tensors is not None and b.module not in tensors:
             continue
-        t = (tensors[b.module] if tensors is not None else tensor_of(graph, b)).detach()
+        t = (tensors[b.module] if tensors is not None else getattr(module, b.tensor)).detach()
         idx = channel_positions(graph, b, group, channels).to(t.device)
         sl = t.index_select(b.dim, idx).movedim(b.dim, 0)
         out[b.module] = sl.reshape(len(channels), -1, *sl.shape[1:])
@@ -117,10 +109,10 @@ def read_channels(
 
 def write_channels(graph: WidthGraph, group: WidthGroup, channels: Sequence[int], role: str, values: dict[str, torch.Tensor]) -> None:
     """Inverse of :func:`read_channels` for the members named in ``values``."""
-    for b in group_tensors(graph, group):
+    for b, module in group_members(graph, group):
         if b.role != role or b.tensor != "weight" or b.module not in values:
             continue
-        t = tensor_of(graph, b)
+        t = getattr(module, b.tensor)
         v = values[b.module]
         idx = channel_positions(graph, b, group, channels).to(t.device)
         block = v.reshape(len(idx), *v.shape[2:]).movedim(0, b.dim)
@@ -146,11 +138,10 @@ def trial(graph: WidthGraph, group: WidthGroup, model: nn.Module) -> Iterator[No
     """
     saved: list[_Saved] = []
     seen: set[tuple[str, str]] = set()
-    for b in group_tensors(graph, group):
+    for b, mod in group_members(graph, group):
         if (b.module, b.tensor) in seen:
             continue
         seen.add((b.module, b.tensor))
-        mod = graph.model.get_submodule(b.module)
         t = getattr(mod, b.tensor)
         grad = t.grad.clone() if isinstance(t, nn.Parameter) and t.grad is not None else None
         saved.append(_Saved(mod, b.tensor, t.detach().clone(), grad, isinstance(t, nn.Parameter)))
@@ -247,7 +238,6 @@ __all__ = [
     "channel_positions",
     "copy_channels",
     "group_members",
-    "group_tensors",
     "read_channels",
     "scale_channels",
     "trial",
