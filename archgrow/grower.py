@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -96,6 +96,8 @@ class GrowingModel(nn.Module):
         self._unstarted: set[str] = set()  # source: step groups still waiting for their baseline
         self._started = False
         self._in_trial = False
+        self._n_inputs = 1  # positional inputs the model was traced with (prefill reads that many per batch)
+        self._step_begun = False  # the current step's first training forward has run
         self._warned: set[str] = set()
         if example_inputs is not None:
             self._bind(_as_tuple(example_inputs))
@@ -105,11 +107,54 @@ class GrowingModel(nn.Module):
         if self._graph is None:
             self._bind(tuple(a[:1] if isinstance(a, torch.Tensor) else a for a in args))
         if self.training and not self._in_trial:
+            if not self._step_begun:
+                self._step_begun = True
+                for b in self._bindings:
+                    if b.trigger.needs_step_start and self._due(b, self.steps + 1):
+                        b.trigger.step_start(b)
             if self._buffer is not None:
                 self.observe(*args)
             if self._capture is not None:
                 self._capture.begin()
         return self.model(*args, **kwargs)
+
+    def prefill(self, inputs: torch.Tensor | Iterable[Any]) -> int:
+        """Fill the activation buffer before training and measure every baseline phi(f_0) on it.
+
+        The paper's threshold compares each layer with its effective dimension at initialisation on
+        the buffer of ``n`` samples, and the authors' code fills that buffer from the loader before
+        the first update.  ``inputs`` is a tensor of samples or an iterable of batches (a tensor, or
+        a tuple/list whose first entries are the model's positional inputs, as a ``DataLoader`` of
+        ``(x, y)`` yields); it is read only until the buffer is full.  Call it once, after
+        ``wrap`` and before the first training step; returns the number of samples buffered.
+        Without it, baselines are taken on the first training batch alone, and groups whose
+        trigger asks for ``baseline: full_buffer`` (the default) get a warning saying so.
+        Groups measured with ``source: step`` take their baseline from the first step regardless.
+        """
+        if self._graph is None:
+            raise ArchgrowError("prefill: the model has not been traced yet: pass example_inputs to wrap() first")
+        if self._started:
+            raise ArchgrowError(
+                "prefill: the baselines were already taken (a training forward or grow_step ran, or prefill was "
+                "called before): call prefill once, after wrap() and before the first training step"
+            )
+        if self._buffer is None:
+            return 0
+        batches: Iterable[Any] = [inputs] if isinstance(inputs, torch.Tensor) else inputs
+        for batch in batches:
+            tensors = (batch,) if isinstance(batch, torch.Tensor) else tuple(batch)[: self._n_inputs]
+            if len(tensors) < self._n_inputs or not all(isinstance(t, torch.Tensor) for t in tensors):
+                raise ArchgrowError(
+                    f"prefill: each batch must be a tensor or a tuple starting with the model's {self._n_inputs} "
+                    f"input tensor(s); got {type(batch).__name__}"
+                )
+            self._buffer.push(tensors)
+            if self._buffer.capacity is None or self._buffer.size >= self._buffer.capacity:
+                break
+        if self._buffer.size == 0:
+            raise ArchgrowError("prefill: no samples were given")
+        self._start(prefilled=True)
+        return self._buffer.size
 
     def observe(self, *inputs: torch.Tensor) -> None:
         """Add raw inputs to the activation buffer (done by ``forward`` in training mode).
@@ -143,6 +188,7 @@ class GrowingModel(nn.Module):
         try:
             return self._grow_step(optimizer, loss_fn)
         finally:
+            self._step_begun = False
             self._arm_bridges()
 
     def _grow_step(self, optimizer: torch.optim.Optimizer | None, loss_fn: Any) -> list[GrowthEvent]:
@@ -268,6 +314,16 @@ class GrowingModel(nn.Module):
         return self.graph.widths()
 
     @property
+    def wants_prefill(self) -> bool:
+        """Some group's baseline is to be measured on a full buffer (see :meth:`prefill`)."""
+        return self._buffer is not None and any(
+            b.trigger.needs_activations
+            and not _from_step(b)
+            and getattr(b.settings.trigger, "baseline", None) != "first_batch"
+            for b in self._bindings
+        )
+
+    @property
     def growing(self) -> dict[str, GroupBinding]:
         """The groups the spec makes grow, by name."""
         return {b.name: b for b in self._bindings}
@@ -276,16 +332,23 @@ class GrowingModel(nn.Module):
     def _bind(self, example_inputs: tuple[Any, ...]) -> None:
         graph = trace(self.model, example_inputs)
         bindings = bind(self.spec, graph)
+        # One buffer for the model, the largest any group asks for.  Unset sizes follow Table 2:
+        # 2 x max width for dense models, the latest mini-batch for models with convolutions.
         capacity = 0
+        latest_batch = False
         for b in bindings:
             if (b.trigger.needs_activations or b.initializer.needs_activations) and not _from_step(b):
                 size = getattr(b.settings.trigger, "buffer_size", None)
-                capacity = max(capacity, size or 2 * b.max_width)
+                if size is None and b.conv_model:
+                    latest_batch = True
+                else:
+                    capacity = max(capacity, size or 2 * b.max_width)
         stepped = [b for b in bindings if _from_step(b)]
         self._graph = graph
         self._bindings = bindings
+        self._n_inputs = len(example_inputs)
         # source: step groups re-measure on the latest batch after a neighbour grew in the same step
-        self._buffer = InputBuffer(capacity) if capacity else (InputBuffer(None) if stepped else None)
+        self._buffer = InputBuffer(capacity) if capacity else (InputBuffer(None) if stepped or latest_batch else None)
         self._capture = StepCapture(self.model, [b.probe for b in stepped]) if stepped else None
         self._unstarted = {b.name for b in stepped}
         for b in bindings:
@@ -293,12 +356,22 @@ class GrowingModel(nn.Module):
                 b.bridge.attach()
         self._arm_bridges()
 
-    def _start(self) -> None:
+    def _start(self, prefilled: bool = False) -> None:
         """Baselines from the network before training (phi(f_0) for activation triggers).
 
         ``source: step`` groups take theirs from the first step's own forward (see :meth:`_captured`).
         """
         measured = [b for b in self._bindings if b.trigger.needs_activations and not _from_step(b)]
+        short = self._buffer is not None and self._buffer.capacity is not None and self._buffer.size < self._buffer.capacity
+        if not prefilled and short:
+            wanted = [b.name for b in measured if getattr(b.settings.trigger, "baseline", None) != "first_batch"]
+            if wanted:
+                warnings.warn(
+                    f"group(s) {', '.join(wanted)}: baseline phi(f_0) taken on the first batch ({self._buffer.size} "
+                    f"samples), not on a full buffer of {self._buffer.capacity}: call grown.prefill(training inputs) "
+                    "after wrap() and before training (archgrow run does), or set the trigger's baseline: first_batch",
+                    stacklevel=4,
+                )
         measurements = self._measure(measured) if measured else {}
         for b in self._bindings:
             if b.name not in self._unstarted:

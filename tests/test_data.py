@@ -194,7 +194,7 @@ def test_mnist_truncated_or_mismatched_files(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"t10k-labels-idx1-ubyte: 2 labels but .*holds 3 images"):
         mnist(tmp_path)
     _write_idx(labels, 0x801, [3], bytes([1, 2, 10]))
-    with pytest.raises(ValueError, match=r"label 10 found, expected digits 0\.\.9"):
+    with pytest.raises(ValueError, match=r"label 10 found, expected classes 0\.\.9"):
         mnist(tmp_path)
     labels.write_bytes(b"\x00\x00")
     with pytest.raises(ValueError, match=r"t10k-labels-idx1-ubyte: 2 bytes is shorter than the 8-byte IDX header"):

@@ -25,7 +25,9 @@ MNIST = ROOT.parent / "shared" / "data" / "mnist"
 def small_models():
     return {
         "mlp": (lambda: mlp(64, (8, 8), 2), (64,), 2),
-        "vgg11": (lambda: vgg11(width_mult=0.125), (3, 32, 32), 10),
+        # PyTorch's init: the presets must grow within 4 random-data steps, which T_grad does not
+        # do from the paper's Xavier init on VGG-11 (its gradients are smaller there)
+        "vgg11": (lambda: vgg11(width_mult=0.125, init="torch"), (3, 32, 32), 10),
         "wrn28": (lambda: wrn28(width_mult=0.25), (3, 32, 32), 10),
     }
 
@@ -77,7 +79,12 @@ def test_preset_runs_and_grows(preset, model_name):
         warnings.simplefilter("ignore")  # few buffered samples for wide groups: expected here
         grown = wrap(model, spec, x[:1])
         start = dict(grown.widths())
-        optimizer = torch.optim.Adam(grown.parameters(), lr=1e-3)
+        # The authors' T_grad threshold is the norm of Adam's step, ~lr * sqrt(fan) per unit: on the
+        # random-data VGG-11 it exceeds the auxiliary gradient at lr 1e-3 in the first steps, so
+        # those presets are checked at a step size where it is due to fire.
+        authors_gradient = name.endswith("-authors") and spec.rules[0].trigger.kind == "gradient"
+        lr = 1e-5 if authors_gradient and model_name == "vgg11" else 1e-3
+        optimizer = torch.optim.Adam(grown.parameters(), lr=lr)
         events = train(grown, optimizer, x, y, steps=4)
     widths = grown.widths()
     if name == "static":
@@ -311,15 +318,17 @@ def final_width(strategy, n_independent, seed, epochs=4):
 @pytest.mark.parametrize("strategy", ["select", "weight"])
 def test_generated_data_width_follows_input_dimension(strategy):
     """Figure 1's trend on the paper's generated task: the layer grows from 4 and its final width
-    rises with the number of independent features.  (With 8 or more independent features
-    NORTH-Select reaches the 512 cap within a few epochs, as the paper reports for the first layer;
-    those sizes are left out to keep the test fast.)"""
+    rises with the number of independent features.  With the paper's Xavier init and a baseline
+    on the full buffer, NORTH-Select stops below the cap for 1 and 2 independent features and
+    reaches the 512 cap from 4 on (the paper's Figure 1 has the same step shape: 6, 17, then its
+    128 cap)."""
     features = [1, 2, 4]
     seeds = [0, 1]
     widths = {f: [final_width(strategy, f, s) for s in seeds] for f in features}
     means = [sum(widths[f]) / len(seeds) for f in features]
     for f in features:
-        assert all(4 < w < 512 for w in widths[f]), widths  # grows from 4, stops below the cap
+        low = f < 4 or strategy == "weight"
+        assert all(4 < w < 512 if low else w == 512 for w in widths[f]), widths
     if strategy == "select":
         assert all(a < b for a, b in zip(means, means[1:], strict=False)), widths
     else:

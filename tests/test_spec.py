@@ -55,6 +55,28 @@ PRESET_KINDS = {
     "batched-schedule": (("batched_schedule", "random"), ("batched_schedule", "random")),
     "static": (("static", "select"), ("static", "select")),
 }
+# the authors'-code variant of a preset: the same kinds, and the one option that differs
+AUTHORS_VARIANTS = {
+    "north-select-authors": ("north-select", "initializer", "order", "highest", "lowest"),
+    "north-weight-authors": ("north-weight", "initializer", "projection", True, False),
+    "gradmax-authors": ("gradmax", "trigger", "unit_norms", "gradient", "update"),
+    "firefly-authors": ("firefly", "trigger", "unit_norms", "gradient", "update"),
+    "nest-authors": ("nest", "trigger", "unit_norms", "gradient", "update"),
+}
+for _variant, (_base, *_rest) in AUTHORS_VARIANTS.items():
+    PRESET_KINDS[_variant] = PRESET_KINDS[_base]
+
+
+@pytest.mark.parametrize("variant", sorted(AUTHORS_VARIANTS))
+def test_authors_variant_differs_from_the_paper_preset_in_one_named_option(variant: str) -> None:
+    base, part, option, paper_value, authors_value = AUTHORS_VARIANTS[variant]
+    paper = load_spec(SPECS / f"{base}.yaml").settings_for("g")[0]
+    authors = load_spec(SPECS / f"{variant}.yaml").settings_for("g")[0]
+    assert getattr(getattr(paper, part), option) == paper_value
+    assert getattr(getattr(authors, part), option) == authors_value
+    changed = authors.model_dump()
+    changed[part][option] = paper_value
+    assert changed == paper.model_dump(), "the variant differs in more than its one option"
 
 
 def _mlp() -> torch.nn.Module:
@@ -154,14 +176,14 @@ BAD_FILES = [
         "rules:\n  - match: '*'\n    trigger: {kind: activation, gama: 0.5}\n",
         [
             "rules[0].trigger.gama: unknown field 'gama'; accepted fields: "
-            "kind, metric, gamma, epsilon, source, buffer_size, running_max, rounding, scale"
+            "kind, metric, gamma, epsilon, source, buffer_size, baseline, running_max, rounding, scale"
         ],
     ),
     (
         "unknown-field-of-weight-initializer",
         "t.yaml",
         "defaults:\n  initializer: {kind: weight, gamma: 0.5}\n",
-        ["defaults.initializer.gamma: unknown field 'gamma'; accepted fields: kind"],
+        ["defaults.initializer.gamma: unknown field 'gamma'; accepted fields: kind, projection"],
     ),
     (
         "unknown-rule-field",

@@ -15,7 +15,7 @@ import torch
 
 from archgrow.data.split import DataSplit, permutation_split
 
-__all__ = ["mnist", "mnist_split"]
+__all__ = ["mnist", "mnist_split", "read_idx_split"]
 
 _PREFIX = {"train": "train", "test": "t10k"}
 _IMAGES_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions
@@ -23,11 +23,11 @@ _LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dimension
 _SIDE = 28
 
 
-def _find(root: Path, stem: str) -> Path:
+def _find(root: Path, stem: str, dataset: str = "MNIST") -> Path:
     for name in (f"{stem}.gz", stem):
         if (root / name).is_file():
             return root / name
-    raise FileNotFoundError(f"MNIST file {stem}.gz (or {stem}) not found in {root}")
+    raise FileNotFoundError(f"{dataset} file {stem}.gz (or {stem}) not found in {root}")
 
 
 def _read_idx(path: Path, magic: int) -> tuple[list[int], torch.Tensor]:
@@ -67,16 +67,24 @@ def mnist(
     does, so results stay comparable with theirs. ``flatten`` gives ``(N, 784)`` for MLPs, otherwise
     ``(N, 1, 28, 28)``; labels are int64. ``limit`` keeps the first ``limit`` samples, for fast tests.
     """
+    return read_idx_split(root, split=split, flatten=flatten, limit=limit, dataset="MNIST", caller="mnist()")
+
+
+def read_idx_split(
+    root: str | os.PathLike, *, split: str, flatten: bool, limit: int | None, dataset: str, caller: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One split of an MNIST-format dataset (28x28 unsigned-byte images, labels 0..9) from IDX files
+    named ``train-*`` / ``t10k-*``, as MNIST and Fashion-MNIST ship them."""
     if split not in _PREFIX:
-        raise ValueError(f"mnist(): split={split!r} is not accepted; it must be one of {sorted(_PREFIX)}")
+        raise ValueError(f"{caller}: split={split!r} is not accepted; it must be one of {sorted(_PREFIX)}")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ValueError(f"mnist(): limit={limit!r} is not accepted; it must be None or an integer >= 1")
+        raise ValueError(f"{caller}: limit={limit!r} is not accepted; it must be None or an integer >= 1")
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"MNIST directory {root} does not exist")
+        raise FileNotFoundError(f"{dataset} directory {root} does not exist")
     prefix = _PREFIX[split]
-    images_path = _find(root, f"{prefix}-images-idx3-ubyte")
-    labels_path = _find(root, f"{prefix}-labels-idx1-ubyte")
+    images_path = _find(root, f"{prefix}-images-idx3-ubyte", dataset)
+    labels_path = _find(root, f"{prefix}-labels-idx1-ubyte", dataset)
 
     dims, pixels = _read_idx(images_path, _IMAGES_MAGIC)
     if dims[1:] != [_SIDE, _SIDE]:
@@ -85,7 +93,7 @@ def mnist(
     if n_labels != dims[0]:
         raise ValueError(f"{labels_path}: {n_labels} labels but {images_path} holds {dims[0]} images")
     if n_labels and int(labels.max()) > 9:
-        raise ValueError(f"{labels_path}: label {int(labels.max())} found, expected digits 0..9")
+        raise ValueError(f"{labels_path}: label {int(labels.max())} found, expected classes 0..9")
 
     n = dims[0] if limit is None else min(limit, dims[0])
     x = pixels[: n * _SIDE * _SIDE].to(torch.float32).div_(255.0)

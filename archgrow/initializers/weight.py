@@ -4,7 +4,9 @@ Each new unit draws ``u`` (Xavier-uniform at the mean norm), removes its compone
 space of the existing weight (all ``M`` right singular vectors, no threshold) and is scaled back
 to ``||u||``.  Units are projected against the old rows only, not each other.  Unlike the
 authors' code, whose size test never passed for MLPs (§9.10), the projection runs whenever
-``M < fan_in``; otherwise the kernel is trivial and ``u`` is kept.
+``M < fan_in``; otherwise the kernel is trivial and ``u`` is kept.  ``projection: false`` keeps
+``u`` as drawn, which is what the authors' MLP runs did (NORTH-Weight there is T_weight plus
+NORTH-Random's init).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ class WeightInitRule(InitRule):
     def fan_in(self, binding: GroupBinding, k: int, ctx: InitContext) -> torch.Tensor | None:
         weight = binding.producer.weight.detach()
         u = draw(binding, k, ctx.generator)
+        if not self.config.projection:
+            return u
         rows = weight.reshape(weight.shape[0], -1).to(torch.float64)
         if rows.shape[0] >= rows.shape[1]:
             return u

@@ -8,6 +8,7 @@ from torch import nn
 
 from archgrow.errors import ArchgrowError
 from archgrow.models.activations import ModifiedReLU, modified_relu
+from archgrow.models.init import INITS, initialize
 from archgrow.models.mlp import mlp
 from archgrow.models.vgg import VGG11, vgg11
 from archgrow.models.wrn import WideResNet, wrn28
@@ -42,4 +43,4 @@ def build(name: str, **kwargs) -> nn.Module:
     return builder(**kwargs)
 
 
-__all__ = ["BUILDERS", "VGG11", "ModifiedReLU", "WideResNet", "build", "mlp", "torchvision_model", "modified_relu", "vgg11", "wrn28"]
+__all__ = ["BUILDERS", "INITS", "initialize", "VGG11", "ModifiedReLU", "WideResNet", "build", "mlp", "torchvision_model", "modified_relu", "vgg11", "wrn28"]

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from torch import nn
 
 from archgrow.models.activations import make_activation
+from archgrow.models.init import InitName, initialize
 from archgrow.models.scaling import scaled
 
 
@@ -18,10 +19,13 @@ def mlp(
     *,
     width_mult: float = 1.0,
     activation: str = "modified_relu",
+    init: InitName = "paper",
 ) -> nn.Sequential:
     """Linear -> activation per hidden layer (``hidden1``, ``hidden2``...), then ``out``.
 
     ``hidden`` are the standard widths; ``width_mult`` scales them (0.25 for the paper's "Small").
+    ``init``: ``paper`` (Xavier-uniform, zero bias: Table 2), ``torch`` (PyTorch's defaults) or
+    ``kaiming`` (see :mod:`archgrow.models.init`).
     """
     if not hidden:
         raise ValueError("hidden must list at least one hidden width")
@@ -33,4 +37,4 @@ def mlp(
         layers[f"act{i}"] = make_activation(activation)
         prev = width
     layers["out"] = nn.Linear(prev, num_classes)
-    return nn.Sequential(OrderedDict(layers))
+    return initialize(nn.Sequential(OrderedDict(layers)), init)

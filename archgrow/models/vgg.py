@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from archgrow.models.activations import make_activation
+from archgrow.models.init import InitName, initialize
 from archgrow.models.scaling import scaled
 
 VGG11_CONVS: tuple[int | str, ...] = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
@@ -17,6 +18,7 @@ class VGG11(nn.Module):
 
     Five pools bring 32x32 down to 1x1, so the flatten maps each channel to one dense input
     (algorithms.md §6.3); other input sizes give an H*W block per channel, which archgrow maps too.
+    ``init``: ``paper`` (Xavier-uniform, zero bias), ``torch`` or ``kaiming`` (:mod:`archgrow.models.init`).
     """
 
     def __init__(
@@ -27,6 +29,7 @@ class VGG11(nn.Module):
         in_channels: int = 3,
         activation: str = "modified_relu",
         input_size: int = 32,
+        init: InitName = "paper",
     ):
         super().__init__()
         layers: list[nn.Module] = []
@@ -48,6 +51,7 @@ class VGG11(nn.Module):
             make_activation(activation),
             nn.Linear(dense[1], num_classes),
         )
+        initialize(self, init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.features(x), 1))

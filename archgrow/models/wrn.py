@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from archgrow.models.activations import make_activation
+from archgrow.models.init import InitName, initialize
 from archgrow.models.scaling import scaled
 
 
@@ -47,6 +48,7 @@ class WideResNet(nn.Module):
         in_channels: int = 3,
         activation: str = "modified_relu",
         dropout: float = 0.0,
+        init: InitName = "paper",
     ):
         super().__init__()
         if (depth - 4) % 6:
@@ -68,6 +70,7 @@ class WideResNet(nn.Module):
         self.act = make_activation(activation)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(prev, num_classes)
+        initialize(self, init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stage3(self.stage2(self.stage1(self.stem(x))))

@@ -1,9 +1,10 @@
 """From experiment sections to objects: the data split, the model, and static baselines.
 
 Static baselines are made by the same surgery that grows models: the seeded model is widened to
-``factor`` times the initial width of the groups the strategies grow, then every layer is
-re-initialised by its own ``reset_parameters``. That works for any traced model (torchvision ones
-have no width multiplier), and a baseline with factor 1 is exactly the growing runs' initial model.
+``factor`` times the initial width of the groups the strategies grow, then re-initialised with the
+same scheme as the growing runs' starting network (:func:`base_init`). That works for any traced
+model (torchvision ones have no width multiplier), and a baseline with factor 1 is exactly the
+growing runs' initial model.
 """
 
 from __future__ import annotations
@@ -16,10 +17,19 @@ import torch
 from torch import nn
 
 from archgrow import models
-from archgrow.data import DataSplit, cifar, digits, generated, mnist_split
+from archgrow.data import DataSplit, cifar, digits, fashion_mnist, generated, mnist_split
 from archgrow.errors import ArchgrowError
 from archgrow.graph.widthgraph import WidthGraph
-from archgrow.runner.experiment import CifarData, DataConfig, DigitsData, GeneratedData, MnistData, ModelConfig
+from archgrow.runner.experiment import (
+    BUILTIN_MODELS,
+    CifarData,
+    DataConfig,
+    DigitsData,
+    FashionMnistData,
+    GeneratedData,
+    MnistData,
+    ModelConfig,
+)
 from archgrow.surgery import grow
 
 
@@ -45,6 +55,12 @@ def load_data(cfg: DataConfig) -> DataSplit:
             )
         split = mnist_split(cfg.root, test_frac=cfg.test_frac, seed=cfg.seed, limit=cfg.limit)
         return _as_images(split, 28, cfg.pad_to) if cfg.images else split
+    if isinstance(cfg, FashionMnistData):
+        try:
+            split = fashion_mnist(cfg.root, limit=cfg.limit, test_limit=cfg.test_limit)
+        except FileNotFoundError as exc:
+            raise ArchgrowError(f"data.root: {exc}") from None
+        return _as_images(split, 28, cfg.pad_to) if cfg.images else split
     if isinstance(cfg, CifarData):
         return cifar(cfg.root, cfg.kind, download=cfg.download, limit=cfg.limit)
     raise TypeError(f"unknown data section {type(cfg).__name__}")
@@ -62,12 +78,28 @@ def _as_images(split: DataSplit, side: int, pad_to: int | None) -> DataSplit:
     return DataSplit(image(split.x_train), split.y_train, image(split.x_test), split.y_test, split.name)
 
 
+def base_init(cfg: ModelConfig) -> str:
+    """The scheme that initialises the run's starting network and re-initialises widened baselines:
+    the model section's ``init``; else ``paper`` for built-in models and ``torch`` (each layer's
+    ``reset_parameters``) for a widened external model, whose own constructor's init cannot be
+    replayed at another width."""
+    if cfg.init is not None:
+        return cfg.init
+    return "paper" if cfg.name in BUILTIN_MODELS else "torch"
+
+
 def build_model(cfg: ModelConfig, data: DataSplit, seed: int) -> nn.Module:
-    """The model, initialised from ``seed`` (the global RNG is left as it was)."""
+    """The model, initialised from ``seed`` (the global RNG is left as it was).
+
+    Built-in models take ``init`` (default ``paper``); other models keep their constructor's init
+    unless the model section sets ``init``.
+    """
     shape = tuple(data.x_train.shape[1:])
     kwargs = dict(cfg.kwargs)
     if cfg.activation is not None:
         kwargs["activation"] = cfg.activation
+    if cfg.name in BUILTIN_MODELS:
+        kwargs["init"] = base_init(cfg)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if cfg.name == "mlp":
@@ -84,11 +116,15 @@ def build_model(cfg: ModelConfig, data: DataSplit, seed: int) -> nn.Module:
             builder = models.BUILDERS[cfg.name]
             return builder(num_classes=data.num_classes, width_mult=cfg.width_mult, in_channels=shape[0], **kwargs)
         kwargs.setdefault("num_classes", data.num_classes)
-        return models.torchvision_model(cfg.name, **kwargs)
+        model = models.torchvision_model(cfg.name, **kwargs)
+        return models.initialize(model, cfg.init) if cfg.init is not None else model
 
 
-def scale_groups(graph: WidthGraph, factor: float, groups: Iterable[str], seed: int) -> dict[str, int]:
-    """Widen ``groups`` to ``factor`` x their width (rounded up to each group's step), then re-initialise.
+def scale_groups(
+    graph: WidthGraph, factor: float, groups: Iterable[str], seed: int, *, init: str = "paper"
+) -> dict[str, int]:
+    """Widen ``groups`` to ``factor`` x their width (rounded up to each group's step), then
+    re-initialise the whole model with ``init`` (see :mod:`archgrow.models.init`).
 
     Returns the new widths. Factors below 1 are refused: archgrow grows, it does not prune.
     """
@@ -105,10 +141,5 @@ def scale_groups(graph: WidthGraph, factor: float, groups: Iterable[str], seed: 
         targets[name] = graph.group(name).width
     if not grew:
         return targets
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for module in graph.model.modules():
-            reset = getattr(module, "reset_parameters", None)
-            if callable(reset) and any(True for _ in module.parameters(recurse=False)):
-                reset()
+    models.initialize(graph.model, init, seed=seed)
     return targets

@@ -56,6 +56,12 @@ class ModelConfig(_Strict):
     activation: Literal["modified_relu", "relu"] | None = Field(
         None, description="built-in models: the paper's modified ReLU (default) or nn.ReLU"
     )
+    init: Literal["paper", "torch", "kaiming"] | None = Field(
+        None,
+        description="base initialisation: paper (Xavier-uniform weights, zero biases; Table 2), torch "
+        "(each layer's reset_parameters) or kaiming (He-normal, zero biases). None: paper for the built-in "
+        "models; other models keep their own init (a baseline widened beyond them falls back to torch)",
+    )
     kwargs: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments of the builder")
 
     @model_validator(mode="after")
@@ -120,6 +126,23 @@ class MnistData(_Strict):
         return self
 
 
+class FashionMnistData(_Strict):
+    """Fashion-MNIST's official split (60,000 train / 10,000 test) from IDX files in ``root``."""
+
+    kind: Literal["fashion_mnist"] = "fashion_mnist"
+    root: str = Field(
+        "/usr/share/datasets/fashion-mnist",
+        description="folder with the IDX files (.gz or not), relative to the experiment file; default: where "
+        "Debian's dataset-fashion-mnist package installs them",
+    )
+    limit: PositiveInt | None = Field(None, description="use only the first `limit` training images")
+    test_limit: PositiveInt | None = Field(None, description="use only the first `test_limit` test images")
+    images: bool = Field(False, description="(N, 1, H, W) images instead of 784 flat features")
+    pad_to: PositiveInt | None = Field(None, description="images only: zero-pad 28x28 to this size (32 for VGG-11)")
+
+    _padding = model_validator(mode="after")(MnistData._padding)
+
+
 class CifarData(_Strict):
     """CIFAR-10/100 through torchvision, from files in ``root`` (or a download where a network exists)."""
 
@@ -129,7 +152,9 @@ class CifarData(_Strict):
     limit: PositiveInt | None = Field(None, description="use only the first `limit` train and test images")
 
 
-DataConfig = Annotated[GeneratedData | DigitsData | MnistData | CifarData, Field(discriminator="kind")]
+DataConfig = Annotated[
+    GeneratedData | DigitsData | MnistData | FashionMnistData | CifarData, Field(discriminator="kind")
+]
 
 
 # --------------------------------------------------------------------------- training

@@ -26,7 +26,7 @@ from archgrow.data import DataSplit
 from archgrow.errors import ArchgrowError
 from archgrow.graph.widthgraph import trace
 from archgrow.grower import GrowingModel, wrap
-from archgrow.runner.build import build_model, scale_groups
+from archgrow.runner.build import base_init, build_model, scale_groups
 from archgrow.runner.experiment import Experiment
 from archgrow.runner.progress import Progress
 from archgrow.spec import Spec, parse_spec
@@ -95,12 +95,17 @@ def run_one(
     if plan.kind == "growing":
         spec = fit_schedules(exp.spec(plan.strategy), total_steps).model_copy(update={"seed": plan.seed})
         grower = wrap(model, spec, example)
+        if grower.wants_prefill:  # phi(f_0) on a full buffer, from a seeded draw of training inputs
+            prefill_order = torch.randperm(n_train, generator=torch.Generator().manual_seed(plan.seed + 10_000))
+            grower.prefill(
+                x_train[prefill_order[i : i + cfg.batch_size].to(device)] for i in range(0, n_train, cfg.batch_size)
+            )
         graph = grower.graph
         groups = [n for n, b in grower.growing.items() if b.settings.trigger.kind != "static"]
         spec_dump = spec.model_dump(mode="json")
     else:
         graph = trace(model, example)
-        scale_groups(graph, exp.baselines[plan.strategy], baseline_groups, plan.seed)
+        scale_groups(graph, exp.baselines[plan.strategy], baseline_groups, plan.seed, init=base_init(exp.model))
         groups = list(baseline_groups)
         spec_dump = {"version": 1, "seed": plan.seed, "rules": [{"match": "*", "trigger": {"kind": "static"}}]}
     net: nn.Module = grower if grower is not None else model

@@ -101,7 +101,15 @@ class ActivationTrigger(_Strict):
         ),
     )
     buffer_size: PositiveInt | None = Field(
-        None, description="raw-input FIFO capacity; None: 2 x max width (source: buffer only)"
+        None,
+        description="raw-input FIFO capacity; None: 2 x max width for dense models, the latest mini-batch for "
+        "models with convolutions (Table 2; source: buffer only)",
+    )
+    baseline: Literal["full_buffer", "first_batch"] | None = Field(
+        None,
+        description="where phi(f_0) is measured (source: buffer only). None or full_buffer: on a buffer filled "
+        "before the first update (GrowingModel.prefill; the runner does it, as the authors' code does); "
+        "first_batch: on the first training batch alone (archgrow before 0.2)",
     )
     running_max: bool | None = Field(None, description="eq. 10 running maximum; None: on for models with convs")
     rounding: Literal["code", "paper"] = Field("code", description="code: s - floor(g*phi0*M); paper: floor(...)")
@@ -113,11 +121,12 @@ class ActivationTrigger(_Strict):
 
     @model_validator(mode="after")
     def _buffer_needs_buffer_source(self) -> ActivationTrigger:
-        if self.source == "step" and self.buffer_size is not None:
-            raise ValueError(
-                "buffer_size sets the raw-input FIFO of source: buffer; source: step measures the training "
-                "step's own batch: remove buffer_size or use source: buffer"
-            )
+        for name in ("buffer_size", "baseline"):
+            if self.source == "step" and getattr(self, name) is not None:
+                raise ValueError(
+                    f"{name} applies to the raw-input FIFO of source: buffer; source: step measures the training "
+                    f"step's own batch (its baseline is the first step's): remove {name} or use source: buffer"
+                )
         return self
 
 
@@ -140,6 +149,12 @@ class GradientTrigger(_Strict):
     kind: Literal["gradient"] = "gradient"
     threshold: Literal["code", "paper"] = Field(
         "code", description="code: sigma >= 1/2 sum of norms; paper: sigma > sum of norms"
+    )
+    unit_norms: Literal["gradient", "update"] = Field(
+        "gradient",
+        description="per-unit norms of the threshold: gradient (the paper: dL/dW of the step) or update (what "
+        "the authors' code read after Flux's update!, which overwrote the gradients with the optimizer's step "
+        "dW: the norms of this step's change of the weights)",
     )
 
 
@@ -204,6 +219,11 @@ class WeightInit(_Strict):
     """NORTH-Weight (eq. 8): random fan-in projected onto the kernel of the existing weight rows."""
 
     kind: Literal["weight"] = "weight"
+    projection: bool = Field(
+        True,
+        description="true: project onto the kernel of the existing rows (eq. 8, the paper); false: keep the random "
+        "fan-in as drawn (what the authors' MLP code did: its size test never passed, algorithms.md §5.5)",
+    )
 
 
 class GradMaxInit(_Strict):

@@ -9,7 +9,7 @@ a concat, H*W blocks after a flatten), and to put the model back bit for bit aft
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -184,10 +184,19 @@ def unit_norms_by_role(graph: WidthGraph, group: WidthGroup, role: str, *, grad:
 
 
 def unit_norms_by_roles(
-    graph: WidthGraph, group: WidthGroup, roles: tuple[str, ...], *, grad: bool = False
+    graph: WidthGraph,
+    group: WidthGroup,
+    roles: tuple[str, ...],
+    *,
+    grad: bool = False,
+    minus: Mapping[tuple[str, str], torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """:func:`unit_norms_by_role` for several roles in one pass over the group's tensors (the
-    gradient trigger reads fan-in and fan-out norms on every step)."""
+    gradient trigger reads fan-in and fan-out norms on every step).
+
+    ``minus`` maps ``(module, tensor)`` to an earlier copy of that weight: the norms are then those
+    of the change since the copy (the optimizer's step, for ``unit_norms: update``).
+    """
     width = group.width
     norms: dict[str, list[torch.Tensor]] = {r: [] for r in roles}
     channels = None
@@ -200,6 +209,8 @@ def unit_norms_by_roles(
                 raise LookupError(f"{b.module}.weight")
             t = t.grad
         t = t.detach()
+        if minus is not None:
+            t = t - minus[(b.module, b.tensor)]
         seg = b.layout[0]
         if len(b.layout) == 1 and seg.inner == 1:  # the whole dim is the group's channels: no gather
             norms[b.role].append(_norms_along(t, b.dim))
@@ -215,6 +226,15 @@ def unit_norms_by_roles(
         else:
             out[r] = parts[0] if len(parts) == 1 else torch.stack(parts).square().sum(0).sqrt()
     return out
+
+
+def weight_snapshot(graph: WidthGraph, group: WidthGroup, roles: tuple[str, ...]) -> dict[tuple[str, str], torch.Tensor]:
+    """Copies of the group's weights in ``roles``, keyed for :func:`unit_norms_by_roles`'s ``minus``."""
+    return {
+        (b.module, b.tensor): getattr(module, b.tensor).detach().clone()
+        for b, module in group_members(graph, group)
+        if b.role in roles and b.tensor == "weight"
+    }
 
 
 def _norms_along(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -243,5 +263,6 @@ __all__ = [
     "trial",
     "unit_norms_by_role",
     "unit_norms_by_roles",
+    "weight_snapshot",
     "write_channels",
 ]

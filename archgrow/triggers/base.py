@@ -34,16 +34,22 @@ def grow_count(score: int, base: float, width: int, rounding: str) -> tuple[int,
 
 
 class TriggerRule:
-    """Base class: ``evaluate`` after each due step; ``needs_activations`` asks for a measurement."""
+    """Base class: ``evaluate`` after each due step; ``needs_activations`` asks for a measurement,
+    ``needs_step_start`` for a call of :meth:`step_start` at the first training forward of each
+    due step (before the optimizer changes the weights)."""
 
     needs_activations = False
     needs_gradient = False  # reads the auxiliary gradient of the step (binding.bridge)
+    needs_step_start = False
 
     def __init__(self, config: Any, binding: GroupBinding):
         self.config = config
 
     def start(self, binding: GroupBinding, measurement: Measurement | None) -> None:
         """Set the baseline from the network at initialisation (phi(f_0))."""
+
+    def step_start(self, binding: GroupBinding) -> None:
+        """The due step's first training forward is about to run (weights are still pre-update)."""
 
     def evaluate(self, binding: GroupBinding, step: int, measurement: Measurement | None) -> Decision:
         raise NotImplementedError

@@ -10,6 +10,14 @@ At most ``min(G.shape)`` units per event, the number of singular vectors.
 
 Both gradients come from the same backward, at the same (pre-update) weights; the authors' code
 mixed pre-update weight gradients with a post-update auxiliary gradient (§9.7).
+
+``unit_norms: update`` compares with the norms of the optimizer's step instead: the authors' code
+read the per-unit "gradient" norms after ``Flux.Optimise.update!``, which in the Flux of that time
+overwrote the gradient arrays with the step ``dW`` (inferred from their code; the Flux version is
+not pinned).  With Adam that step has a roughly constant per-unit size ``~lr * sqrt(fan)``, so the
+threshold shrinks with the learning rate rather than with the gradients, and T_grad keeps firing
+as training converges.  The weights are copied at the first training forward of a due step (no
+extra pass) and subtracted after the update.
 """
 
 from __future__ import annotations
@@ -21,15 +29,17 @@ from archgrow.errors import ArchgrowError
 from archgrow.graph.analysis import FAN_IN, FAN_OUT
 from archgrow.measure import Measurement
 from archgrow.spec.schema import GradientTrigger
-from archgrow.surgery.channels import unit_norms_by_roles
+from archgrow.surgery.channels import unit_norms_by_roles, weight_snapshot
 from archgrow.triggers.base import Decision, TriggerRule
+
+ROLES = (FAN_IN, FAN_OUT)
 
 
 def unit_gradient_norms(binding: GroupBinding) -> torch.Tensor:
     """Per existing unit: fan-in plus fan-out gradient norm, from the weights' ``.grad``."""
     graph = binding.group._graph
     try:
-        norms = unit_norms_by_roles(graph, binding.group, (FAN_IN, FAN_OUT), grad=True)
+        norms = unit_norms_by_roles(graph, binding.group, ROLES, grad=True)
     except LookupError as exc:
         raise ArchgrowError(
             f"group '{binding.name}' uses the gradient trigger but '{exc.args[0]}' has no .grad: call grow_step "
@@ -38,12 +48,39 @@ def unit_gradient_norms(binding: GroupBinding) -> torch.Tensor:
     return norms[FAN_IN] + norms[FAN_OUT]
 
 
+def unit_update_norms(binding: GroupBinding, before: dict[tuple[str, str], torch.Tensor]) -> torch.Tensor:
+    """Per existing unit: fan-in plus fan-out norm of the weights' change since ``before``."""
+    norms = unit_norms_by_roles(binding.group._graph, binding.group, ROLES, minus=before)
+    return norms[FAN_IN] + norms[FAN_OUT]
+
+
 class GradientRule(TriggerRule):
     needs_gradient = True
     config: GradientTrigger
 
+    def __init__(self, config: GradientTrigger, binding: GroupBinding):
+        super().__init__(config, binding)
+        self.needs_step_start = config.unit_norms == "update"
+        self._before: dict[tuple[str, str], torch.Tensor] | None = None
+
+    def step_start(self, binding: GroupBinding) -> None:
+        """Copy the weights before the update (``unit_norms: update``)."""
+        self._before = weight_snapshot(binding.group._graph, binding.group, ROLES)
+
+    def _unit_norms(self, binding: GroupBinding) -> torch.Tensor:
+        if self.config.unit_norms == "gradient":
+            return unit_gradient_norms(binding)
+        before, self._before = self._before, None
+        if before is None:
+            raise ArchgrowError(
+                f"group '{binding.name}' uses the gradient trigger with unit_norms: update, but no forward of the "
+                "wrapped model in training mode ran since the last grow_step, so the step's change of the weights "
+                "is unknown: call grown(x) in training mode, backward and optimizer.step(), then grow_step"
+            )
+        return unit_update_norms(binding, before)
+
     def evaluate(self, binding: GroupBinding, step: int, measurement: Measurement | None) -> Decision:
-        total = float(unit_gradient_norms(binding).sum())
+        total = float(self._unit_norms(binding).sum())
         code = self.config.threshold == "code"
         threshold = 0.5 * total if code else total
         # Most steps do not grow: a cheap upper bound on sigma_1 below the threshold settles them
