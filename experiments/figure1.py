@@ -6,6 +6,12 @@ machinery; the final widths and test accuracies are collected into a Markdown ta
 (one panel per hidden layer, width against n_f, one line per strategy).
 
     python experiments/figure1.py --out runs/figure1 --doc docs/results
+
+Depths can run in separate processes and be combined afterwards (no training):
+
+    python experiments/figure1.py --depths 1 --out runs/figure1-h1 &
+    python experiments/figure1.py --depths 2 --out runs/figure1-h2
+    python experiments/figure1.py --combine runs/figure1-h1 runs/figure1-h2 --doc docs/results
 """
 
 from __future__ import annotations
@@ -19,7 +25,22 @@ from pathlib import Path
 from archgrow.runner import parse_experiment, run_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
-STRATEGIES = ("north-select", "north-pre", "north-random", "north-weight", "gradmax", "firefly", "nest")
+# the paper's seven strategies (specs/<name>.yaml) and, where the authors' code behaved otherwise,
+# their variants (specs/<name>-authors.yaml)
+STRATEGIES = (
+    "north-select",
+    "north-select-authors",
+    "north-pre",
+    "north-random",
+    "north-weight",
+    "north-weight-authors",
+    "gradmax",
+    "gradmax-authors",
+    "firefly",
+    "firefly-authors",
+    "nest",
+    "nest-authors",
+)
 
 
 def experiment(n_f: int, depth: int, args: argparse.Namespace) -> dict:
@@ -44,20 +65,31 @@ def main() -> None:
     p.add_argument("--strategies", nargs="+", default=list(STRATEGIES))
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--max-width", type=int, default=128, help="cap per layer (paper: 512)")
+    p.add_argument("--max-width", type=int, default=512, help="cap per layer (the paper's Table 2: 512)")
     p.add_argument("--out", type=Path, default=Path("runs/figure1"))
     p.add_argument("--doc", type=Path, help="write figure1.md/.svg/.png here")
+    p.add_argument("--combine", type=Path, nargs="+", help="only merge the figure1.json of earlier --out folders")
     args = p.parse_args()
 
     rows = []
-    for depth in args.depths:
+    if args.combine:
+        for folder in args.combine:
+            rows += json.loads((folder / "figure1.json").read_text())
+        args.depths = sorted({r["depth"] for r in rows})
+        args.nf = sorted({r["n_f"] for r in rows})
+        args.seeds = sorted({r["seed"] for r in rows})
+        args.strategies = list(dict.fromkeys(r["strategy"] for r in rows))
+        args.epochs = max(r["epochs"] for r in rows)
+    for depth in [] if args.combine else args.depths:
         for n_f in args.nf:
             t0 = time.perf_counter()
             exp = parse_experiment(experiment(n_f, depth, args), source=f"figure1 h{depth} nf{n_f}")
             result = run_experiment(exp, output=args.out / f"h{depth}-nf{n_f}", progress=False, pictures=False)
             for r in result.runs:
-                rows.append({"depth": depth, "n_f": n_f, **r})
+                metrics = args.out / f"h{depth}-nf{n_f}" / r["strategy"] / f"seed{r['seed']}" / "metrics.csv"
+                rows.append({"depth": depth, "n_f": n_f, **r, "settled_epoch": settled_epoch(metrics)})
             print(f"depth {depth} n_f {n_f}: {len(result.runs)} runs in {time.perf_counter() - t0:.0f} s", flush=True)
+            (args.out / "figure1.json").write_text(json.dumps(rows, indent=1))  # what is done so far survives a stop
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "figure1.json").write_text(json.dumps(rows, indent=1))
     table = markdown(rows, args)
@@ -66,6 +98,19 @@ def main() -> None:
         args.doc.mkdir(parents=True, exist_ok=True)
         (args.doc / "figure1.md").write_text(table)
         plot(rows, args.doc / "figure1")
+
+
+def settled_epoch(metrics: Path) -> int:
+    """The first epoch after which no width changed again (the budget's end if still growing)."""
+    import csv
+
+    with metrics.open() as f:
+        rows = list(csv.DictReader(f))
+    widths = [tuple(v for k, v in r.items() if k.startswith("width:")) for r in rows]
+    last = len(widths) - 1
+    while last > 0 and widths[last - 1] == widths[-1]:
+        last -= 1
+    return int(rows[last]["epoch"])
 
 
 def _ms(values: list[float]) -> tuple[float, float]:
@@ -99,6 +144,15 @@ def markdown(rows: list[dict], args: argparse.Namespace) -> str:
             for n in args.nf:
                 m, sd = _ms([100 * r["test_acc"] for r in cell(rows, depth=depth, n_f=n, strategy=s)])
                 cells.append(f"{m:.1f} ± {sd:.1f}")
+            lines.append(f"| {s} | " + " | ".join(cells) + " |")
+        lines.append(
+            f"\n**{depth} hidden layer{'s' if depth > 1 else ''}: last epoch in which a width changed (mean; "
+            f"{args.epochs} = still growing at the end of the budget)**\n"
+        )
+        lines.append("| strategy | " + " | ".join(f"n_f={n}" for n in args.nf) + " |")
+        lines.append("|---|" + "---|" * len(args.nf))
+        for s in args.strategies:
+            cells = [f"{_ms([r['settled_epoch'] for r in cell(rows, depth=depth, n_f=n, strategy=s)])[0]:.1f}" for n in args.nf]
             lines.append(f"| {s} | " + " | ".join(cells) + " |")
     seconds = sum(r["wall_seconds"] for r in rows)
     lines.append(f"\n{len(rows)} runs, {seconds / 60:.1f} min of run time in total.\n")
