@@ -503,3 +503,40 @@ def test_pooled_patches_from_a_box_filtered_input_equal_pooling_the_patches(kern
     out = tuple(conv(x).shape[2:])
     patches = F.unfold(x, conv.kernel_size, dilation=conv.dilation, padding=conv.padding).reshape(2, -1, *out)
     torch.testing.assert_close(_pooled_patches(x, conv, out, target), F.adaptive_avg_pool2d(patches, target), rtol=0, atol=1e-12)
+
+
+def test_thin_svd_falls_back_to_svd_when_eigh_does_not_converge(monkeypatch):
+    """LAPACK's eigh failed to converge on a real auxiliary gradient (GradMax, authors' threshold,
+    Fashion-MNIST MLP); the SVD of G itself must then give the same factors."""
+    from archgrow.auxgrad import singular_values, thin_svd
+
+    g = torch.randn(6, 40, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    u_ref, s_ref, v_ref = thin_svd(g)
+
+    def fail(*args, **kwargs):
+        raise torch.linalg.LinAlgError("linalg.eigh: The algorithm failed to converge")
+
+    monkeypatch.setattr(torch.linalg, "eigh", fail)
+    monkeypatch.setattr(torch.linalg, "eigvalsh", fail)
+    u, s, v = thin_svd(g)
+    torch.testing.assert_close(s, s_ref)
+    torch.testing.assert_close(u * s @ v.T, g)
+    torch.testing.assert_close((u.T @ u_ref).abs().diagonal(), torch.ones(6, dtype=torch.float64))
+    torch.testing.assert_close(singular_values(g), s_ref)
+    tall_u, tall_s, tall_v = thin_svd(g.T)
+    torch.testing.assert_close(tall_u * tall_s @ tall_v.T, g.T)
+
+
+def test_non_finite_auxiliary_gradient_names_the_group():
+    torch.manual_seed(0)
+    model = mlp(20, (8, 8), 3)
+    spec = {"rules": [{"match": "hidden1", "trigger": {"kind": "gradient"}, "initializer": {"kind": "gradmax"}}]}
+    grown = archgrow.wrap(model, spec, torch.randn(1, 20))
+    opt = torch.optim.SGD(grown.parameters(), lr=0.1)
+    x = torch.randn(16, 20)
+    x[0, 0] = float("nan")
+    loss = torch.nn.functional.cross_entropy(grown(x), torch.randint(0, 3, (16,)))
+    loss.backward()
+    opt.step()
+    with pytest.raises(archgrow.ArchgrowError, match="group 'hidden1': the auxiliary gradient has NaN or infinite entries"):
+        grown.grow_step(opt)
