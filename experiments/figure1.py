@@ -147,7 +147,7 @@ def markdown(rows: list[dict], args: argparse.Namespace) -> str:
             lines.append(f"| {s} | " + " | ".join(cells) + " |")
         lines.append(
             f"\n**{depth} hidden layer{'s' if depth > 1 else ''}: last epoch in which a width changed (mean; "
-            f"{args.epochs} = still growing at the end of the budget)**\n"
+            f"{args.epochs} = a width changed in the last epoch of the budget)**\n"
         )
         lines.append("| strategy | " + " | ".join(f"n_f={n}" for n in args.nf) + " |")
         lines.append("|---|" + "---|" * len(args.nf))
@@ -167,10 +167,14 @@ def plot(rows: list[dict], stem: Path) -> None:
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     nfs = sorted({r["n_f"] for r in rows})
     strategies = list(dict.fromkeys(r["strategy"] for r in rows))
+    # one colour per strategy, the authors' variant dashed in its paper variant's colour
+    bases = list(dict.fromkeys(s.removesuffix("-authors") for s in strategies))
+    colour = {b: f"C{i % 10}" for i, b in enumerate(bases)}
     for ax, (depth, layer) in zip(axes, panels, strict=True):
         for s in strategies:
             stats = [_ms([r["final_widths"][layer] for r in cell(rows, depth=depth, n_f=n, strategy=s)]) for n in nfs]
-            ax.errorbar(nfs, [m for m, _ in stats], yerr=[sd for _, sd in stats], marker="o", ms=3, capsize=2, label=s)
+            style = {"color": colour[s.removesuffix("-authors")], "ls": "--" if s.endswith("-authors") else "-"}
+            ax.errorbar(nfs, [m for m, _ in stats], yerr=[sd for _, sd in stats], marker="o", ms=3, capsize=2, label=s, **style)
         ax.plot(nfs, nfs, "k:", lw=1, label="n_f")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("independent features n_f")

@@ -1,6 +1,8 @@
-"""Figures 2-3 of Maile et al. (2022) from a finished sweep of ``experiments/mnist_mlp.yaml``.
+"""Figures 2-3 of Maile et al. (2022) from finished sweeps of ``experiments/mnist_mlp.yaml`` or
+``experiments/fashion_mlp.yaml``.
 
-Reads only the sweep's files (no training): test accuracy and training time against the final
+Reads only the sweeps' files (no training; several sweep folders of one experiment are merged,
+e.g. one run with ``--strategy`` for the strategies a first, interrupted sweep did not reach): test accuracy and training time against the final
 parameter count for every strategy and static baseline (Figure 2), and each hidden layer's width
 over training for the dynamic strategies, mean over seeds (Figure 3). Writes the pictures and a
 Markdown table into ``--doc``.
@@ -19,7 +21,7 @@ from pathlib import Path
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-from archgrow.runner import markdown_table
+from archgrow.runner import aggregate, markdown_table
 from archgrow.viz.plots import width_series
 
 
@@ -29,12 +31,12 @@ def _ms(values: list[float]) -> tuple[float, float]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("sweep", type=Path)
+    p.add_argument("sweeps", type=Path, nargs="+", help="sweep folders of `archgrow run` (merged)")
     p.add_argument("--doc", type=Path, required=True)
     p.add_argument("--name", default="figures23")
     args = p.parse_args()
-    summary = json.loads((args.sweep / "summary.json").read_text())
-    runs, table = summary["runs"], summary["table"]
+    runs, title = _runs(args.sweeps)
+    table = aggregate(runs)
     args.doc.mkdir(parents=True, exist_ok=True)
     (args.doc / f"{args.name}.md").write_text(markdown_table(table))
     strategies = list(dict.fromkeys(r["strategy"] for r in runs))
@@ -60,7 +62,7 @@ def main() -> None:
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     ax_time.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
-    fig.suptitle(f"{summary['name']}: mean ± std over seeds (squares: static)")
+    fig.suptitle(f"{title}: mean ± std over seeds (squares: static)")
     _save(fig, args.doc / f"{args.name}-size")
 
     # Figure 3: widths over training, dynamic strategies only
@@ -69,7 +71,7 @@ def main() -> None:
     fig = Figure(figsize=(5 * len(groups) + 2, 4), layout="constrained")
     axes = fig.subplots(1, len(groups), squeeze=False)[0]
     for s in dynamic:
-        dirs = [args.sweep / s / f"seed{r['seed']}" for r in runs if r["strategy"] == s]
+        dirs = [r["_dir"] for r in runs if r["strategy"] == s]
         series = [width_series(d) for d in dirs]
         last = max(r["steps"] for r in runs if r["strategy"] == s)
         for ax, g in zip(axes, groups, strict=True):
@@ -83,6 +85,23 @@ def main() -> None:
         ax.grid(alpha=0.3)
     axes[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
     _save(fig, args.doc / f"{args.name}-widths")
+
+
+def _runs(sweeps: list[Path]) -> tuple[list[dict], str]:
+    """Every finished run's summary (a run directory with summary.json), in the experiment's order:
+    strategies, then baselines, seeds ascending."""
+    order: list[str] = []
+    runs = []
+    title = ""
+    for sweep in sweeps:
+        exp = json.loads((sweep / "experiment.json").read_text())
+        title = title or exp.get("name") or sweep.name
+        order += [n for n in [*exp.get("strategies", {}), *exp.get("baselines", {})] if n not in order]
+        for path in sorted(sweep.glob("*/seed*/summary.json")):
+            runs.append({**json.loads(path.read_text()), "_dir": path.parent})
+    rank = {n: i for i, n in enumerate(order)}
+    runs.sort(key=lambda r: (rank.get(r["strategy"], len(rank)), r["seed"]))
+    return runs, title
 
 
 def _at(series: tuple[list[int], list[int]], step: int) -> int:
