@@ -127,32 +127,55 @@ class GrowingModel(nn.Module):
         a tuple/list whose first entries are the model's positional inputs, as a ``DataLoader`` of
         ``(x, y)`` yields); it is read only until the buffer is full.  Call it once, after
         ``wrap`` and before the first training step; returns the number of samples buffered.
+        Inputs are moved to the model's device (floating ones to its dtype) and checked against
+        the traced sample shape; a rejected batch leaves the buffer as it was.
         Without it, baselines are taken on the first training batch alone, and groups whose
         trigger asks for ``baseline: full_buffer`` (the default) get a warning saying so.
-        Groups measured with ``source: step`` take their baseline from the first step regardless.
+        Every group measured on the buffer takes its baseline here, ``baseline: first_batch``
+        ones included (the model has one buffer); groups measured with ``source: step`` take
+        theirs from the first step regardless.
         """
         if self._graph is None:
             raise ArchgrowError("prefill: the model has not been traced yet: pass example_inputs to wrap() first")
         if self._started:
             raise ArchgrowError(
-                "prefill: the baselines were already taken (a training forward or grow_step ran, or prefill was "
-                "called before): call prefill once, after wrap() and before the first training step"
+                "prefill: the baselines were already taken (a training forward or grow_step ran, prefill was "
+                "called before, or a checkpoint was loaded): call prefill once, after wrap() and before the first "
+                "training step"
             )
         if self._buffer is None:
             return 0
+        examples = self._graph.example_inputs
+        param = next(self.model.parameters(), None)
         batches: Iterable[Any] = [inputs] if isinstance(inputs, torch.Tensor) else inputs
-        for batch in batches:
+        chunks: list[tuple[torch.Tensor, ...]] = []
+        samples = 0
+        for i, batch in enumerate(batches):
             tensors = (batch,) if isinstance(batch, torch.Tensor) else tuple(batch)[: self._n_inputs]
             if len(tensors) < self._n_inputs or not all(isinstance(t, torch.Tensor) for t in tensors):
                 raise ArchgrowError(
                     f"prefill: each batch must be a tensor or a tuple starting with the model's {self._n_inputs} "
-                    f"input tensor(s); got {type(batch).__name__}"
+                    f"input tensor(s); batch {i} is {type(batch).__name__}"
                 )
-            self._buffer.push(tensors)
-            if self._buffer.capacity is None or self._buffer.size >= self._buffer.capacity:
+            for j, (t, ex) in enumerate(zip(tensors, examples, strict=False)):
+                if isinstance(ex, torch.Tensor) and (t.dim() != ex.dim() or t.shape[1:] != ex.shape[1:]):
+                    raise ArchgrowError(
+                        f"prefill: input {j} of batch {i} has shape {tuple(t.shape)}, but the model was traced with "
+                        f"samples of shape {tuple(ex.shape[1:])} (batch first): pass batches of inputs, e.g. "
+                        "(x, y) tuples or x tensors"
+                    )
+            if param is not None:  # where and in what precision the model runs (it may have moved since wrap)
+                tensors = tuple(
+                    t.to(param.device, param.dtype if t.is_floating_point() else t.dtype) for t in tensors
+                )
+            chunks.append(tensors)
+            samples += tensors[0].shape[0]
+            if self._buffer.capacity is None or samples >= self._buffer.capacity:
                 break
-        if self._buffer.size == 0:
+        if samples == 0:
             raise ArchgrowError("prefill: no samples were given")
+        for tensors in chunks:  # only once every batch was accepted: a bad batch leaves the buffer empty
+            self._buffer.push(tensors)
         self._start(prefilled=True)
         return self._buffer.size
 
@@ -316,7 +339,7 @@ class GrowingModel(nn.Module):
     @property
     def wants_prefill(self) -> bool:
         """Some group's baseline is to be measured on a full buffer (see :meth:`prefill`)."""
-        return self._buffer is not None and any(
+        return self._buffer is not None and not self._started and any(
             b.trigger.needs_activations
             and not _from_step(b)
             and getattr(b.settings.trigger, "baseline", None) != "first_batch"
@@ -362,7 +385,8 @@ class GrowingModel(nn.Module):
         ``source: step`` groups take theirs from the first step's own forward (see :meth:`_captured`).
         """
         measured = [b for b in self._bindings if b.trigger.needs_activations and not _from_step(b)]
-        short = self._buffer is not None and self._buffer.capacity is not None and self._buffer.size < self._buffer.capacity
+        buffer = self._buffer
+        short = buffer is not None and buffer.capacity is not None and 0 < buffer.size < buffer.capacity
         if not prefilled and short:
             wanted = [b.name for b in measured if getattr(b.settings.trigger, "baseline", None) != "first_batch"]
             if wanted:

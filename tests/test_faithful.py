@@ -143,6 +143,7 @@ def test_prefill_takes_the_baseline_on_the_full_buffer() -> None:
     assert grown.growing["hidden1"].state["base"] == pytest.approx(_count_base(grown, buffered))
     # a baseline on the first 10 samples alone is smaller (the count cannot exceed the rows)
     assert _count_base(grown, batches[0]) < grown.growing["hidden1"].state["base"]
+    assert not grown.wants_prefill  # done
     with pytest.raises(ArchgrowError, match="prefill: the baselines were already taken"):
         grown.prefill(x)
 
@@ -172,20 +173,25 @@ def test_prefill_errors_name_what_was_wrong() -> None:
         grown.prefill([])
     with pytest.raises(ArchgrowError, match="must be a tensor or a tuple starting with the model's 1 input"):
         grown.prefill([("not a tensor",)])
+    x, y = torch.randn(8, 64), torch.zeros(8)
+    with pytest.raises(ArchgrowError, match=r"input 0 of batch 1 has shape \(8,\), but the model was traced with samples of shape \(64,\)"):
+        grown.prefill((x, y))  # one (x, y) batch where an iterable of batches is expected
+    assert grown.prefill([x.double()]) == 8  # cast to the model's dtype
+    assert grown._buffer.tensors()[0].dtype == torch.float32
     weights = {"rules": [{"match": "*", "trigger": {"kind": "weight"}, "initializer": {"kind": "weight"}}]}
     grown = wrap(mlp(64, (16,), 2), weights, torch.randn(1, 64))
     assert not grown.wants_prefill
     assert grown.prefill(torch.randn(8, 64)) == 0  # nothing measures activations: nothing to fill
 
 
-def test_runner_prefills_before_training(tmp_path) -> None:
+def test_runner_prefills_before_training(tmp_path, monkeypatch) -> None:
     from archgrow.runner import run_experiment
 
     exp = parse_experiment(
         {
             "model": {"name": "mlp", "hidden": [4]},
             "data": {"kind": "digits"},
-            "train": {"epochs": 1, "batch_size": 64},
+            "train": {"epochs": 1, "batch_size": 8},  # a first batch smaller than the 32-sample buffer
             "strategies": {"sel": {"version": 1, "defaults": {"max_width": 16}, "rules": [{"match": "*", "trigger": {"kind": "activation"}, "initializer": {"kind": "random"}}]}},
             "seeds": [0],
         }
@@ -193,6 +199,12 @@ def test_runner_prefills_before_training(tmp_path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # the first-batch warning would fail the run
         run_experiment(exp, output=tmp_path, progress=False, pictures=False)
+    # and without the prefill the same run does warn: the check above can fail
+    from archgrow.grower import GrowingModel
+
+    monkeypatch.setattr(GrowingModel, "wants_prefill", property(lambda self: False))
+    with pytest.warns(UserWarning, match=r"baseline phi\(f_0\) taken on the first batch \(8 samples\)"):
+        run_experiment(exp, output=tmp_path / "again", progress=False, pictures=False)
 
 
 @pytest.mark.filterwarnings("ignore:group .* measured on")
@@ -263,6 +275,17 @@ def test_update_norms_make_t_grad_fire_where_gradient_norms_do_not() -> None:
         assert ratio
     assert fired["gradient"] == []
     assert fired["update"] and all(e.trigger == "gradient" for e in fired["update"])
+
+
+def test_update_norms_that_saw_no_change_add_nothing() -> None:
+    grown, opt, x, y = _gradient_model(torch.optim.SGD, "update", lr=0.0)
+    grown.train()
+    loss = F.cross_entropy(grown(x), y)
+    loss.backward()
+    opt.step()
+    with pytest.warns(UserWarning, match="unit_norms: update saw no change of the weights"):
+        assert grown.grow_step(opt) == []
+    assert all(e.add == 0 and e.threshold == 0 for e in grown.evaluations)
 
 
 def test_update_norms_without_a_training_forward_say_what_to_do() -> None:

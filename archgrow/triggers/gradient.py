@@ -22,6 +22,8 @@ extra pass) and subtracted after the update.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from archgrow.binding import GroupBinding
@@ -62,6 +64,7 @@ class GradientRule(TriggerRule):
         super().__init__(config, binding)
         self.needs_step_start = config.unit_norms == "update"
         self._before: dict[tuple[str, str], torch.Tensor] | None = None
+        self._warned_still = False
 
     def step_start(self, binding: GroupBinding) -> None:
         """Copy the weights before the update (``unit_norms: update``)."""
@@ -81,6 +84,17 @@ class GradientRule(TriggerRule):
 
     def evaluate(self, binding: GroupBinding, step: int, measurement: Measurement | None) -> Decision:
         total = float(self._unit_norms(binding).sum())
+        if self.config.unit_norms == "update" and not total > 0:
+            # No step moved the weights (lr 0, frozen weights, grow_step before optimizer.step()):
+            # a zero threshold would pass every singular value, so nothing is added.
+            if not self._warned_still:
+                self._warned_still = True
+                warnings.warn(
+                    f"group '{binding.name}': unit_norms: update saw no change of the weights in this step (was "
+                    "optimizer.step() called before grow_step, with a learning rate above 0?); no units added",
+                    stacklevel=4,
+                )
+            return Decision(0, 0.0, total)
         code = self.config.threshold == "code"
         threshold = 0.5 * total if code else total
         # Most steps do not grow: a cheap upper bound on sigma_1 below the threshold settles them
