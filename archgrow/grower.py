@@ -98,6 +98,7 @@ class GrowingModel(nn.Module):
         self._in_trial = False
         self._n_inputs = 1  # positional inputs the model was traced with (prefill reads that many per batch)
         self._step_begun = False  # the current step's first training forward has run
+        self._step_starters: list[GroupBinding] = []  # triggers that read the weights before each update
         self._warned: set[str] = set()
         if example_inputs is not None:
             self._bind(_as_tuple(example_inputs))
@@ -109,8 +110,8 @@ class GrowingModel(nn.Module):
         if self.training and not self._in_trial:
             if not self._step_begun:
                 self._step_begun = True
-                for b in self._bindings:
-                    if b.trigger.needs_step_start and self._due(b, self.steps + 1):
+                for b in self._step_starters:
+                    if self._due(b, self.steps + 1):
                         b.trigger.step_start(b)
             if self._buffer is not None:
                 self.observe(*args)
@@ -339,12 +340,7 @@ class GrowingModel(nn.Module):
     @property
     def wants_prefill(self) -> bool:
         """Some group's baseline is to be measured on a full buffer (see :meth:`prefill`)."""
-        return self._buffer is not None and not self._started and any(
-            b.trigger.needs_activations
-            and not _from_step(b)
-            and getattr(b.settings.trigger, "baseline", None) != "first_batch"
-            for b in self._bindings
-        )
+        return self._buffer is not None and not self._started and any(_full_buffer_baseline(b) for b in self._bindings)
 
     @property
     def growing(self) -> dict[str, GroupBinding]:
@@ -370,6 +366,7 @@ class GrowingModel(nn.Module):
         self._graph = graph
         self._bindings = bindings
         self._n_inputs = len(example_inputs)
+        self._step_starters = [b for b in bindings if b.trigger.needs_step_start]
         # source: step groups re-measure on the latest batch after a neighbour grew in the same step
         self._buffer = InputBuffer(capacity) if capacity else (InputBuffer(None) if stepped or latest_batch else None)
         self._capture = StepCapture(self.model, [b.probe for b in stepped]) if stepped else None
@@ -388,11 +385,11 @@ class GrowingModel(nn.Module):
         buffer = self._buffer
         short = buffer is not None and buffer.capacity is not None and 0 < buffer.size < buffer.capacity
         if not prefilled and short:
-            wanted = [b.name for b in measured if getattr(b.settings.trigger, "baseline", None) != "first_batch"]
+            wanted = [b.name for b in self._bindings if _full_buffer_baseline(b)]
             if wanted:
                 warnings.warn(
-                    f"group(s) {', '.join(wanted)}: baseline phi(f_0) taken on the first batch ({self._buffer.size} "
-                    f"samples), not on a full buffer of {self._buffer.capacity}: call grown.prefill(training inputs) "
+                    f"group(s) {', '.join(wanted)}: baseline phi(f_0) taken on the first batch ({buffer.size} "
+                    f"samples), not on a full buffer of {buffer.capacity}: call grown.prefill(training inputs) "
                     "after wrap() and before training (archgrow run does), or set the trigger's baseline: first_batch",
                     stacklevel=4,
                 )
@@ -632,6 +629,11 @@ def _is_conv(graph: WidthGraph, g) -> bool:
 def _from_step(b: GroupBinding) -> bool:
     """The group's trigger measures the training step's own forward (``source: step``)."""
     return getattr(b.settings.trigger, "source", "buffer") == "step" and b.trigger.needs_activations
+
+
+def _full_buffer_baseline(b: GroupBinding) -> bool:
+    """The group's baseline phi(f_0) is meant to be measured on a full buffer (see ``prefill``)."""
+    return b.trigger.needs_activations and not _from_step(b) and getattr(b.settings.trigger, "baseline", None) != "first_batch"
 
 
 def _as_tuple(x: Any) -> tuple[Any, ...]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from archgrow.data.mnist import read_idx_split
+from archgrow.data.mnist import has_split, read_idx_split
 from archgrow.data.split import DataSplit
 
 DEBIAN_ROOT = "/usr/share/datasets/fashion-mnist"
@@ -44,9 +44,7 @@ def fashion_mnist(
 
 def available(root: str | os.PathLike = DEBIAN_ROOT) -> bool:
     """Whether ``root`` holds all four IDX files (for tests and examples that skip without them)."""
-    root = Path(root)
-    stems = [f"{p}-{k}" for p in ("train", "t10k") for k in ("images-idx3-ubyte", "labels-idx1-ubyte")]
-    return all((root / f"{s}.gz").is_file() or (root / s).is_file() for s in stems)
+    return has_split(root, "train") and has_split(root, "test")
 
 
 __all__ = ["CLASSES", "DEBIAN_ROOT", "available", "fashion_mnist"]

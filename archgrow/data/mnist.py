@@ -15,7 +15,7 @@ import torch
 
 from archgrow.data.split import DataSplit, permutation_split
 
-__all__ = ["mnist", "mnist_split", "read_idx_split"]
+__all__ = ["has_split", "mnist", "mnist_split", "read_idx_split"]
 
 _PREFIX = {"train": "train", "test": "t10k"}
 _IMAGES_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions
@@ -28,6 +28,13 @@ def _find(root: Path, stem: str, dataset: str = "MNIST") -> Path:
         if (root / name).is_file():
             return root / name
     raise FileNotFoundError(f"{dataset} file {stem}.gz (or {stem}) not found in {root}")
+
+
+def has_split(root: str | os.PathLike, split: str) -> bool:
+    """Whether ``root`` holds the images and labels IDX files of ``split`` (gzipped or not)."""
+    root = Path(root)
+    stems = [f"{_PREFIX[split]}-{kind}" for kind in ("images-idx3-ubyte", "labels-idx1-ubyte")]
+    return all((root / f"{s}.gz").is_file() or (root / s).is_file() for s in stems)
 
 
 def _read_idx(path: Path, magic: int) -> tuple[list[int], torch.Tensor]:
@@ -112,11 +119,7 @@ def mnist_split(
     split's name records which source was used. ``limit`` is applied before shuffling.
     """
     root = Path(root)
-    has_train = all(
-        (root / f"train-{kind}.gz").is_file() or (root / f"train-{kind}").is_file()
-        for kind in ("images-idx3-ubyte", "labels-idx1-ubyte")
-    )
-    source = "train" if has_train else "test"
+    source = "train" if has_split(root, "train") else "test"
     x, y = mnist(root, split=source, flatten=True, limit=limit)
     name = f"mnist({source} split, {len(y)} samples, test_frac={test_frac}, seed={seed})"
     return permutation_split(x, y, test_frac=test_frac, seed=seed, name=name)

@@ -27,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 
+from archgrow.data.fashion_mnist import DEBIAN_ROOT
 from archgrow.errors import SpecError
 from archgrow.spec import Spec, load_spec, parse_spec
 from archgrow.spec.io import format_errors
@@ -131,7 +132,7 @@ class FashionMnistData(_Strict):
 
     kind: Literal["fashion_mnist"] = "fashion_mnist"
     root: str = Field(
-        "/usr/share/datasets/fashion-mnist",
+        DEBIAN_ROOT,
         description="folder with the IDX files (.gz or not), relative to the experiment file; default: where "
         "Debian's dataset-fashion-mnist package installs them",
     )
