@@ -239,9 +239,8 @@ class Bridge:
 
 
     def _check_appends(self) -> None:
-        graph = self.group._graph
         names = {name for name, _ in self.producers}
-        for b in graph._tensor_bindings:
+        for b in self.group.graph.tensor_bindings():  # the producers' inputs belong to other groups
             if b.module in names and b.tensor == "weight" and b.dim == 1 and len(b.layout) > 1:
                 raise ArchgrowError(
                     f"group '{self.group.name}': '{b.module}' reads a concatenation that grew in this grow_step; "
@@ -443,9 +442,9 @@ def dead_at_zero(graph: WidthGraph, group: WidthGroup, limit: int = 256) -> list
     A zero-fan-in unit sits at 0 there and would get no gradient (paper §6.1); the modified ReLU
     ``where(x >= 0, x, 0)`` is not among them.
     """
-    nodes = {n.name: n for n in graph._gm.graph.nodes}
+    nodes = {n.name: n for n in graph.fx.graph.nodes}
     consumers = {c.name for c in group.consumers}
-    frontier = [nodes[n] for p in group.producers if (n := graph._member_nodes.get((p.name, "producer"))) in nodes]
+    frontier = [nodes[n] for p in group.producers if (n := graph.member_node(p.name, "producer")) in nodes]
     seen: set[Any] = set(frontier)
     found: list[str] = []
     while frontier and len(seen) < limit:
@@ -464,7 +463,7 @@ def dead_at_zero(graph: WidthGraph, group: WidthGroup, limit: int = 256) -> list
 
 def _is_dead_at_zero(graph: WidthGraph, node: Any) -> bool:
     if node.op == "call_module":
-        return isinstance(graph._gm.get_submodule(str(node.target)), _DEAD_AT_ZERO_MODULES)
+        return isinstance(graph.fx.get_submodule(str(node.target)), _DEAD_AT_ZERO_MODULES)
     if node.op == "call_function":
         return getattr(node.target, "__name__", "") in _DEAD_AT_ZERO_FUNCTIONS
     if node.op == "call_method":

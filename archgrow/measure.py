@@ -85,15 +85,15 @@ class Measurement:
 def build_probe(graph: WidthGraph, group: WidthGroup) -> Probe:
     """Find the measurement point of ``group`` (see the module docstring)."""
     first = group.producers[0]
-    node_name = graph._member_nodes.get((first.name, "producer"))
-    nodes = {n.name: n for n in graph._gm.graph.nodes}
+    node_name = graph.member_node(first.name, "producer")
+    nodes = {n.name: n for n in graph.fx.graph.nodes}
     node = nodes.get(node_name) if node_name else None
     if node is None or node.op != "call_module":
         raise ProbeError(
             f"its first producer '{first.name}' is a parameter used directly in a forward, not a module "
             "call, so its output cannot be hooked"
         )
-    meta = graph._node_meta.get(node.name)
+    meta = graph.node_meta(node.name)
     if not isinstance(meta, TensorMeta):
         raise ProbeError(f"its first producer '{first.name}' does not return a single tensor")
     cd = _channel_dim(graph, group, meta)
@@ -103,7 +103,7 @@ def build_probe(graph: WidthGraph, group: WidthGroup) -> Probe:
     if len(group.producers) == 1:
         consumers = {m.name for m in group.consumers}
         followers = {m.name for m in group.followers}
-        order = list(graph._gm.graph.nodes)
+        order = list(graph.fx.graph.nodes)
         position = {n: i for i, n in enumerate(order)}
         cur = node
         while True:
@@ -111,7 +111,7 @@ def build_probe(graph: WidthGraph, group: WidthGroup) -> Probe:
             if step is None:
                 break
             region, end = step
-            m = graph._node_meta.get(end.name)
+            m = graph.node_meta(end.name)
             if not isinstance(m, TensorMeta) or m.ndim != meta.ndim or not _is_channels(graph, group, m, cd):
                 break
             chain.extend(region)
@@ -128,7 +128,7 @@ def _hookable_end(graph: WidthGraph, chain: list[fx.Node], stateless: bool) -> s
     if not chain or chain[-1].op != "call_module" or not stateless:
         return None
     target = str(chain[-1].target)
-    calls = sum(1 for n in graph._gm.graph.nodes if n.op == "call_module" and str(n.target) == target)
+    calls = sum(1 for n in graph.fx.graph.nodes if n.op == "call_module" and str(n.target) == target)
     return target if calls == 1 else None
 
 
@@ -148,7 +148,7 @@ def _stateless(graph: WidthGraph, chain: list[fx.Node]) -> bool:
     switch and no RNG side effect (anything else is replayed under :func:`measuring`)."""
     for n in chain:
         if n.op == "call_module":
-            if not isinstance(graph._gm.get_submodule(str(n.target)), _MODE_FREE_MODULES):
+            if not isinstance(graph.fx.get_submodule(str(n.target)), _MODE_FREE_MODULES):
                 return False
         elif n.op in ("call_function", "call_method"):
             name = (function_name(n.target) if n.op == "call_function" else str(n.target)).lower()
@@ -186,7 +186,7 @@ def _next_region(
             return None
         if n.op == "call_module":
             target = str(n.target)
-            mod = graph._gm.get_submodule(target)
+            mod = graph.fx.get_submodule(target)
             if target in consumers or (any(True for _ in mod.parameters(recurse=False)) and target not in followers):
                 return None
         if any(a not in inside and a.op != "get_attr" for a in inputs):
@@ -210,8 +210,8 @@ def _is_channels(graph: WidthGraph, group: WidthGroup, meta: TensorMeta, dim: in
     lay = meta.dims[dim]
     if lay is None or len(lay) != 1:
         return False
-    seg = lay[0]
-    return seg.var is not None and graph._vars.find(seg.var) == group._root and seg.inner == 1
+    (seg,) = group.segments(lay)
+    return seg.grows and seg.inner == 1
 
 
 def _channel_dim(graph: WidthGraph, group: WidthGroup, meta: TensorMeta) -> int | None:

@@ -392,7 +392,7 @@ def test_firefly_trial_restores_everything_exactly():
     grown = wrap(model, {"rules": [{"match": "0", "frozen": False, "initializer": {"kind": "firefly"}, "trigger": {"kind": "gradient"}}], "defaults": {"frozen": True}}, x[:1])
     b = grown.growing["0"]
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    with trial(b.group._graph, b.group, model):
+    with trial(b.group.graph, b.group, model):
         apply_units(b, 3, Units())
         model.train()
         model(x).sum().backward()

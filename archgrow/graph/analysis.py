@@ -1007,8 +1007,8 @@ class Analysis:
 
     def _finish(self) -> None:
         multiplicative = (
-            rules._existing(torch, "mul multiply div divide true_divide")
-            | rules._existing(operator, "mul truediv imul itruediv")
+            rules.existing_attrs(torch, "mul multiply div divide true_divide")
+            | rules.existing_attrs(operator, "mul truediv imul itruediv")
             | {"mul", "mul_", "div", "div_", "multiply", "divide"}
         )
         for target, var_of in self.param_vars.items():

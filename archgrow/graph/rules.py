@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def _existing(owner, names: str) -> set:
+def existing_attrs(owner, names: str) -> set:
     return {getattr(owner, n) for n in names.split() if hasattr(owner, n)}
 
 
@@ -37,9 +37,9 @@ _F_ACTIVATIONS = (
     "hardtanh_ threshold_"
 )
 ELEMENTWISE_FUNCTIONS: set = (
-    _existing(torch, _UNARY_MATH + " " + _BINARY_MATH + " relu_ sigmoid_ tanh_ dropout")
-    | _existing(F, _F_ACTIVATIONS)
-    | _existing(
+    existing_attrs(torch, _UNARY_MATH + " " + _BINARY_MATH + " relu_ sigmoid_ tanh_ dropout")
+    | existing_attrs(F, _F_ACTIVATIONS)
+    | existing_attrs(
         operator,
         "add sub mul truediv floordiv mod pow neg pos abs iadd isub imul itruediv ifloordiv "
         "and_ or_ xor invert eq ne lt le gt ge",
@@ -58,7 +58,7 @@ PER_SAMPLE_FUNCTION_NAMES: set[str] = {
 }
 
 # Same shape as their (first) tensor argument: layouts are copied from it.
-LIKE_FUNCTIONS: set = _existing(
+LIKE_FUNCTIONS: set = existing_attrs(
     torch, "zeros_like ones_like empty_like full_like rand_like randn_like randint_like clone detach"
 )
 
@@ -116,7 +116,7 @@ RECEIVER_SHAPE_METHODS: set[str] = {
     "float_power",
 }
 
-REDUCTIONS_FUNCTIONS: set = _existing(
+REDUCTIONS_FUNCTIONS: set = existing_attrs(
     torch, "mean sum amax amin prod std var norm logsumexp all any nansum nanmean count_nonzero"
 )
 REDUCTION_METHODS: set[str] = {
@@ -135,36 +135,36 @@ REDUCTION_METHODS: set[str] = {
     "nanmean",
     "count_nonzero",
 }
-MINMAX = _existing(torch, "max min")  # reductions with a dim, element-wise with a tensor
+MINMAX = existing_attrs(torch, "max min")  # reductions with a dim, element-wise with a tensor
 
 # Ops that normalise along one dim: structure is kept, but a new channel changes the others.
-SOFTMAX_FUNCTIONS: set = _existing(torch, "softmax log_softmax") | _existing(F, "softmax log_softmax softmin normalize")
+SOFTMAX_FUNCTIONS: set = existing_attrs(torch, "softmax log_softmax") | existing_attrs(F, "softmax log_softmax softmin normalize")
 SOFTMAX_METHODS: set[str] = {"softmax", "log_softmax"}
 
-CREATION_FUNCTIONS: set = _existing(torch, "zeros ones empty full rand randn randint")
+CREATION_FUNCTIONS: set = existing_attrs(torch, "zeros ones empty full rand randn randint")
 
-CAT_FUNCTIONS: set = _existing(torch, "cat concat concatenate")
-STACK_FUNCTIONS: set = _existing(torch, "stack")
-SPLIT_FUNCTIONS: set = _existing(torch, "split chunk tensor_split unbind split_with_sizes")
+CAT_FUNCTIONS: set = existing_attrs(torch, "cat concat concatenate")
+STACK_FUNCTIONS: set = existing_attrs(torch, "stack")
+SPLIT_FUNCTIONS: set = existing_attrs(torch, "split chunk tensor_split unbind split_with_sizes")
 SPLIT_METHODS: set[str] = {"split", "chunk", "tensor_split", "unbind", "split_with_sizes"}
-NARROW_FUNCTIONS: set = _existing(torch, "narrow select index_select")
+NARROW_FUNCTIONS: set = existing_attrs(torch, "narrow select index_select")
 NARROW_METHODS: set[str] = {"narrow", "select", "index_select"}
 
-RESHAPE_FUNCTIONS: set = _existing(torch, "reshape")
-FLATTEN_FUNCTIONS: set = _existing(torch, "flatten squeeze unsqueeze")
-PERMUTE_FUNCTIONS: set = _existing(torch, "permute")
-TRANSPOSE_FUNCTIONS: set = _existing(torch, "transpose swapaxes swapdims")
+RESHAPE_FUNCTIONS: set = existing_attrs(torch, "reshape")
+FLATTEN_FUNCTIONS: set = existing_attrs(torch, "flatten squeeze unsqueeze")
+PERMUTE_FUNCTIONS: set = existing_attrs(torch, "permute")
+TRANSPOSE_FUNCTIONS: set = existing_attrs(torch, "transpose swapaxes swapdims")
 
-SPATIAL_FUNCTIONS: set = _existing(
+SPATIAL_FUNCTIONS: set = existing_attrs(
     F,
     "max_pool1d max_pool2d max_pool3d avg_pool1d avg_pool2d avg_pool3d adaptive_avg_pool1d "
     "adaptive_avg_pool2d adaptive_avg_pool3d adaptive_max_pool1d adaptive_max_pool2d "
     "adaptive_max_pool3d lp_pool1d lp_pool2d interpolate upsample upsample_nearest "
     "upsample_bilinear max_pool2d_with_indices",
-) | _existing(torch, "max_pool1d max_pool2d max_pool3d avg_pool1d adaptive_avg_pool1d adaptive_max_pool1d")
-PAD_FUNCTIONS: set = _existing(F, "pad")
+) | existing_attrs(torch, "max_pool1d max_pool2d max_pool3d avg_pool1d adaptive_avg_pool1d adaptive_max_pool1d")
+PAD_FUNCTIONS: set = existing_attrs(F, "pad")
 
-SHUFFLE_FUNCTIONS: set = _existing(torch, "channel_shuffle pixel_shuffle pixel_unshuffle") | _existing(
+SHUFFLE_FUNCTIONS: set = existing_attrs(torch, "channel_shuffle pixel_shuffle pixel_unshuffle") | existing_attrs(
     F, "channel_shuffle pixel_shuffle pixel_unshuffle"
 )
 

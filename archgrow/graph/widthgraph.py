@@ -16,7 +16,7 @@ import networkx as nx
 import torch
 from torch import nn
 
-from archgrow.errors import UnknownGroupError
+from archgrow.errors import GrowthError, UnknownGroupError
 from archgrow.graph.analysis import Analysis, AttrBinding, TensorBinding
 from archgrow.graph.layout import Layout, TensorMeta, WidthVars
 from archgrow.graph.trace import LeafSpec, record_shapes, symbolic_trace
@@ -40,6 +40,45 @@ class Member:
     slots: tuple[Slot, ...]
 
 
+@dataclass(frozen=True)
+class BoundTensor:
+    """One tensor dimension that changes with a group: where it is, its layout and the role of new
+    entries (fan-in, fan-out, zero, one, mean), with its module already resolved."""
+
+    binding: TensorBinding
+    module: nn.Module
+
+    @property
+    def module_name(self) -> str:
+        return self.binding.module
+
+    @property
+    def tensor(self) -> str:
+        return self.binding.tensor
+
+    @property
+    def dim(self) -> int:
+        return self.binding.dim
+
+    @property
+    def layout(self) -> Layout:
+        return self.binding.layout
+
+    @property
+    def role(self) -> str:
+        return self.binding.role
+
+
+@dataclass(frozen=True)
+class SegmentSize:
+    """A layout segment at the current widths: ``size`` entries, in blocks of ``inner`` per
+    channel; ``grows`` when its channels are the group's (new channels go at its end)."""
+
+    size: int
+    inner: int
+    grows: bool
+
+
 @dataclass(eq=False)
 class WidthGroup:
     """A set of tensor dimensions that must change size together."""
@@ -58,7 +97,20 @@ class WidthGroup:
 
     @property
     def width(self) -> int:
-        return self._graph._vars.width[self._root]
+        return self._graph.width_of(self)
+
+    @property
+    def graph(self) -> WidthGraph:
+        """The graph the group belongs to (growth goes through it)."""
+        return self._graph
+
+    def bindings(self) -> tuple[BoundTensor, ...]:
+        """Every tensor dimension bound to the group, one per (module, tensor, dim); cached in the graph."""
+        return self._graph.bound_tensors(self)
+
+    def segments(self, layout: Layout) -> tuple[SegmentSize, ...]:
+        """``layout`` at the current widths, marking the segments that are this group's channels."""
+        return self._graph.segment_sizes(layout, self)
 
     @property
     def reason(self) -> str | None:
@@ -89,7 +141,7 @@ class WidthGraph:
         self._vars: WidthVars = analysis.vars
         self._tensor_bindings: list[TensorBinding] = analysis.tensor_bindings
         self._attr_bindings: list[AttrBinding] = analysis.attr_bindings
-        self._members_cache: dict[int, list[tuple[TensorBinding, nn.Module]]] = {}  # see surgery.channels
+        self._bound: dict[int, tuple[BoundTensor, ...]] = {}  # per group root, built on first use
         # The traced graph is kept for passes that read it (measurement points), never run:
         # ints baked into it by fx can be stale after growth.
         self._gm = analysis.gm
@@ -139,6 +191,85 @@ class WidthGraph:
     def retrace(self) -> WidthGraph:
         """Trace the (possibly grown) model again with the same inputs and options."""
         return trace(self.model, self.example_inputs, **self._trace_options)
+
+    # ------------------------------------------------------------------ internal API (surgery, growth)
+    @property
+    def fx(self) -> torch.fx.GraphModule:
+        """The traced GraphModule, for passes that read its nodes; never run it (fx bakes sizes into
+        it that growth makes stale)."""
+        return self._gm
+
+    def node_meta(self, node: str) -> Any:
+        """The analysed layout of a node's output (a ``TensorMeta``, a tuple of them, or None)."""
+        return self._node_meta.get(node)
+
+    def member_node(self, module: str, kind: str = "producer") -> str | None:
+        """Name of the first fx node where ``module`` takes part as ``kind`` (producer, consumer, follower)."""
+        return self._member_nodes.get((module, kind))
+
+    def width_of(self, group: WidthGroup) -> int:
+        return self._vars.width[group._root]
+
+    def bound_tensors(self, group: WidthGroup) -> tuple[BoundTensor, ...]:
+        """See :meth:`WidthGroup.bindings`.
+
+        The gradient trigger reads a group's weights on every step; scanning every binding of the
+        graph and resolving dotted module names each time cost more than the norms themselves on
+        an MLP.  Bindings and modules are fixed once traced: growth replaces tensors, not modules.
+        """
+        self._check_owner(group)
+        found = self._bound.get(group._root)
+        if found is None:
+            found = self._bound[group._root] = tuple(
+                BoundTensor(b, self.model.get_submodule(b.module))
+                for b in self._tensor_bindings
+                if self._in_group(b.layout, group._root)
+            )
+        return found
+
+    def tensor_bindings(self) -> tuple[TensorBinding, ...]:
+        """Every bound tensor dimension of the model, whatever its group."""
+        return tuple(self._tensor_bindings)
+
+    def attr_bindings(self, group: WidthGroup | None = None) -> tuple[AttrBinding, ...]:
+        """Module attributes that record a width (``in_features``, ``num_features``...), of one group or all."""
+        if group is None:
+            return tuple(self._attr_bindings)
+        self._check_owner(group)
+        return tuple(a for a in self._attr_bindings if self._in_group(a.layout, group._root))
+
+    def segment_sizes(self, layout: Layout, group: WidthGroup) -> tuple[SegmentSize, ...]:
+        vars_ = self._vars
+        root = group._root
+        return tuple(
+            SegmentSize(vars_.seg_size(seg), seg.inner, seg.var is not None and vars_.find(seg.var) == root)
+            for seg in layout
+        )
+
+    def commit_growth(self, group: WidthGroup, k: int) -> None:
+        """Record that surgery widened ``group`` by ``k`` (negative to undo a trial): the width,
+        the width attributes of its modules and the traced nodes' shapes follow."""
+        self._check_owner(group)
+        root = group._root
+        self._vars.width[root] += k
+        for a in self._attr_bindings:
+            if self._in_group(a.layout, root):
+                module = self.model.get_submodule(a.module)
+                size = self._vars.layout_size(a.layout) // a.divisor
+                if a.index is None:
+                    setattr(module, a.attr, size)
+                else:
+                    value = list(getattr(module, a.attr))
+                    value[a.index] = size
+                    setattr(module, a.attr, tuple(value))
+        self._refresh_shapes(root)
+
+    def _check_owner(self, group: WidthGroup) -> None:
+        if group._graph is not self:
+            raise GrowthError(f"group '{group.name}' belongs to another WidthGraph")
+
+    def _in_group(self, layout: Layout, root: int) -> bool:
+        return any(s.var is not None and self._vars.find(s.var) == root for s in layout)
 
     def node_shape(self, node: str) -> Any:
         """Current shape(s) of a traced node's output, following any growth since tracing."""
@@ -307,4 +438,4 @@ def trace(
     return WidthGraph(model, inputs, analysis, options)
 
 
-__all__ = ["Member", "Slot", "WidthGraph", "WidthGroup", "trace"]
+__all__ = ["BoundTensor", "Member", "SegmentSize", "Slot", "WidthGraph", "WidthGroup", "trace"]

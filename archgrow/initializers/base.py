@@ -34,7 +34,7 @@ def apply_units(binding: GroupBinding, k: int, units: Units, *, optimizer: Any =
     fan_in = units.fan_in
     if isinstance(fan_in, torch.Tensor):
         fan_in = {binding.producer_name: fan_in}
-    grow(binding.group._graph, binding.group, k, fan_in=fan_in, fan_out=units.fan_out, optimizer=optimizer, generator=generator)
+    grow(binding.group.graph, binding.group, k, fan_in=fan_in, fan_out=units.fan_out, optimizer=optimizer, generator=generator)
     if units.after is not None:
         units.after(old)
 

@@ -30,7 +30,7 @@ class FireflyRule(InitRule):
     config: FireflyInit
 
     def units(self, binding: GroupBinding, k: int, ctx: InitContext) -> Units:
-        graph, group, bridge = binding.group._graph, binding.group, binding.bridge
+        graph, group, bridge = binding.group.graph, binding.group, binding.bridge
         width = binding.width
         n = candidate_count(self.config, binding, k)
         gen = ctx.generator

@@ -31,7 +31,7 @@ _NORMS = (torch.nn.modules.batchnorm._NormBase, torch.nn.GroupNorm, torch.nn.Lay
 
 def mean_role_norm(binding: GroupBinding, role: str) -> float:
     """Mean over existing units of their fan-in (or fan-out) norm; 1 when all are zero."""
-    norms = unit_norms_by_role(binding.group._graph, binding.group, role)
+    norms = unit_norms_by_role(binding.group.graph, binding.group, role)
     value = float(norms.mean()) if norms.numel() else 0.0
     return value if value > 0 else 1.0
 
@@ -45,7 +45,7 @@ class GradMaxRule(InitRule):
         if config.fan_in_scale is not None:
             self.fan_in_scale = config.fan_in_scale
         else:
-            dead = dead_at_zero(binding.group._graph, binding.group)
+            dead = dead_at_zero(binding.group.graph, binding.group)
             self.fan_in_scale = AUTO_FAN_IN_SCALE if dead else 0.0
 
     def max_units(self, binding: GroupBinding) -> int | None:
@@ -67,7 +67,7 @@ class GradMaxRule(InitRule):
 
 
 def _scale_new_norm_weights(binding: GroupBinding, old: int, k: int, value: float) -> None:
-    graph = binding.group._graph
+    graph = binding.group.graph
     new = list(range(old, old + k))
     for b, module in group_members(graph, binding.group):
         if b.tensor != "weight" or b.role != ONE or not isinstance(module, _NORMS):

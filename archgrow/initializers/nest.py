@@ -74,7 +74,7 @@ class NestRule(InitRule):
         wout = rescale_rows(torch.rand(n, rows, generator=gen, dtype=torch.float64) * 2 - 1, mean_role_norm(binding, FAN_OUT))
         win, wout = win.to(device), wout.to(device)
         losses = torch.empty(n, dtype=torch.float64)
-        graph = binding.group._graph
+        graph = binding.group.graph
         for c in range(n):
             with trial(graph, binding.group, ctx.model):
                 apply_units(binding, 1, Units(bridge.split_fan_in(win[c : c + 1]), bridge.split_fan_out(wout[c : c + 1])))

@@ -67,8 +67,7 @@ def parse_spec(data: Any, source: str = "<dict>") -> Spec:
     except ValidationError as exc:
         problems = [f"{source}: {line}" for line in format_errors(exc)]
         raise SpecError("\n".join(problems), problems=problems) from None
-    spec._source = source
-    return spec
+    return spec.located(source)
 
 
 def as_spec(spec: SpecLike) -> Spec:

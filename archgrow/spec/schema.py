@@ -314,6 +314,11 @@ class Spec(_Strict):
         """Where the spec came from, for error messages ('<dict>' when built in code)."""
         return self._source or "<spec>"
 
+    def located(self, source: str) -> Spec:
+        """Record where the spec was read from (a file path, '<dict>'), for error messages; returns self."""
+        self._source = source
+        return self
+
     def settings_for(self, group: str, conv: bool | None = None) -> tuple[Settings, list[int]]:
         """The merged settings for ``group`` and the indices of the rules that selected it."""
         merged = self.defaults.model_dump()

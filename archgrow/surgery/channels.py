@@ -16,48 +16,29 @@ import torch
 from torch import nn
 
 from archgrow.graph.analysis import TensorBinding
-from archgrow.graph.widthgraph import WidthGraph, WidthGroup
-from archgrow.surgery.grow import _reset_grad_accumulator
+from archgrow.graph.widthgraph import BoundTensor, WidthGraph, WidthGroup
+from archgrow.surgery.grow import reset_grad_accumulator
 
 
-def channel_positions(graph: WidthGraph, binding: TensorBinding, group: WidthGroup, channels: Sequence[int]) -> torch.Tensor:
+def channel_positions(graph: WidthGraph, binding: TensorBinding | BoundTensor, group: WidthGroup, channels: Sequence[int]) -> torch.Tensor:
     """Indices along ``binding.dim`` covered by ``channels`` of ``group`` (every slot, whole blocks).
 
     Ordered channel by channel, slot by slot, then inside each block.
     """
-    vars_ = graph._vars
-    root = group._root
     per_channel: list[list[int]] = [[] for _ in channels]
     pos = 0
-    for seg in binding.layout:
-        size = vars_.seg_size(seg)
-        if seg.var is not None and vars_.find(seg.var) == root:
+    for seg in group.segments(binding.layout):
+        if seg.grows:
             for i, c in enumerate(channels):
                 start = pos + c * seg.inner
                 per_channel[i].extend(range(start, start + seg.inner))
-        pos += size
+        pos += seg.size
     return torch.tensor([p for ch in per_channel for p in ch], dtype=torch.long)
 
 
 def group_members(graph: WidthGraph, group: WidthGroup) -> list[tuple[TensorBinding, nn.Module]]:
-    """The tensor dimensions bound to ``group``, one per (module, tensor, dim), each with its
-    module, found once per graph and group.
-
-    The gradient trigger reads every group's weights on every step; scanning all of the graph's
-    bindings and resolving dotted module names each time cost more than the norms themselves on
-    an MLP.  Bindings and modules are fixed once traced: growth replaces tensors, not modules.
-    """
-    cache = graph._members_cache
-    members = cache.get(group._root)
-    if members is None:
-        root = group._root
-        vars_ = graph._vars
-        members = cache[root] = [
-            (b, graph.model.get_submodule(b.module))
-            for b in graph._tensor_bindings
-            if any(s.var is not None and vars_.find(s.var) == root for s in b.layout)
-        ]
-    return members
+    """The tensor dimensions bound to ``group``, each with its module (see ``WidthGroup.bindings``)."""
+    return [(b.binding, b.module) for b in group.bindings()]
 
 
 def copy_channels(graph: WidthGraph, group: WidthGroup, src: Sequence[int], dst: Sequence[int]) -> None:
@@ -147,28 +128,26 @@ def trial(graph: WidthGraph, group: WidthGroup, model: nn.Module) -> Iterator[No
         saved.append(_Saved(mod, b.tensor, t.detach().clone(), grad, isinstance(t, nn.Parameter)))
     buffers = [(m, n, buf.clone()) for m in model.modules() for n, buf in m._buffers.items() if buf is not None]
     attrs = []
-    for a in graph._attr_bindings:
+    for a in graph.attr_bindings():
         mod = graph.model.get_submodule(a.module)
         attrs.append((mod, a.attr, getattr(mod, a.attr)))
-    root = group._root
-    width = graph._vars.width[root]
+    width = group.width
     try:
         yield
     finally:
         for s in saved:
             current = getattr(s.module, s.name)
             if s.is_param:
-                _reset_grad_accumulator(current, s.data)
+                reset_grad_accumulator(current, s.data)
                 current.data = s.data
                 current.grad = s.grad
             else:
                 s.module._buffers[s.name] = s.data
         for m, n, buf in buffers:
             m._buffers[n] = buf
-        for mod, attr, value in attrs:
+        graph.commit_growth(group, width - group.width)
+        for mod, attr, value in attrs:  # after the width, which resets the group's own attributes
             setattr(mod, attr, value)
-        graph._vars.width[root] = width
-        graph._refresh_shapes(root)
 
 
 

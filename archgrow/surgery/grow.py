@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from archgrow.errors import GrowthError
-from archgrow.graph.analysis import FAN_IN, FAN_OUT, MEAN, ONE, ZERO, TensorBinding
-from archgrow.graph.widthgraph import WidthGraph, WidthGroup
+from archgrow.graph.analysis import FAN_IN, FAN_OUT, MEAN, ONE, ZERO
+from archgrow.graph.widthgraph import BoundTensor, WidthGraph, WidthGroup
 from archgrow.surgery.optim import pad_state
 from archgrow.surgery.tensors import Expansion, expand, mean_units, new_shape, plan, random_units
 
@@ -46,7 +46,7 @@ def grow(
     ``generator``: seeds the default random fan-in.
     """
     g = graph.group(group) if isinstance(group, str) else group
-    if g._graph is not graph:
+    if g.graph is not graph:
         raise GrowthError(f"group '{g.name}' belongs to another WidthGraph")
     if not g.growable:
         raise GrowthError(f"group '{g.name}' is frozen: {g.reason}")
@@ -54,23 +54,20 @@ def grow(
         raise GrowthError(f"k must be a positive int, got {k!r} for group '{g.name}'")
     if k % g.step:
         raise GrowthError(f"group '{g.name}' grows in multiples of {g.step}; got k={k}")
-    vars_ = graph._vars
-    root = g._root
     explicit_in = _by_member(fan_in, "fan_in", [m.name for m in g.producers], g)
     explicit_out = _by_member(fan_out, "fan_out", [m.name for m in g.consumers], g)
 
     # Plan every bound dimension with the widths before growth, fan-in dims last so that new
     # units' incoming weights span inputs that grew in the same event.
-    per_tensor: dict[tuple[str, str], list[tuple[TensorBinding, Expansion]]] = {}
-    for b in graph._tensor_bindings:
-        if any(s.var is not None and vars_.find(s.var) == root for s in b.layout):
-            per_tensor.setdefault((b.module, b.tensor), []).append((b, plan(b.layout, root, k, vars_, b.dim)))
+    per_tensor: dict[tuple[str, str], list[tuple[BoundTensor, Expansion]]] = {}
+    for b in g.bindings():
+        per_tensor.setdefault((b.module_name, b.tensor), []).append((b, plan(g.segments(b.layout), k, b.dim)))
     for steps in per_tensor.values():
         steps.sort(key=lambda be: be[0].role == FAN_IN)
 
-    _validate(graph, per_tensor, explicit_in, explicit_out)
+    _validate(per_tensor, explicit_in, explicit_out)
     for (module_name, tensor_name), steps in per_tensor.items():
-        module = graph.model.get_submodule(module_name)
+        module = steps[0][0].module
         current = getattr(module, tensor_name)
         old_shape = current.shape
         data = current.detach()
@@ -78,31 +75,18 @@ def grow(
             fill = _fill(b, data, e, module, module_name, explicit_in, explicit_out, generator)
             data = expand(data, e, fill)
         _assign(module, tensor_name, current, data, [e for _, e in steps], optimizer, old_shape)
-
-    vars_.width[root] += k
-    for a in graph._attr_bindings:
-        if any(s.var is not None and vars_.find(s.var) == root for s in a.layout):
-            module = graph.model.get_submodule(a.module)
-            size = vars_.layout_size(a.layout) // a.divisor
-            if a.index is None:
-                setattr(module, a.attr, size)
-            else:
-                value = list(getattr(module, a.attr))
-                value[a.index] = size
-                setattr(module, a.attr, tuple(value))
-    graph._refresh_shapes(root)
+    graph.commit_growth(g, k)
     return g
 
 
 def _validate(
-    graph: WidthGraph,
-    per_tensor: dict[tuple[str, str], list[tuple[TensorBinding, Expansion]]],
+    per_tensor: dict[tuple[str, str], list[tuple[BoundTensor, Expansion]]],
     explicit_in: dict[str, torch.Tensor],
     explicit_out: dict[str, torch.Tensor],
 ) -> None:
     """Check every shape before touching anything, so a rejected request leaves the model intact."""
     for (module_name, tensor_name), steps in per_tensor.items():
-        shape = list(getattr(graph.model.get_submodule(module_name), tensor_name).shape)
+        shape = list(getattr(steps[0][0].module, tensor_name).shape)
         for b, e in steps:
             if shape[b.dim] != len(e.old_pos):
                 raise GrowthError(
@@ -139,7 +123,7 @@ def _by_member(value: TensorOrMap, what: str, names: list[str], g: WidthGroup) -
 
 
 def _fill(
-    b: TensorBinding,
+    b: BoundTensor,
     data: torch.Tensor,
     e: Expansion,
     module: nn.Module,
@@ -178,7 +162,7 @@ def _assign(
 ) -> None:
     """Swap grown data in, keeping the Parameter object (and so optimizer references) alive."""
     if isinstance(current, nn.Parameter):
-        _reset_grad_accumulator(current, data)
+        reset_grad_accumulator(current, data)
         current.data = data
         if current.grad is not None:
             grad = current.grad
@@ -193,7 +177,7 @@ def _assign(
         setattr(module, name, data)
 
 
-def _reset_grad_accumulator(param: nn.Parameter, data: torch.Tensor) -> None:
+def reset_grad_accumulator(param: nn.Parameter, data: torch.Tensor) -> None:
     """Drop the parameter's cached gradient accumulator before its shape changes.
 
     autograd caches a leaf's AccumulateGrad node (with the leaf's shape) while any graph that used

@@ -8,11 +8,12 @@ its optimizer state tensors, so all of them stay aligned by construction.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-from archgrow.graph.layout import Layout, WidthVars
+from archgrow.graph.widthgraph import SegmentSize
 
 
 @dataclass(frozen=True)
@@ -30,16 +31,15 @@ class Expansion:
         return self.old_pos == tuple(range(len(self.old_pos)))
 
 
-def plan(layout: Layout, root: int, k: int, vars_: WidthVars, dim: int) -> Expansion:
-    """Insert ``k`` channels at the end of every segment of group ``root`` in ``layout``."""
+def plan(segments: Sequence[SegmentSize], k: int, dim: int) -> Expansion:
+    """Insert ``k`` channels at the end of every growing segment (see ``WidthGroup.segments``)."""
     old_pos: list[int] = []
     new_pos: list[int] = []
     pos = 0
-    for seg in layout:
-        size = vars_.seg_size(seg)
-        old_pos.extend(range(pos, pos + size))
-        pos += size
-        if seg.var is not None and vars_.find(seg.var) == root:
+    for seg in segments:
+        old_pos.extend(range(pos, pos + seg.size))
+        pos += seg.size
+        if seg.grows:
             added = k * seg.inner
             new_pos.extend(range(pos, pos + added))
             pos += added

@@ -39,7 +39,7 @@ ROLES = (FAN_IN, FAN_OUT)
 
 def unit_gradient_norms(binding: GroupBinding) -> torch.Tensor:
     """Per existing unit: fan-in plus fan-out gradient norm, from the weights' ``.grad``."""
-    graph = binding.group._graph
+    graph = binding.group.graph
     try:
         norms = unit_norms_by_roles(graph, binding.group, ROLES, grad=True)
     except LookupError as exc:
@@ -52,7 +52,7 @@ def unit_gradient_norms(binding: GroupBinding) -> torch.Tensor:
 
 def unit_update_norms(binding: GroupBinding, before: dict[tuple[str, str], torch.Tensor]) -> torch.Tensor:
     """Per existing unit: fan-in plus fan-out norm of the weights' change since ``before``."""
-    norms = unit_norms_by_roles(binding.group._graph, binding.group, ROLES, minus=before)
+    norms = unit_norms_by_roles(binding.group.graph, binding.group, ROLES, minus=before)
     return norms[FAN_IN] + norms[FAN_OUT]
 
 
@@ -68,7 +68,7 @@ class GradientRule(TriggerRule):
 
     def step_start(self, binding: GroupBinding) -> None:
         """Copy the weights before the update (``unit_norms: update``)."""
-        self._before = weight_snapshot(binding.group._graph, binding.group, ROLES)
+        self._before = weight_snapshot(binding.group.graph, binding.group, ROLES)
 
     def _unit_norms(self, binding: GroupBinding) -> torch.Tensor:
         if self.config.unit_norms == "gradient":
