@@ -6,8 +6,10 @@ from archgrow.checkpoint import load, save  # noqa: E402
 from archgrow.errors import ArchgrowError, GrowthError, SpecError, TraceError, UnknownGroupError  # noqa: E402
 from archgrow.graph import Member, Slot, WidthGraph, WidthGroup, trace  # noqa: E402
 from archgrow.grower import GrowingModel, GrowthEvent, wrap  # noqa: E402
+from archgrow.initializers import register_initializer  # noqa: E402
 from archgrow.spec import Spec, load_spec  # noqa: E402
 from archgrow.surgery import grow  # noqa: E402
+from archgrow.triggers import register_trigger  # noqa: E402
 
 __all__ = [
     "ArchgrowError",
@@ -25,6 +27,8 @@ __all__ = [
     "grow",
     "load",
     "load_spec",
+    "register_initializer",
+    "register_trigger",
     "save",
     "trace",
     "wrap",

@@ -41,6 +41,7 @@ from torch import nn
 
 from archgrow.errors import ArchgrowError
 from archgrow.graph.widthgraph import Member, WidthGraph, WidthGroup
+from archgrow.hooks import HookSet
 
 SUPPORTED = "nn.Linear, or nn.Conv2d with groups=1 and zero padding"
 
@@ -103,11 +104,12 @@ class Bridge:
         return out
 
     # ------------------------------------------------------------------ hooks
-    def attach(self) -> None:
+    def attach(self, hooks: HookSet) -> None:
+        """Hook the producers and consumers (through ``hooks``, which removes them again)."""
         for name, m in self.producers:
-            m.register_forward_hook(self._producer_hook(name))
+            hooks.forward(m, self._producer_hook(name))
         for i, (_, m, _) in enumerate(self.consumers):
-            m.register_forward_hook(self._consumer_hook(i))
+            hooks.forward(m, self._consumer_hook(i))
 
     def reset(self) -> None:
         self._current = {}

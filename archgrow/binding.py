@@ -6,7 +6,7 @@ as multiples, candidate counts) are resolved here so the rest of the code sees p
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from torch import nn
@@ -37,7 +37,6 @@ class GroupBinding:
     bridge: Bridge | None = None  # auxiliary gradient, for T_grad and the gradient-based initializers
     trigger: Any = None  # a rule object from archgrow.triggers
     initializer: Any = None  # a rule object from archgrow.initializers
-    state: dict[str, float] = field(default_factory=dict)
 
     @property
     def name(self) -> str:

@@ -108,7 +108,7 @@ def cmd_visualize(args: argparse.Namespace) -> int:
         graph = trace(model, x)
         growing = None
         if args.spec:
-            growing = [b.name for b in bind(load_spec(args.spec), graph) if b.settings.trigger.kind != "static"]
+            growing = [b.name for b in bind(load_spec(args.spec), graph) if not b.trigger.never_fires]
         stem = Path(args.out or f"{args.model}-groups")
         for path in render_width_graph(graph, stem, growing=growing, engine=args.engine, title=args.title):
             print(path)

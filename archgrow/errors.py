@@ -38,5 +38,17 @@ class SpecError(ArchgrowError, ValueError):
         self.problems = list(problems) if problems else [message]
 
 
+class ArgumentError(ArchgrowError, ValueError):
+    """A bad argument to a public function (an unknown model or init name, a non-positive size)."""
+
+
+class RegistrationError(ArchgrowError, ValueError):
+    """A trigger, initializer, op or layer registration that cannot be accepted (name taken, bad rule)."""
+
+
+class MeasurementError(ArchgrowError):
+    """A group's activations cannot be measured (no module to hook, a forward that never reaches it)."""
+
+
 class VizDependencyError(ArchgrowError, ImportError):
     """matplotlib, needed to draw pictures, is not installed (``pip install 'archgrow[viz]'``)."""

@@ -11,9 +11,10 @@ group grew in the same call (their layer input changed size).
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -25,6 +26,7 @@ from archgrow.binding import GroupBinding, InitContext
 from archgrow.errors import ArchgrowError, SpecError
 from archgrow.graph.trace import forked_rng
 from archgrow.graph.widthgraph import WidthGraph, trace
+from archgrow.hooks import HookSet
 from archgrow.initializers import INITIALIZERS
 from archgrow.initializers.base import apply_units
 from archgrow.measure import (
@@ -38,7 +40,7 @@ from archgrow.measure import (
     supports_candidates,
 )
 from archgrow.spec.io import SpecLike, as_spec
-from archgrow.spec.schema import INITIALIZER_KINDS, TRIGGER_KINDS, Settings, Spec, resolve_width
+from archgrow.spec.schema import Settings, Spec, resolve_width
 from archgrow.triggers import TRIGGERS
 
 
@@ -95,7 +97,9 @@ class GrowingModel(nn.Module):
         self._capture: StepCapture | None = None
         self._unstarted: set[str] = set()  # source: step groups still waiting for their baseline
         self._started = False
-        self._in_trial = False
+        self._paused = False
+        self._closed = False
+        self._hooks = HookSet()  # every hook on the user's modules, removed by unwrap() / close()
         self._n_inputs = 1  # positional inputs the model was traced with (prefill reads that many per batch)
         self._step_begun = False  # the current step's first training forward has run
         self._step_starters: list[GroupBinding] = []  # triggers that read the weights before each update
@@ -107,7 +111,7 @@ class GrowingModel(nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         if self._graph is None:
             self._bind(tuple(a[:1] if isinstance(a, torch.Tensor) else a for a in args))
-        if self.training and not self._in_trial:
+        if self.training and not self._paused and not self._closed:
             if not self._step_begun:
                 self._step_begun = True
                 for b in self._step_starters:
@@ -138,6 +142,7 @@ class GrowingModel(nn.Module):
         """
         if self._graph is None:
             raise ArchgrowError("prefill: the model has not been traced yet: pass example_inputs to wrap() first")
+        self._check_open("prefill")
         if self._started:
             raise ArchgrowError(
                 "prefill: the baselines were already taken (a training forward or grow_step ran, prefill was "
@@ -207,6 +212,7 @@ class GrowingModel(nn.Module):
         """
         if self._graph is None:
             raise ArchgrowError("the model has not been traced yet: pass example_inputs to wrap() or call it once")
+        self._check_open("grow_step")
         self.steps += 1
         self.evaluations = []
         try:
@@ -254,8 +260,9 @@ class GrowingModel(nn.Module):
         events = []
         for b, d, trigger_seconds in decisions:
             cap = b.max_width
-            if b.settings.trigger.kind in ("linear_schedule", "batched_schedule"):
-                cap = min(cap, b.trigger.final)
+            own_cap = b.trigger.cap(b)
+            if own_cap is not None:
+                cap = min(cap, own_cap)
             old = b.width
             k = min(d.add, cap - old)
             if k > 0:
@@ -289,7 +296,7 @@ class GrowingModel(nn.Module):
         return events
 
     def _due(self, b: GroupBinding, step: int) -> bool:
-        return not b.settings.frozen and step % b.settings.every_n_steps == 0 and b.settings.trigger.kind != "static"
+        return not b.settings.frozen and step % b.settings.every_n_steps == 0 and not b.trigger.never_fires
 
     def _arm_bridges(self) -> None:
         """Capture the auxiliary gradient (and step activations) during the next training step only
@@ -310,22 +317,61 @@ class GrowingModel(nn.Module):
 
     def _trial_loss(self, loss_fn: Callable[[], torch.Tensor], grad: bool) -> torch.Tensor:
         """Run the user's loss without buffering inputs, capturing gradients or moving the RNG."""
-        armed = [(b.bridge, b.bridge.armed) for b in self._bindings if b.bridge is not None]
-        if self._capture is not None:
-            armed.append((self._capture, self._capture.armed))
-        self._in_trial = True
-        for bridge, _ in armed:
-            bridge.armed = False
-        try:
-            with forked_rng(self.model), torch.set_grad_enabled(grad):
-                loss = loss_fn()
-        finally:
-            self._in_trial = False
-            for bridge, flag in armed:
-                bridge.armed = flag
+        with self.paused(), forked_rng(self.model), torch.set_grad_enabled(grad):
+            loss = loss_fn()
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
             raise ArchgrowError(f"loss_fn must return the loss as a one-element tensor, got {type(loss).__name__}")
         return loss
+
+    # ------------------------------------------------------------------ lifecycle
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[GrowingModel]:
+        """Inside, forwards are not growth steps: inputs are not buffered, no auxiliary gradient or
+        step activation is captured and no step starts (e.g. a validation pass in training mode,
+        or a trial of candidates on the loss).  Nests; the previous state comes back on exit."""
+        armed = [(b.bridge, b.bridge.armed) for b in self._bindings if b.bridge is not None]
+        if self._capture is not None:
+            armed.append((self._capture, self._capture.armed))
+        was = self._paused
+        self._paused = True
+        for hooked, _ in armed:
+            hooked.armed = False
+        try:
+            yield self
+        finally:
+            self._paused = was
+            for hooked, flag in armed:
+                hooked.armed = flag
+
+    def unwrap(self) -> nn.Module:
+        """Remove every hook archgrow put on the model and return the plain (grown) model.
+
+        The wrapper is closed afterwards: ``grow_step`` and ``prefill`` refuse to run, and calling
+        it only runs the model."""
+        self.close()
+        return self.model
+
+    def close(self) -> None:
+        """Remove every hook archgrow put on the model (see :meth:`unwrap`); safe to call twice."""
+        self._hooks.remove()
+        self._closed = True
+
+    def __enter__(self) -> GrowingModel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _check_open(self, what: str) -> None:
+        if self._closed:
+            raise ArchgrowError(
+                f"{what}: this GrowingModel was closed (unwrap() or close() removed its hooks); wrap the model "
+                "again to keep growing it: archgrow.wrap(model, spec, example_inputs)"
+            )
 
     @property
     def graph(self) -> WidthGraph:
@@ -336,6 +382,11 @@ class GrowingModel(nn.Module):
     def widths(self) -> dict[str, int]:
         """Current width of every group (growing or not)."""
         return self.graph.widths()
+
+    @property
+    def buffered_samples(self) -> int:
+        """Raw input samples in the activation buffer (0 when no group measures one)."""
+        return self._buffer.size if self._buffer is not None else 0
 
     @property
     def wants_prefill(self) -> bool:
@@ -357,7 +408,7 @@ class GrowingModel(nn.Module):
         latest_batch = False
         for b in bindings:
             if (b.trigger.needs_activations or b.initializer.needs_activations) and not _from_step(b):
-                size = getattr(b.settings.trigger, "buffer_size", None)
+                size = b.trigger.buffer_size
                 if size is None and b.conv_model:
                     latest_batch = True
                 else:
@@ -369,11 +420,11 @@ class GrowingModel(nn.Module):
         self._step_starters = [b for b in bindings if b.trigger.needs_step_start]
         # source: step groups re-measure on the latest batch after a neighbour grew in the same step
         self._buffer = InputBuffer(capacity) if capacity else (InputBuffer(None) if stepped or latest_batch else None)
-        self._capture = StepCapture(self.model, [b.probe for b in stepped]) if stepped else None
+        self._capture = StepCapture(self.model, [b.probe for b in stepped], self._hooks) if stepped else None
         self._unstarted = {b.name for b in stepped}
         for b in bindings:
             if b.bridge is not None and (b.trigger.needs_gradient or b.initializer.needs_gradient):
-                b.bridge.attach()
+                b.bridge.attach(self._hooks)
         self._arm_bridges()
 
     def _start(self, prefilled: bool = False) -> None:
@@ -449,7 +500,7 @@ class GrowingModel(nn.Module):
         return {
             "steps": self.steps,
             "history": [e.to_dict() for e in self.history],
-            "states": {b.name: dict(b.state) for b in self._bindings},
+            "states": {b.name: b.trigger.state_dict() for b in self._bindings},
             "started": self._started,
             "unstarted": sorted(self._unstarted),
             "generator": self._generator.get_state(),
@@ -461,7 +512,7 @@ class GrowingModel(nn.Module):
         self.steps = state["steps"]
         self.history = [GrowthEvent(**e) for e in state["history"]]
         for b in self._bindings:
-            b.state = dict(state["states"].get(b.name, {}))
+            b.trigger.load_state_dict(dict(state["states"].get(b.name, {})))
         self._started = state["started"]
         self._unstarted = set(state.get("unstarted", sorted(self._unstarted)))
         self._generator.set_state(state["generator"])
@@ -550,16 +601,9 @@ def _bind_group(g, settings: Settings, origin: dict[str, str], graph: WidthGraph
             f"width {width}"
         )
     tkind, ikind = settings.trigger.kind, settings.initializer.kind
-    if tkind not in TRIGGERS:
-        problems.append(
-            f"{where('trigger')}: kind '{tkind}' is not implemented yet in this version; available: "
-            f"{', '.join(k for k in TRIGGER_KINDS if k in TRIGGERS)}"
-        )
-    if ikind not in INITIALIZERS:
-        problems.append(
-            f"{where('initializer')}: kind '{ikind}' is not implemented yet in this version; available: "
-            f"{', '.join(k for k in INITIALIZER_KINDS if k in INITIALIZERS)}"
-        )
+    for field, kind, registry in (("trigger", tkind, TRIGGERS), ("initializer", ikind, INITIALIZERS)):
+        if kind not in registry:  # validated against the registry, then unregistered
+            problems.append(f"{where(field)}: kind '{kind}' is not registered; registered: {', '.join(registry) or '(none)'}")
     if problems:
         raise SpecError("\n".join(problems), problems=problems)
     b = GroupBinding(
@@ -572,9 +616,11 @@ def _bind_group(g, settings: Settings, origin: dict[str, str], graph: WidthGraph
         producer_name=producer_name,
         conv_model=has_conv,
     )
-    if tkind == "gradient" or ikind in ("gradmax", "firefly", "nest"):
-        field = "trigger" if tkind == "gradient" else "initializer"
-        kind = tkind if tkind == "gradient" else ikind
+    # What the kinds declare they need, with the field to blame when the group cannot provide it.
+    uses = (("trigger", tkind, TRIGGERS[tkind]), ("initializer", ikind, INITIALIZERS[ikind]))
+    bridged = next(((f, k) for f, k, rule in uses if rule.needs_gradient or rule.needs_bridge), None)
+    if bridged is not None:
+        field, kind = bridged
         try:
             b.bridge = build_bridge(graph, g)
         except BridgeError as exc:
@@ -583,35 +629,25 @@ def _bind_group(g, settings: Settings, origin: dict[str, str], graph: WidthGraph
             problems.append(
                 f"{where(field)}: '{kind}' cannot be used on group '{g.name}', which grows in multiples of {g.step}"
             )
-    needs_probe = tkind == "activation" or ikind in ("select", "preactivation")
-    if needs_probe:
+    measured = next((f for f, _, rule in uses if rule.needs_activations), None)
+    if measured is not None:
         try:
             b.probe = build_probe(graph, g)
         except ProbeError as exc:
-            field = "trigger" if tkind == "activation" else "initializer"
-            problems.append(f"{where(field)}: group '{g.name}' cannot be measured: {exc}")
+            problems.append(f"{where(measured)}: group '{g.name}' cannot be measured: {exc}")
     module_type = type(producer).__name__
-    if ikind in ("select", "preactivation", "weight") and (producer is None or not supports_candidates(producer)):
-        problems.append(
-            f"{where('initializer')}: '{ikind}' needs the group's first producer to be nn.Linear or an "
-            f"nn.ConvNd with groups=1; group '{g.name}' starts with '{producer_name}' ({module_type}); use 'random'"
-        )
-    elif ikind == "preactivation" and not isinstance(producer, nn.Linear):
-        problems.append(
-            f"{where('initializer')}: 'preactivation' is for dense groups (eq. 7); group '{g.name}' is produced "
-            f"by '{producer_name}' ({module_type}); use 'select', 'weight' or 'random'"
-        )
-    if tkind == "weight" and (producer is None or not supports_candidates(producer)):
-        problems.append(
-            f"{where('trigger')}: 'weight' needs the group's first producer to be nn.Linear or an nn.ConvNd "
-            f"with groups=1; group '{g.name}' starts with '{producer_name}' ({module_type})"
-        )
-    if tkind in ("linear_schedule", "batched_schedule"):
-        final = resolve_width(settings.trigger.final_width, width)
-        if final < width:
+    for field, kind, rule in reversed(uses):  # the initializer's problems first, as they were listed
+        if rule.needs_candidate_producer and (producer is None or not supports_candidates(producer)):
+            hint = "; use 'random'" if field == "initializer" else ""
             problems.append(
-                f"{where('trigger')}.final_width: {final} is below group '{g.name}'s current width {width}"
+                f"{where(field)}: '{kind}' needs the group's first producer to be nn.Linear or an nn.ConvNd with "
+                f"groups=1; group '{g.name}' starts with '{producer_name}' ({module_type}){hint}"
             )
+            continue
+        config = getattr(settings, field)
+        for problem in rule.check(config, b):
+            at = f"{where(field)}.{problem.field}" if problem.field else where(field)
+            problems.append(f"{at}: {problem.message}")
     if problems:
         raise SpecError("\n".join(problems), problems=problems)
     b.trigger = TRIGGERS[tkind](settings.trigger, b)
@@ -628,12 +664,12 @@ def _is_conv(graph: WidthGraph, g) -> bool:
 
 def _from_step(b: GroupBinding) -> bool:
     """The group's trigger measures the training step's own forward (``source: step``)."""
-    return getattr(b.settings.trigger, "source", "buffer") == "step" and b.trigger.needs_activations
+    return b.trigger.needs_activations and b.trigger.measures_step_forward
 
 
 def _full_buffer_baseline(b: GroupBinding) -> bool:
     """The group's baseline phi(f_0) is meant to be measured on a full buffer (see ``prefill``)."""
-    return b.trigger.needs_activations and not _from_step(b) and getattr(b.settings.trigger, "baseline", None) != "first_batch"
+    return b.trigger.full_buffer_baseline
 
 
 def _as_tuple(x: Any) -> tuple[Any, ...]:

@@ -30,10 +30,12 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
+from archgrow.errors import ArgumentError, MeasurementError
 from archgrow.graph.layout import TensorMeta
 from archgrow.graph.rules import function_name
 from archgrow.graph.trace import forked_rng
 from archgrow.graph.widthgraph import WidthGraph, WidthGroup
+from archgrow.hooks import HookSet
 
 _IDENTITY_IN_EVAL = {
     "dropout",
@@ -46,7 +48,7 @@ _IDENTITY_IN_EVAL = {
 }
 
 
-class ProbeError(Exception):
+class ProbeError(MeasurementError):
     """The group cannot be measured; the message says why (used in wrap-time errors)."""
 
 
@@ -272,7 +274,7 @@ def measure(
                 pass
             missing = [p for p in producers if p not in seen]
             if missing:
-                raise RuntimeError(f"the forward pass never called {', '.join(missing)}; cannot measure it")
+                raise MeasurementError(f"the forward pass never called {', '.join(missing)}; cannot measure it")
     finally:
         for h in handles:
             h.remove()
@@ -303,7 +305,7 @@ def replay(model: nn.Module, probe: Probe, z: torch.Tensor, *, candidates: bool 
             return env[n]
         if n.op == "get_attr":
             return operator.attrgetter(str(n.target))(model)
-        raise RuntimeError(f"probe of '{probe.group}' reads node '{n.name}' outside its chain")
+        raise MeasurementError(f"probe of '{probe.group}' reads node '{n.name}' outside its chain")
 
     out = z
     for node in probe.chain:
@@ -366,15 +368,15 @@ class StepCapture:
     ``inplace=True`` ReLU), hence the copy.
     """
 
-    def __init__(self, model: nn.Module, probes: Sequence[Probe]):
+    def __init__(self, model: nn.Module, probes: Sequence[Probe], hooks: HookSet):
         self.model = model
         self.probes = list(probes)
         self.armed = False
         self._values: dict[tuple[str, str], tuple[torch.Tensor | None, torch.Tensor]] = {}
         for name in sorted({p.producer for p in self.probes}):
-            model.get_submodule(name).register_forward_hook(self._hook("producer", name))
+            hooks.forward(model.get_submodule(name), self._hook("producer", name))
         for name in sorted({p.end_module for p in self.probes if p.end_module}):
-            model.get_submodule(name).register_forward_hook(self._hook("end", name))
+            hooks.forward(model.get_submodule(name), self._hook("end", name))
 
     def _hook(self, role: str, name: str):
         def fn(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
@@ -418,7 +420,7 @@ class InputBuffer:
 
     def __init__(self, capacity: int | None):
         if capacity is not None and capacity < 1:
-            raise ValueError(f"buffer capacity must be positive, got {capacity}")
+            raise ArgumentError(f"buffer capacity must be positive, got {capacity}")
         self.capacity = capacity
         self._chunks: list[tuple[torch.Tensor, ...]] = []
         self.size = 0
@@ -427,7 +429,7 @@ class InputBuffer:
         batch = tuple(t.detach()[: self.capacity].clone() for t in inputs)
         n = batch[0].shape[0]
         if any(t.shape[0] != n for t in batch):
-            raise ValueError("all buffered inputs must share the batch dimension")
+            raise ArgumentError("all buffered inputs must share the batch dimension")
         if self.capacity is None:
             self._chunks, self.size = [batch], n
             return

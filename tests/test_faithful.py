@@ -140,9 +140,9 @@ def test_prefill_takes_the_baseline_on_the_full_buffer() -> None:
     assert n == 64 and len(read) == 7  # 2 x max width, read only until full
     buffered = torch.cat([*reversed(batches[1:7]), batches[0][:4]])  # newest first, the oldest cut
     assert torch.equal(grown._buffer.tensors()[0], buffered)
-    assert grown.growing["hidden1"].state["base"] == pytest.approx(_count_base(grown, buffered))
+    assert grown.growing["hidden1"].trigger.base == pytest.approx(_count_base(grown, buffered))
     # a baseline on the first 10 samples alone is smaller (the count cannot exceed the rows)
-    assert _count_base(grown, batches[0]) < grown.growing["hidden1"].state["base"]
+    assert _count_base(grown, batches[0]) < grown.growing["hidden1"].trigger.base
     assert not grown.wants_prefill  # done
     with pytest.raises(ArchgrowError, match="prefill: the baselines were already taken"):
         grown.prefill(x)
@@ -154,7 +154,7 @@ def test_without_prefill_the_first_batch_is_the_baseline_and_a_warning_says_so()
     grown = wrap(mlp(64, (16,), 2), _select_spec(), x[:1])
     with pytest.warns(UserWarning, match=r"hidden1: baseline phi\(f_0\) taken on the first batch \(20 samples\), not on a full buffer of 64"):
         grown(x)
-    assert grown.growing["hidden1"].state["base"] == pytest.approx(_count_base(grown, x))
+    assert grown.growing["hidden1"].trigger.base == pytest.approx(_count_base(grown, x))
     quiet = wrap(mlp(64, (16,), 2), _select_spec(baseline="first_batch"), x[:1])
     assert not quiet.wants_prefill
     with warnings.catch_warnings():

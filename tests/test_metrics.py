@@ -611,18 +611,18 @@ def test_weight_rule_start_evaluate_and_running_max() -> None:
     assert rule.running_max is True
     set_weight_singular_values(model, [1.0] * 4, seed=1)  # count 4 of 8
     rule.start(binding, None)
-    assert binding.state["base"] == pytest.approx(0.99 * 4 / 8)
+    assert rule.base == pytest.approx(0.99 * 4 / 8)
     set_weight_singular_values(model, [1.0] * 8, seed=2)  # full rank
     d = rule.evaluate(binding, 1, None)
     # threshold floor(0.495 * 8) = floor(3.96) = 3 from the OLD base; add 8 - 3
     assert d == Decision(5, 8, 3.0)
     assert (d.add, d.threshold) == grow_count(8, 0.99 * 4 / 8, 8, "code")
-    assert binding.state["base"] == pytest.approx(0.99)  # raised after the threshold was used
+    assert rule.base == pytest.approx(0.99)  # raised after the threshold was used
     assert rule.evaluate(binding, 2, None) == Decision(1, 8, 7.0)  # floor(7.92) = 7
     # a lower score never lowers the base
     set_weight_singular_values(model, [1.0] * 2, seed=3)
     assert rule.evaluate(binding, 3, None) == Decision(0, 2, 7.0)
-    assert binding.state["base"] == pytest.approx(0.99)
+    assert rule.base == pytest.approx(0.99)
 
 
 def test_weight_rule_without_running_max_keeps_the_base() -> None:
@@ -634,7 +634,7 @@ def test_weight_rule_without_running_max_keeps_the_base() -> None:
     set_weight_singular_values(model, [1.0] * 8, seed=2)
     assert rule.evaluate(binding, 1, None) == Decision(5, 8, 3.0)
     assert rule.evaluate(binding, 2, None) == Decision(5, 8, 3.0)
-    assert binding.state["base"] == pytest.approx(0.495)
+    assert rule.base == pytest.approx(0.495)
 
 
 def test_weight_rule_reads_the_live_width_after_growth() -> None:
@@ -642,7 +642,7 @@ def test_weight_rule_reads_the_live_width_after_growth() -> None:
     binding, graph, model = make_binding(cfg)
     rule = WeightRule(cfg, binding)
     rule.start(binding, None)  # default init: full rank (singular values of W/8 are ~0.07)
-    assert binding.state["base"] == pytest.approx(0.99)
+    assert rule.base == pytest.approx(0.99)
     assert rule.evaluate(binding, 1, None) == Decision(1, 8, 7.0)
     archgrow.grow(graph, "hidden1", 4)
     assert binding.width == 12
@@ -677,7 +677,7 @@ def test_weight_rule_options() -> None:
             model.hidden1.weight, bias=model.hidden1.bias if include else None
         )
         rule.start(binding, None)
-        assert binding.state["base"] == pytest.approx(0.5 * expected / 8)
+        assert rule.base == pytest.approx(0.5 * expected / 8)
     # epsilon
     cfg = WeightTrigger(epsilon=0.015)
     binding, graph, model = make_binding(cfg)
@@ -716,17 +716,19 @@ def test_activation_rule_start_and_evaluate() -> None:
     h3 = with_singular_values(n, 8, [math.sqrt(n) * s for s in [1, 0.5, 0.02, 0.009, 0.001]], seed=112)
     assert [ref_count(h) for h in (h6, h8, h3)] == [6, 8, 3]
     rule.start(binding, None)
-    assert "base" not in binding.state  # no measurement: nothing to set
+    assert rule.base is None  # no measurement: nothing to set
     rule.start(binding, measurement(h6))
-    assert binding.state["base"] == pytest.approx(0.97 * 6 / 8)
+    assert rule.base == pytest.approx(0.97 * 6 / 8)
     # threshold floor(0.7275 * 8) = floor(5.82) = 5
     assert rule.evaluate(binding, 1, measurement(h8)) == Decision(3, 8, 5.0)
     assert rule.evaluate(binding, 2, measurement(h6)) == Decision(1, 6, 5.0)
     assert rule.evaluate(binding, 3, measurement(h3)) == Decision(0, 3, 5.0)
-    assert binding.state["base"] == pytest.approx(0.7275)
+    assert rule.base == pytest.approx(0.7275)
     # paper rounding: add floor(8 - 5.82) = 2
     cfg = ActivationTrigger(rounding="paper")
+    state = rule.state_dict()  # the same baseline, under the other rounding
     rule = ActivationRule(cfg, binding)
+    rule.load_state_dict(state)
     d = rule.evaluate(binding, 4, measurement(h8))
     assert (d.add, d.score) == (2, 8)
     assert d.threshold == pytest.approx(5.82)
@@ -740,12 +742,12 @@ def test_activation_rule_running_max_uses_the_old_base_for_the_threshold() -> No
     h4 = with_singular_values(n, 8, [math.sqrt(n)] * 4, seed=113)
     h8 = with_singular_values(n, 8, [math.sqrt(n)] * 8, seed=114)
     rule.start(binding, measurement(h4))
-    assert binding.state["base"] == pytest.approx(0.97 * 4 / 8)
+    assert rule.base == pytest.approx(0.97 * 4 / 8)
     assert rule.evaluate(binding, 1, measurement(h8)) == Decision(5, 8, 3.0)  # floor(3.88) = 3
-    assert binding.state["base"] == pytest.approx(0.97)
+    assert rule.base == pytest.approx(0.97)
     assert rule.evaluate(binding, 2, measurement(h8)) == Decision(1, 8, 7.0)  # floor(7.76) = 7
     assert rule.evaluate(binding, 3, measurement(h4)) == Decision(0, 4, 7.0)
-    assert binding.state["base"] == pytest.approx(0.97)
+    assert rule.base == pytest.approx(0.97)
 
 
 def test_activation_rule_scale_and_gap_metric() -> None:
@@ -765,7 +767,7 @@ def test_activation_rule_scale_and_gap_metric() -> None:
     expected = math.ceil((1 - ref_gap(hr)) * 8 - 1e-9)
     assert rule.count(binding, measurement(hr)) == expected
     rule.start(binding, measurement(hr))
-    assert binding.state["base"] == pytest.approx(0.97 * expected / 8)
+    assert rule.base == pytest.approx(0.97 * expected / 8)
 
 
 def test_activation_rule_on_a_real_measurement() -> None:
@@ -780,7 +782,7 @@ def test_activation_rule_on_a_real_measurement() -> None:
     rule.start(binding, m)
     s = ref_count(as_matrix(m.h, binding.probe.channel_dim), EPS, "samples")
     assert s == 8
-    assert binding.state["base"] == pytest.approx(0.97 * s / 8)
+    assert rule.base == pytest.approx(0.97 * s / 8)
     add, thr = grow_count(s, 0.97 * s / 8, 8, "code")
     assert (add, thr) == (1, 7.0)  # floor(7.76) = 7
     assert rule.evaluate(binding, 1, m) == Decision(add, s, thr)

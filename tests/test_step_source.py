@@ -155,7 +155,7 @@ def test_baseline_is_the_first_steps_forward_and_equals_the_buffer_one(name):
         for _ in range(3):
             train_step(grown, opt, x, y)
             grown.grow_step(opt)
-        bases[source] = {b.name: b.state["base"] for b in grown.growing.values()}
+        bases[source] = {b.name: b.trigger.base for b in grown.growing.values()}
         widths[source] = grown.widths()
     assert bases["buffer"] == bases["step"]
     assert widths["buffer"] == widths["step"]  # lr 0 and a function-preserving init: the same decisions
@@ -212,4 +212,4 @@ def test_checkpoint_keeps_the_pending_baseline():
     fresh = wrap(mlp(20, (8,), 3), spec("step"), x[:1])
     fresh.load_grower_state(grown.grower_state())
     assert fresh._unstarted == set()
-    assert fresh.growing["hidden1"].state == grown.growing["hidden1"].state
+    assert fresh.growing["hidden1"].trigger.state_dict() == grown.growing["hidden1"].trigger.state_dict()

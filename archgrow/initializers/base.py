@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from archgrow.binding import GroupBinding, InitContext
 from archgrow.measure import Measurement, measuring, producer_forward, replay
 from archgrow.metrics import as_matrix, candidate_gaps, candidate_scores, per_sample
+from archgrow.spec.kinds import INITIALIZERS, Problem, RegistrationError
+from archgrow.spec.schema import InitializerConfig
 from archgrow.surgery.grow import grow
 from archgrow.surgery.tensors import random_units, unit_norms
 
@@ -40,14 +42,26 @@ def apply_units(binding: GroupBinding, k: int, units: Units, *, optimizer: Any =
 
 
 class InitRule:
-    """Base class; ``needs_activations`` makes the grower keep an input buffer, ``needs_gradient``
-    makes it capture the auxiliary gradient of due steps."""
+    """Base class of initializers: :meth:`units` (or just :meth:`fan_in`) chooses the new units.
+
+    Capabilities are declared as on :class:`archgrow.triggers.TriggerRule`: ``needs_activations``
+    (a probe and input buffer), ``needs_gradient`` (the auxiliary gradient of due steps),
+    ``needs_bridge`` (its geometry only), ``needs_candidate_producer`` (a first producer that is
+    ``nn.Linear`` or a ``groups=1`` convolution); :meth:`check` adds the kind's own conditions.
+    """
 
     needs_activations = False
     needs_gradient = False
+    needs_bridge = False
+    needs_candidate_producer = False
 
     def __init__(self, config: Any, binding: GroupBinding):
         self.config = config
+
+    @classmethod
+    def check(cls, config: Any, binding: GroupBinding) -> list[Problem]:
+        """Problems that stop this kind from running on ``binding``'s group (none by default)."""
+        return []
 
     def fan_in(self, binding: GroupBinding, k: int, ctx: InitContext) -> torch.Tensor | None:
         raise NotImplementedError
@@ -85,10 +99,8 @@ def score(binding: GroupBinding, m: Measurement, candidates: torch.Tensor, ctx: 
     dimension with the paper's defaults.  Higher is better.
     """
     probe = binding.probe
-    trig = binding.settings.trigger
-    metric = getattr(trig, "metric", "effective_dim")
-    epsilon = getattr(trig, "epsilon", 0.01)
-    scale = getattr(binding.trigger, "scale", None) or ("samples" if probe.dense else "channels")
+    metric, epsilon, scale = binding.trigger.orthogonality() or ("effective_dim", 0.01, None)
+    scale = scale or ("samples" if probe.dense else "channels")
     with measuring(ctx.model):
         z = producer_forward(binding.producer, m.x, candidates.to(m.x.dtype))
         h = replay(ctx.model, probe, z, candidates=True)
@@ -100,9 +112,34 @@ def score(binding: GroupBinding, m: Measurement, candidates: torch.Tensor, ctx: 
     return candidate_scores(as_matrix(m.h, cd), as_matrix(h, cd), epsilon=epsilon, scale=scale, lexicographic=lexicographic)
 
 
+R = TypeVar("R", bound=type[InitRule])
+
+
+def register_initializer(name: str, *, config: type[InitializerConfig], replace: bool = False) -> Callable[[R], R]:
+    """Class decorator: make ``kind: name`` in spec files run the decorated :class:`InitRule`, with
+    options validated by ``config`` (an :class:`archgrow.spec.InitializerConfig` subclass whose
+    ``kind`` field is ``Literal[name]``)."""
+
+    def decorate(rule: R) -> R:
+        if not (isinstance(rule, type) and issubclass(rule, InitRule)):
+            raise RegistrationError(
+                f"initializer kind '{name}': {rule!r} is not a subclass of archgrow.initializers.InitRule"
+            )
+        INITIALIZERS.register(name, rule, config, replace=replace)
+        return rule
+
+    return decorate
+
+
+def rescale_rows(rows: torch.Tensor, target: float) -> torch.Tensor:
+    """Each non-zero row scaled to norm ``target`` (zero rows stay zero)."""
+    norms = rows.norm(dim=1, keepdim=True)
+    return torch.where(norms > 0, rows * (target / norms.clamp_min(1e-300)), rows)
+
+
 def keep_best(scores: torch.Tensor, k: int, order: str = "highest") -> torch.Tensor:
     """Indices of the ``k`` best candidates (``lowest`` reproduces the authors' MLP code, §9.8)."""
     return torch.topk(scores, k, largest=(order == "highest")).indices.sort().values
 
 
-__all__ = ["InitRule", "Units", "apply_units", "candidate_count", "draw", "keep_best", "mean_norm", "score"]
+__all__ = ["InitRule", "Units", "apply_units", "register_initializer", "candidate_count", "draw", "keep_best", "mean_norm", "score"]

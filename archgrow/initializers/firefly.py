@@ -19,14 +19,15 @@ import torch
 
 from archgrow.binding import GroupBinding, InitContext
 from archgrow.graph.analysis import FAN_IN, FAN_OUT
-from archgrow.initializers.base import InitRule, Units, apply_units, candidate_count
+from archgrow.initializers.base import InitRule, Units, apply_units, candidate_count, register_initializer, rescale_rows
 from archgrow.initializers.gradmax import mean_role_norm
-from archgrow.initializers.nest import rescale_rows
 from archgrow.spec.schema import FireflyInit
 from archgrow.surgery.channels import copy_channels, read_channels, scale_channels, trial, write_channels
 
 
+@register_initializer("firefly", config=FireflyInit)
 class FireflyRule(InitRule):
+    needs_bridge = True
     config: FireflyInit
 
     def units(self, binding: GroupBinding, k: int, ctx: InitContext) -> Units:

@@ -21,7 +21,7 @@ import torch
 from archgrow.auxgrad import dead_at_zero
 from archgrow.binding import GroupBinding, InitContext
 from archgrow.graph.analysis import FAN_IN, FAN_OUT, ONE
-from archgrow.initializers.base import InitRule, Units
+from archgrow.initializers.base import InitRule, Units, register_initializer
 from archgrow.spec.schema import GradMaxInit
 from archgrow.surgery.channels import channel_positions, group_members, unit_norms_by_role
 
@@ -36,6 +36,7 @@ def mean_role_norm(binding: GroupBinding, role: str) -> float:
     return value if value > 0 else 1.0
 
 
+@register_initializer("gradmax", config=GradMaxInit)
 class GradMaxRule(InitRule):
     needs_gradient = True
     config: GradMaxInit

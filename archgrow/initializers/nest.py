@@ -17,7 +17,7 @@ import torch
 
 from archgrow.binding import GroupBinding, InitContext
 from archgrow.graph.analysis import FAN_IN, FAN_OUT
-from archgrow.initializers.base import CONV_CANDIDATES, InitRule, Units, apply_units
+from archgrow.initializers.base import CONV_CANDIDATES, InitRule, Units, apply_units, register_initializer, rescale_rows
 from archgrow.initializers.gradmax import mean_role_norm
 from archgrow.spec.schema import NestInit
 from archgrow.surgery.channels import trial
@@ -32,12 +32,9 @@ def quantile(values: torch.Tensor, q: float) -> float:
     return float(flat[lo] + (flat[hi] - flat[lo]) * (pos - lo))
 
 
-def rescale_rows(rows: torch.Tensor, target: float) -> torch.Tensor:
-    norms = rows.norm(dim=1, keepdim=True)
-    return torch.where(norms > 0, rows * (target / norms.clamp_min(1e-300)), rows)
-
-
+@register_initializer("nest", config=NestInit)
 class NestRule(InitRule):
+    needs_bridge = True
     config: NestInit
 
     def __init__(self, config: NestInit, binding: GroupBinding):

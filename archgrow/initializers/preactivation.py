@@ -15,15 +15,38 @@ from __future__ import annotations
 import warnings
 
 import torch
+from torch import nn
 
 from archgrow.binding import GroupBinding, InitContext
-from archgrow.initializers.base import InitRule, candidate_count, draw, keep_best, mean_norm, score
+from archgrow.initializers.base import (
+    InitRule,
+    candidate_count,
+    draw,
+    keep_best,
+    mean_norm,
+    register_initializer,
+    score,
+)
 from archgrow.metrics import as_matrix
+from archgrow.spec.kinds import Problem
 from archgrow.spec.schema import PreactivationInit
 from archgrow.surgery.tensors import rescale_units
 
 
+@register_initializer("preactivation", config=PreactivationInit)
 class PreactivationRule(InitRule):
+    needs_candidate_producer = True
+
+    @classmethod
+    def check(cls, config: PreactivationInit, binding: GroupBinding) -> list[Problem]:
+        if isinstance(binding.producer, nn.Linear):
+            return []
+        return [
+            Problem(
+                f"'preactivation' is for dense groups (eq. 7); group '{binding.name}' is produced by "
+                f"'{binding.producer_name}' ({type(binding.producer).__name__}); use 'select', 'weight' or 'random'"
+            )
+        ]
     needs_activations = True
     config: PreactivationInit
 

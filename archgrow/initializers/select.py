@@ -12,11 +12,13 @@ from __future__ import annotations
 import torch
 
 from archgrow.binding import GroupBinding, InitContext
-from archgrow.initializers.base import InitRule, candidate_count, draw, keep_best, score
+from archgrow.initializers.base import InitRule, candidate_count, draw, keep_best, register_initializer, score
 from archgrow.spec.schema import SelectInit
 
 
+@register_initializer("select", config=SelectInit)
 class SelectRule(InitRule):
+    needs_candidate_producer = True
     needs_activations = True
     config: SelectInit
 

@@ -14,11 +14,13 @@ from __future__ import annotations
 import torch
 
 from archgrow.binding import GroupBinding, InitContext
-from archgrow.initializers.base import InitRule, draw
+from archgrow.initializers.base import InitRule, draw, register_initializer
 from archgrow.spec.schema import WeightInit
 
 
+@register_initializer("weight", config=WeightInit)
 class WeightInitRule(InitRule):
+    needs_candidate_producer = True
     config: WeightInit
 
     def fan_in(self, binding: GroupBinding, k: int, ctx: InitContext) -> torch.Tensor | None:

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from archgrow.errors import ArchgrowError
+from archgrow.errors import ArchgrowError, ArgumentError
 from archgrow.models.activations import ModifiedReLU, modified_relu
 from archgrow.models.init import INITS, initialize
 from archgrow.models.mlp import mlp
@@ -39,7 +39,7 @@ def build(name: str, **kwargs) -> nn.Module:
     try:
         builder = BUILDERS[name]
     except KeyError:
-        raise ValueError(f"unknown built-in model {name!r}; accepted: {', '.join(BUILDERS)}") from None
+        raise ArgumentError(f"unknown built-in model {name!r}; accepted: {', '.join(BUILDERS)}") from None
     return builder(**kwargs)
 
 

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from archgrow.errors import ArgumentError
+
 _NEG_TINY = {dt: -torch.finfo(dt).tiny for dt in (torch.float16, torch.bfloat16, torch.float32, torch.float64)}
 
 
@@ -43,4 +45,4 @@ def make_activation(name: str) -> nn.Module:
         return ModifiedReLU()
     if name == "relu":
         return nn.ReLU()
-    raise ValueError(f"unknown activation {name!r}; accepted: 'modified_relu', 'relu'")
+    raise ArgumentError(f"unknown activation {name!r}; accepted: 'modified_relu', 'relu'")

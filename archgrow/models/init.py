@@ -21,6 +21,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from archgrow.errors import ArgumentError
+
 InitName = Literal["paper", "torch", "kaiming"]
 
 _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
@@ -77,7 +79,7 @@ def initialize(model: nn.Module, scheme: str, *, seed: int | None = None) -> nn.
     try:
         fn = INITS[scheme]
     except KeyError:
-        raise ValueError(f"unknown init {scheme!r}; accepted: {', '.join(repr(k) for k in INITS)}") from None
+        raise ArgumentError(f"unknown init {scheme!r}; accepted: {', '.join(repr(k) for k in INITS)}") from None
     if seed is None:
         fn(model)
         return model

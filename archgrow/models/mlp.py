@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from archgrow.errors import ArgumentError
 from archgrow.models.activations import make_activation
 from archgrow.models.init import InitName, initialize
 from archgrow.models.scaling import scaled
@@ -28,7 +29,7 @@ def mlp(
     ``kaiming`` (see :mod:`archgrow.models.init`).
     """
     if not hidden:
-        raise ValueError("hidden must list at least one hidden width")
+        raise ArgumentError("hidden must list at least one hidden width")
     layers: dict[str, nn.Module] = {"flatten": nn.Flatten()}
     prev = in_features
     for i, w in enumerate(hidden, start=1):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from archgrow.errors import ArgumentError
 from archgrow.models.activations import make_activation
 from archgrow.models.init import InitName, initialize
 from archgrow.models.scaling import scaled
@@ -52,7 +53,7 @@ class WideResNet(nn.Module):
     ):
         super().__init__()
         if (depth - 4) % 6:
-            raise ValueError(f"WideResNet depth must be 6n+4 (28, 40, ...), got {depth}")
+            raise ArgumentError(f"WideResNet depth must be 6n+4 (28, 40, ...), got {depth}")
         n = (depth - 4) // 6
         widths = [scaled(16, width_mult)] + [scaled(w * widen_factor, width_mult) for w in (16, 32, 64)]
         self.stem = nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False)

@@ -89,7 +89,7 @@ def _baseline_groups(exp: Experiment, data: Any) -> list[str]:
         return [g.name for g in graph.groups if g.growable]
     names: dict[str, None] = {}
     for strategy in exp.strategies:  # bind checks each spec against the model; static triggers never grow
-        names.update(dict.fromkeys(b.name for b in bind(exp.spec(strategy), graph) if b.settings.trigger.kind != "static"))
+        names.update(dict.fromkeys(b.name for b in bind(exp.spec(strategy), graph) if not b.trigger.never_fires))
     return list(names)
 
 

@@ -101,7 +101,7 @@ def run_one(
                 x_train[prefill_order[i : i + cfg.batch_size].to(device)] for i in range(0, n_train, cfg.batch_size)
             )
         graph = grower.graph
-        groups = [n for n, b in grower.growing.items() if b.settings.trigger.kind != "static"]
+        groups = [n for n, b in grower.growing.items() if not b.trigger.never_fires]
         spec_dump = spec.model_dump(mode="json")
     else:
         graph = trace(model, example)

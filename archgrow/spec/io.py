@@ -17,7 +17,8 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from archgrow.errors import SpecError
-from archgrow.spec.schema import INITIALIZER_KINDS, TRIGGER_KINDS, Spec
+from archgrow.spec.kinds import INITIALIZERS, TRIGGERS
+from archgrow.spec.schema import ByKind, Spec
 
 SpecLike = Spec | dict | str | os.PathLike
 
@@ -115,7 +116,9 @@ def _path_and_model(loc: tuple[Any, ...], root: type[BaseModel]) -> tuple[str, t
             parts.append(str(item))
             parent = model
             fields = getattr(model, "model_fields", {}) if isinstance(model, type) else {}
-            model = _unwrap(fields[item].annotation) if item in fields else None
+            field = fields.get(item)
+            by_kind = [m for m in field.metadata if isinstance(m, ByKind)] if field is not None else []
+            model = by_kind[0] if by_kind else (_unwrap(field.annotation) if field is not None else None)
     owner = parent if isinstance(parent, type) and issubclass(parent, BaseModel) else None
     return ".".join(parts), owner
 
@@ -124,7 +127,8 @@ def _unwrap(annotation: Any) -> Any:
     """Strip Optional/Annotated so unions of models and list element types stay visible."""
     origin = typing.get_origin(annotation)
     if origin is typing.Annotated:
-        return _unwrap(typing.get_args(annotation)[0])
+        by_kind = [m for m in annotation.__metadata__ if isinstance(m, ByKind)]
+        return by_kind[0] if by_kind else _unwrap(typing.get_args(annotation)[0])
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         if len(args) == 1:
@@ -140,10 +144,12 @@ def _list_item(annotation: Any) -> Any:
 
 
 def _is_union(annotation: Any) -> bool:
-    return typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    return isinstance(annotation, ByKind) or typing.get_origin(annotation) in (typing.Union, types.UnionType)
 
 
 def _union_member(annotation: Any, kind: str) -> Any:
+    if isinstance(annotation, ByKind):
+        return annotation.member(kind)
     for arg in typing.get_args(annotation):
         field = getattr(arg, "model_fields", {}).get("kind")
         if field is not None and field.default == kind:
@@ -154,9 +160,9 @@ def _union_member(annotation: Any, kind: str) -> Any:
 def _accepted_kinds(path: str, ctx: dict[str, Any]) -> str:
     field = path.rsplit(".", 1)[-1]
     if field.startswith("initializer"):
-        return ", ".join(INITIALIZER_KINDS)
+        return ", ".join(INITIALIZERS)
     if field.startswith("trigger"):
-        return ", ".join(TRIGGER_KINDS)
+        return ", ".join(TRIGGERS)
     return str(ctx.get("expected_tags", "")).replace("'", "")
 
 

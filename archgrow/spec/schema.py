@@ -21,6 +21,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    GetCoreSchemaHandler,
     NonNegativeFloat,
     PositiveFloat,
     PositiveInt,
@@ -29,6 +30,9 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import core_schema
+
+from archgrow.spec.kinds import INITIALIZERS, TRIGGERS, KindRegistry
 
 _MULTIPLE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*x\s*$")
 
@@ -80,8 +84,36 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class TriggerConfig(_Strict):
+    """Base of every trigger's options: subclass it with a ``kind: Literal["name"] = "name"`` field
+    and register it with :func:`archgrow.register_trigger` (unknown fields are rejected, configs
+    are immutable)."""
+
+
+class InitializerConfig(_Strict):
+    """Base of every initializer's options; see :class:`TriggerConfig`."""
+
+
+class ByKind:
+    """``Annotated`` marker: validate as the tagged union (on ``kind``) of a registry's config models.
+
+    The union is built when the model using it is (re)built, so kinds registered later, from a
+    user's code, are accepted once :func:`rebuild_spec_models` has run (registration does it).
+    """
+
+    def __init__(self, registry: KindRegistry):
+        self.registry = registry
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+        choices = {name: handler.generate_schema(config) for name, config in self.registry.configs().items()}
+        return core_schema.tagged_union_schema(choices, discriminator="kind")
+
+    def member(self, kind: Any) -> type[BaseModel] | None:
+        return self.registry.configs().get(kind) if isinstance(kind, str) else None
+
+
 # --------------------------------------------------------------------------- triggers
-class ActivationTrigger(_Strict):
+class ActivationTrigger(TriggerConfig):
     """T_act (eq. 3, with the code's ``max(0, .)`` and rounding): grow by the count of orthogonal
     activation directions above ``floor(gamma * phi_0 * M)``."""
 
@@ -130,7 +162,7 @@ class ActivationTrigger(_Strict):
         return self
 
 
-class WeightTrigger(_Strict):
+class WeightTrigger(TriggerConfig):
     """T_weight (eq. 5): the activation trigger's rule on the weight matrix's effective dimension."""
 
     kind: Literal["weight"] = "weight"
@@ -143,7 +175,7 @@ class WeightTrigger(_Strict):
     _gamma = field_validator("gamma")(_check_gamma)
 
 
-class GradientTrigger(_Strict):
+class GradientTrigger(TriggerConfig):
     """T_grad (eq. 6): singular values of the auxiliary gradient above the existing neurons' gradient norms."""
 
     kind: Literal["gradient"] = "gradient"
@@ -158,7 +190,7 @@ class GradientTrigger(_Strict):
     )
 
 
-class _Schedule(_Strict):
+class _Schedule(TriggerConfig):
     final_width: Width = Field(description="width reached at the end of the growth window")
     initial_width: PositiveInt | None = Field(None, description="None: the group's width when wrapped")
     total_steps: PositiveInt = Field(description="training length in optimizer steps (grow_step calls)")
@@ -178,26 +210,23 @@ class BatchedSchedule(_Schedule):
     stages: PositiveInt = 8
 
 
-class StaticTrigger(_Strict):
+class StaticTrigger(TriggerConfig):
     """Never grows (a static baseline)."""
 
     kind: Literal["static"] = "static"
 
 
-Trigger = Annotated[
-    ActivationTrigger | WeightTrigger | GradientTrigger | LinearSchedule | BatchedSchedule | StaticTrigger,
-    Field(discriminator="kind"),
-]
+Trigger = Annotated[TriggerConfig, ByKind(TRIGGERS)]
 
 
 # --------------------------------------------------------------------------- initializers
-class RandomInit(_Strict):
+class RandomInit(InitializerConfig):
     """NORTH-Random: Xavier fan-in rescaled to the mean fan-in norm; zero fan-out and bias."""
 
     kind: Literal["random"] = "random"
 
 
-class SelectInit(_Strict):
+class SelectInit(InitializerConfig):
     """NORTH-Select: the k best of ``candidates + k`` random fan-ins by count + sum of singular values."""
 
     kind: Literal["select"] = "select"
@@ -208,14 +237,14 @@ class SelectInit(_Strict):
     lexicographic: bool = Field(False, description="compare count first, sum of singular values second")
 
 
-class PreactivationInit(_Strict):
+class PreactivationInit(InitializerConfig):
     """NORTH-Pre (eq. 7): fan-ins whose pre-activations lie in the kernel of the existing ones (dense)."""
 
     kind: Literal["preactivation"] = "preactivation"
     candidates: PositiveInt | None = Field(None, description="None: 1000")
 
 
-class WeightInit(_Strict):
+class WeightInit(InitializerConfig):
     """NORTH-Weight (eq. 8): random fan-in projected onto the kernel of the existing weight rows."""
 
     kind: Literal["weight"] = "weight"
@@ -226,7 +255,7 @@ class WeightInit(_Strict):
     )
 
 
-class GradMaxInit(_Strict):
+class GradMaxInit(InitializerConfig):
     """GradMax: zero fan-in, fan-out from the top singular vectors of the auxiliary gradient."""
 
     kind: Literal["gradmax"] = "gradmax"
@@ -237,7 +266,7 @@ class GradMaxInit(_Strict):
     )
 
 
-class FireflyInit(_Strict):
+class FireflyInit(InitializerConfig):
     """Firefly: split and new candidates, keep those with the largest fan-in gradient."""
 
     kind: Literal["firefly"] = "firefly"
@@ -245,7 +274,7 @@ class FireflyInit(_Strict):
     epsilon: PositiveFloat = 1e-4
 
 
-class NestInit(_Strict):
+class NestInit(InitializerConfig):
     """NeST: fan-in and fan-out from the large entries of the auxiliary gradient."""
 
     kind: Literal["nest"] = "nest"
@@ -254,17 +283,20 @@ class NestInit(_Strict):
     candidates: PositiveInt | None = Field(None, description="conv groups: None means 100")
 
 
-Initializer = Annotated[
-    RandomInit | SelectInit | PreactivationInit | WeightInit | GradMaxInit | FireflyInit | NestInit,
-    Field(discriminator="kind"),
-]
+Initializer = Annotated[InitializerConfig, ByKind(INITIALIZERS)]
 
+# The kinds archgrow ships (each registered by its rule class, in archgrow.triggers / .initializers).
 TRIGGER_KINDS = ("activation", "weight", "gradient", "linear_schedule", "batched_schedule", "static")
 INITIALIZER_KINDS = ("random", "select", "preactivation", "weight", "gradmax", "firefly", "nest")
 
 
 # --------------------------------------------------------------------------- rules
-class Settings(_Strict):
+class _Deferred(_Strict):
+    # Built on first use (or by rebuild_spec_models), when the registries hold the kinds.
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+
+
+class Settings(_Deferred):
     """What a group does; ``defaults`` sets every field, rules override some."""
 
     trigger: Trigger = Field(default_factory=ActivationTrigger)
@@ -274,7 +306,7 @@ class Settings(_Strict):
     frozen: bool = False
 
 
-class Rule(_Strict):
+class Rule(_Deferred):
     """Selects groups by name and overrides the fields it sets; later rules win."""
 
     match: str = Field(description="a group name, a glob such as 'stage2.*', or '*'", min_length=1)
@@ -297,7 +329,7 @@ class Rule(_Strict):
         return any(c in self.match for c in "*?[")
 
 
-class Spec(_Strict):
+class Spec(_Deferred):
     """A growth spec: ``version``, a ``seed``, ``defaults`` and an ordered list of ``rules``.
 
     Groups no rule selects do not grow.
@@ -333,6 +365,23 @@ class Spec(_Strict):
         return Settings.model_validate(merged), matched
 
 
+def rebuild_spec_models() -> None:
+    """Rebuild the spec models' validators and JSON Schema from the current registries.
+
+    Models not built yet are left to build on first use (``defer_build``), which also keeps the
+    built-in registrations at import time from building them once per kind.
+    """
+    models = (Settings, Rule, Spec)
+    if any(m.__pydantic_complete__ for m in models):
+        for model in models:
+            model.model_rebuild(force=True)
+
+
+TRIGGERS.config_base = TriggerConfig
+INITIALIZERS.config_base = InitializerConfig
+TRIGGERS.on_change(rebuild_spec_models)
+INITIALIZERS.on_change(rebuild_spec_models)
+
 __all__ = [
     "INITIALIZER_KINDS",
     "TRIGGER_KINDS",
@@ -342,6 +391,7 @@ __all__ = [
     "GradMaxInit",
     "GradientTrigger",
     "Initializer",
+    "InitializerConfig",
     "LinearSchedule",
     "NestInit",
     "PreactivationInit",
@@ -352,8 +402,10 @@ __all__ = [
     "Spec",
     "StaticTrigger",
     "Trigger",
+    "TriggerConfig",
     "WeightInit",
     "WeightTrigger",
     "Width",
+    "rebuild_spec_models",
     "resolve_width",
 ]

@@ -13,10 +13,11 @@ from archgrow.binding import GroupBinding
 from archgrow.measure import Measurement
 from archgrow.metrics import activation_count, gap_count, per_sample
 from archgrow.spec.schema import ActivationTrigger
-from archgrow.triggers.base import Decision, TriggerRule, grow_count
+from archgrow.triggers.base import BaselineRule, Decision, grow_count, register_trigger
 
 
-class ActivationRule(TriggerRule):
+@register_trigger("activation", config=ActivationTrigger)
+class ActivationRule(BaselineRule):
     needs_activations = True
 
     def __init__(self, config: ActivationTrigger, binding: GroupBinding):
@@ -29,6 +30,21 @@ class ActivationRule(TriggerRule):
         dense = binding.probe is not None and binding.probe.dense
         self.scale = config.scale if config.scale != "auto" else ("samples" if dense else "channels")
 
+    @property
+    def measures_step_forward(self) -> bool:
+        return self.config.source == "step"
+
+    @property
+    def buffer_size(self) -> int | None:
+        return self.config.buffer_size
+
+    @property
+    def full_buffer_baseline(self) -> bool:
+        return not self.measures_step_forward and self.config.baseline != "first_batch"
+
+    def orthogonality(self) -> tuple[str, float, str | None]:
+        return self.metric, self.epsilon, self.scale
+
     def count(self, binding: GroupBinding, m: Measurement) -> int:
         if self.metric == "orthogonality_gap":
             return gap_count(per_sample(m.h), binding.width)
@@ -36,13 +52,13 @@ class ActivationRule(TriggerRule):
 
     def start(self, binding: GroupBinding, measurement: Measurement | None) -> None:
         if measurement is not None:
-            binding.state["base"] = self.gamma * self.count(binding, measurement) / binding.width
+            self.base = self.gamma * self.count(binding, measurement) / binding.width
 
     def evaluate(self, binding: GroupBinding, step: int, measurement: Measurement | None) -> Decision:
         width = binding.width
         score = self.count(binding, measurement)
-        base = binding.state["base"]
+        base = self.base
         add, threshold = grow_count(score, base, width, self.rounding)
         if self.running_max:
-            binding.state["base"] = max(base, self.gamma * score / width)
+            self.base = max(base, self.gamma * score / width)
         return Decision(add, score, threshold)

@@ -32,7 +32,7 @@ from archgrow.graph.analysis import FAN_IN, FAN_OUT
 from archgrow.measure import Measurement
 from archgrow.spec.schema import GradientTrigger
 from archgrow.surgery.channels import unit_norms_by_roles, weight_snapshot
-from archgrow.triggers.base import Decision, TriggerRule
+from archgrow.triggers.base import Decision, TriggerRule, register_trigger
 
 ROLES = (FAN_IN, FAN_OUT)
 
@@ -56,6 +56,7 @@ def unit_update_norms(binding: GroupBinding, before: dict[tuple[str, str], torch
     return norms[FAN_IN] + norms[FAN_OUT]
 
 
+@register_trigger("gradient", config=GradientTrigger)
 class GradientRule(TriggerRule):
     needs_gradient = True
     config: GradientTrigger

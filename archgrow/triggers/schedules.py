@@ -13,8 +13,9 @@ import math
 
 from archgrow.binding import GroupBinding
 from archgrow.measure import Measurement
-from archgrow.spec.schema import BatchedSchedule, LinearSchedule, resolve_width
-from archgrow.triggers.base import Decision, TriggerRule
+from archgrow.spec.kinds import Problem
+from archgrow.spec.schema import BatchedSchedule, LinearSchedule, StaticTrigger, resolve_width
+from archgrow.triggers.base import Decision, TriggerRule, register_trigger
 
 
 class _ScheduleRule(TriggerRule):
@@ -23,10 +24,21 @@ class _ScheduleRule(TriggerRule):
         self.initial = config.initial_width if config.initial_width is not None else binding.initial_width
         self.final = resolve_width(config.final_width, binding.initial_width)
 
+    @classmethod
+    def check(cls, config: LinearSchedule | BatchedSchedule, binding: GroupBinding) -> list[Problem]:
+        final = resolve_width(config.final_width, binding.width)
+        if final < binding.width:
+            return [Problem(f"{final} is below group '{binding.name}'s current width {binding.width}", field="final_width")]
+        return []
+
+    def cap(self, binding: GroupBinding) -> int | None:
+        return self.final
+
     def progress(self, step: int) -> float:
         return min(1.0, step / (self.config.total_steps * self.config.grow_fraction))
 
 
+@register_trigger("linear_schedule", config=LinearSchedule)
 class LinearRule(_ScheduleRule):
     def evaluate(self, binding: GroupBinding, step: int, measurement: Measurement | None) -> Decision:
         width = binding.width
@@ -35,6 +47,7 @@ class LinearRule(_ScheduleRule):
         return Decision(add, width, target)
 
 
+@register_trigger("batched_schedule", config=BatchedSchedule)
 class BatchedRule(_ScheduleRule):
     def evaluate(self, binding: GroupBinding, step: int, measurement: Measurement | None) -> Decision:
         width = binding.width
@@ -46,6 +59,9 @@ class BatchedRule(_ScheduleRule):
         return Decision(add, width, stage)
 
 
+@register_trigger("static", config=StaticTrigger)
 class StaticRule(TriggerRule):
+    never_fires = True
+
     def evaluate(self, binding: GroupBinding, step: int, measurement: Measurement | None) -> Decision:
         return Decision(0, binding.width, binding.width)

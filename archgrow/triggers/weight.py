@@ -11,13 +11,19 @@ from archgrow.binding import GroupBinding
 from archgrow.measure import Measurement
 from archgrow.metrics import weight_count
 from archgrow.spec.schema import WeightTrigger
-from archgrow.triggers.base import Decision, TriggerRule, grow_count
+from archgrow.triggers.base import BaselineRule, Decision, grow_count, register_trigger
 
 
-class WeightRule(TriggerRule):
+@register_trigger("weight", config=WeightTrigger)
+class WeightRule(BaselineRule):
+    needs_candidate_producer = True
+
     def __init__(self, config: WeightTrigger, binding: GroupBinding):
         super().__init__(config, binding)
         self.running_max = config.running_max if config.running_max is not None else binding.conv_model
+
+    def orthogonality(self) -> tuple[str, float, str | None]:
+        return "effective_dim", self.config.epsilon, None
 
     def count(self, binding: GroupBinding) -> int:
         p = binding.producer
@@ -25,13 +31,13 @@ class WeightRule(TriggerRule):
         return weight_count(p.weight, epsilon=self.config.epsilon, bias=bias)
 
     def start(self, binding: GroupBinding, measurement: Measurement | None) -> None:
-        binding.state["base"] = self.config.gamma * self.count(binding) / binding.width
+        self.base = self.config.gamma * self.count(binding) / binding.width
 
     def evaluate(self, binding: GroupBinding, step: int, measurement: Measurement | None) -> Decision:
         width = binding.width
         score = self.count(binding)
-        base = binding.state["base"]
+        base = self.base
         add, threshold = grow_count(score, base, width, self.config.rounding)
         if self.running_max:
-            binding.state["base"] = max(base, self.config.gamma * score / width)
+            self.base = max(base, self.config.gamma * score / width)
         return Decision(add, score, threshold)
