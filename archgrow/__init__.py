@@ -7,6 +7,7 @@ from archgrow.errors import ArchgrowError, GrowthError, SpecError, TraceError, U
 from archgrow.graph import Member, Slot, WidthGraph, WidthGroup, trace  # noqa: E402
 from archgrow.grower import GrowingModel, GrowthEvent, wrap  # noqa: E402
 from archgrow.initializers import register_initializer  # noqa: E402
+from archgrow.ops import register_layer, register_op  # noqa: E402
 from archgrow.spec import Spec, load_spec  # noqa: E402
 from archgrow.surgery import grow  # noqa: E402
 from archgrow.triggers import register_trigger  # noqa: E402
@@ -28,6 +29,8 @@ __all__ = [
     "load",
     "load_spec",
     "register_initializer",
+    "register_layer",
+    "register_op",
     "register_trigger",
     "save",
     "trace",

@@ -434,10 +434,6 @@ def _check_finite(g: torch.Tensor) -> None:
         )
 
 
-_DEAD_AT_ZERO_FUNCTIONS = {"relu", "relu_", "relu6", "hardtanh", "hardtanh_", "threshold", "threshold_", "clamp", "clamp_min", "clip"}
-_DEAD_AT_ZERO_MODULES = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.Threshold)
-
-
 def dead_at_zero(graph: WidthGraph, group: WidthGroup, limit: int = 256) -> list[str]:
     """Traced ops between the group's producers and its consumers whose gradient at 0 is 0.
 
@@ -465,9 +461,7 @@ def dead_at_zero(graph: WidthGraph, group: WidthGroup, limit: int = 256) -> list
 
 def _is_dead_at_zero(graph: WidthGraph, node: Any) -> bool:
     if node.op == "call_module":
-        return isinstance(graph.fx.get_submodule(str(node.target)), _DEAD_AT_ZERO_MODULES)
-    if node.op == "call_function":
-        return getattr(node.target, "__name__", "") in _DEAD_AT_ZERO_FUNCTIONS
-    if node.op == "call_method":
-        return str(node.target) in _DEAD_AT_ZERO_FUNCTIONS
-    return False
+        rule = graph.ops.layer(graph.fx.get_submodule(str(node.target)))
+        return rule is not None and rule.dead_at_zero
+    info = graph.ops.info(node.op, node.target)
+    return info is not None and info.dead_at_zero

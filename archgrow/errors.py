@@ -15,6 +15,10 @@ class TraceError(ArchgrowError):
     """torch.fx could not trace the model, or running the trace failed."""
 
 
+class RuleError(TraceError):
+    """An op or layer rule failed on a node: a bug in archgrow or in a registered rule."""
+
+
 class UnknownGroupError(ArchgrowError, KeyError):
     """A group name that the graph does not contain."""
 

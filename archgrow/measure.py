@@ -32,20 +32,10 @@ from torch import nn
 
 from archgrow.errors import ArgumentError, MeasurementError
 from archgrow.graph.layout import TensorMeta
-from archgrow.graph.rules import function_name
 from archgrow.graph.trace import forked_rng
 from archgrow.graph.widthgraph import WidthGraph, WidthGroup
 from archgrow.hooks import HookSet
-
-_IDENTITY_IN_EVAL = {
-    "dropout",
-    "dropout1d",
-    "dropout2d",
-    "dropout3d",
-    "alpha_dropout",
-    "feature_alpha_dropout",
-    "stochastic_depth",
-}
+from archgrow.ops.tensor_ops import function_name
 
 
 class ProbeError(MeasurementError):
@@ -63,6 +53,7 @@ class Probe:
     chain: tuple[fx.Node, ...]
     end_module: str | None = None  # hookable end of a mode-independent chain (see StepCapture)
     stateless: bool = False  # the chain computes the same in training and eval mode, with no RNG
+    skipped_in_eval: frozenset[str] = frozenset()  # chain nodes that are the identity in eval mode (dropout)
 
     @property
     def dense(self) -> bool:
@@ -119,7 +110,11 @@ def build_probe(graph: WidthGraph, group: WidthGroup) -> Probe:
             chain.extend(region)
             cur = end
     stateless = _stateless(graph, chain)
-    return Probe(group.name, first.name, cd, meta.ndim, tuple(chain), _hookable_end(graph, chain, stateless), stateless)
+    skipped = frozenset(
+        n.name for n in chain if (info := graph.ops.info(n.op, n.target)) is not None and info.identity_in_eval
+    )
+    end = _hookable_end(graph, chain, stateless)
+    return Probe(group.name, first.name, cd, meta.ndim, tuple(chain), end, stateless, skipped)
 
 
 def _hookable_end(graph: WidthGraph, chain: list[fx.Node], stateless: bool) -> str | None:
@@ -134,15 +129,6 @@ def _hookable_end(graph: WidthGraph, chain: list[fx.Node], stateless: bool) -> s
     return target if calls == 1 else None
 
 
-_RANDOM_WORDS = ("rand", "dropout", "bernoulli", "rrelu", "normal", "uniform", "stochastic", "multinomial")
-_MODE_FREE_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish,
-    nn.Hardsigmoid, nn.Hardtanh, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.Softsign, nn.Threshold, nn.Identity,
-    nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd, nn.modules.pooling._AdaptiveAvgPoolNd,
-    nn.modules.pooling._AdaptiveMaxPoolNd, nn.Flatten,
-)
-
-
 def _stateless(graph: WidthGraph, chain: list[fx.Node]) -> bool:
     """Every step of the chain computes the same in training and eval mode and draws no random
     numbers: known parameter-free torch modules, and functions or methods that are not random.
@@ -150,11 +136,12 @@ def _stateless(graph: WidthGraph, chain: list[fx.Node]) -> bool:
     switch and no RNG side effect (anything else is replayed under :func:`measuring`)."""
     for n in chain:
         if n.op == "call_module":
-            if not isinstance(graph.fx.get_submodule(str(n.target)), _MODE_FREE_MODULES):
+            rule = graph.ops.layer(graph.fx.get_submodule(str(n.target)))
+            if rule is None or not rule.mode_free:
                 return False
         elif n.op in ("call_function", "call_method"):
-            name = (function_name(n.target) if n.op == "call_function" else str(n.target)).lower()
-            if any(word in name for word in _RANDOM_WORDS) or "training" in n.kwargs:
+            name = function_name(n.target) if n.op == "call_function" else str(n.target)
+            if graph.ops.is_random(n.op, n.target, name) or "training" in n.kwargs:
                 return False
         else:
             return False
@@ -318,7 +305,7 @@ def replay(model: nn.Module, probe: Probe, z: torch.Tensor, *, candidates: bool 
             else:
                 out = mod(*args, **kwargs)
         elif node.op == "call_function":
-            out = args[0] if function_name(node.target) in _IDENTITY_IN_EVAL else node.target(*args, **kwargs)
+            out = args[0] if node.name in probe.skipped_in_eval else node.target(*args, **kwargs)
         else:
             out = getattr(args[0], str(node.target))(*args[1:], **kwargs)
         env[node] = out

@@ -17,7 +17,7 @@ import archgrow
 from archgrow import ArchgrowError, wrap
 from archgrow.data import fashion_mnist
 from archgrow.data.fashion_mnist import DEBIAN_ROOT, available
-from archgrow.graph.analysis import FAN_IN, FAN_OUT
+from archgrow.graph.roles import FAN_IN, FAN_OUT
 from archgrow.models import initialize, mlp, vgg11, wrn28
 from archgrow.runner import parse_experiment
 from archgrow.runner.build import build_model, load_data, scale_groups

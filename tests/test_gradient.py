@@ -203,7 +203,7 @@ def test_sigma_max_bound_is_an_upper_bound_and_tight_at_rank_one():
 
 
 def test_unit_norms_of_several_roles_in_one_pass_equal_one_role_at_a_time():
-    from archgrow.graph.analysis import FAN_IN, FAN_OUT
+    from archgrow.graph.roles import FAN_IN, FAN_OUT
     from archgrow.surgery.channels import unit_norms_by_role, unit_norms_by_roles
 
     model = conv_net(1, pool=nn.AvgPool2d(2), flatten=True)

@@ -13,7 +13,7 @@ only call their auxiliary heads in training mode), shape recording in eval mode 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -28,8 +28,14 @@ LeafSpec = type | nn.Module | str
 class _Tracer(fx.Tracer):
     """fx tracer that knows which module it is inside when something fails."""
 
-    def __init__(self, leaf_modules: Sequence[LeafSpec], autowrap_functions: Sequence[Any]):
+    def __init__(
+        self,
+        leaf_modules: Sequence[LeafSpec],
+        autowrap_functions: Sequence[Any],
+        is_leaf: Callable[[nn.Module], bool] | None = None,
+    ):
         super().__init__(autowrap_functions=tuple(autowrap_functions))
+        self._is_leaf = is_leaf
         self._leaf_types = tuple(x for x in leaf_modules if isinstance(x, type))
         self._leaf_ids = {id(x) for x in leaf_modules if isinstance(x, nn.Module)}
         self._leaf_names = {x for x in leaf_modules if isinstance(x, str)}
@@ -41,6 +47,8 @@ class _Tracer(fx.Tracer):
             return True
         if self._leaf_types and isinstance(m, self._leaf_types):
             return True
+        if self._is_leaf is not None and self._is_leaf(m):
+            return True  # a layer type registered whole (register_layer)
         return super().is_leaf_module(m, qualname)
 
     def call_module(self, m, forward, args, kwargs):
@@ -75,9 +83,10 @@ def symbolic_trace(
     leaf_modules: Sequence[LeafSpec] = (),
     autowrap_functions: Sequence[Any] = (),
     concrete_args: dict[str, Any] | None = None,
+    is_leaf: Callable[[nn.Module], bool] | None = None,
 ) -> fx.GraphModule:
     """fx-trace ``model`` in training mode; failures name the module and the way out."""
-    tracer = _Tracer(leaf_modules, autowrap_functions)
+    tracer = _Tracer(leaf_modules, autowrap_functions, is_leaf)
     try:
         with _modes(model, True):
             graph = tracer.trace(model, concrete_args=concrete_args)

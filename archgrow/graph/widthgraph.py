@@ -17,9 +17,12 @@ import torch
 from torch import nn
 
 from archgrow.errors import GrowthError, UnknownGroupError
-from archgrow.graph.analysis import Analysis, AttrBinding, TensorBinding
+from archgrow.graph.bindings import AttrBinding, TensorBinding
 from archgrow.graph.layout import Layout, TensorMeta, WidthVars
 from archgrow.graph.trace import LeafSpec, record_shapes, symbolic_trace
+from archgrow.ops.context import LayoutState
+from archgrow.ops.registry import OPS, OpTable, Registration
+from archgrow.passes import analyze
 
 
 @dataclass(frozen=True)
@@ -133,7 +136,7 @@ class WidthGraph:
     """Traced ops as a ``networkx.DiGraph`` plus the width groups found on them."""
 
     def __init__(
-        self, model: nn.Module, example_inputs: tuple[Any, ...], analysis: Analysis, trace_options: dict[str, Any]
+        self, model: nn.Module, example_inputs: tuple[Any, ...], analysis: LayoutState, trace_options: dict[str, Any]
     ):
         self.model = model
         self.example_inputs = example_inputs
@@ -145,6 +148,7 @@ class WidthGraph:
         # The traced graph is kept for passes that read it (measurement points), never run:
         # ints baked into it by fx can be stale after growth.
         self._gm = analysis.gm
+        self._ops = analysis.ops
         self._member_nodes = {(r.module, r.kind): r.node for r in reversed(analysis.members)}
         self._node_meta: dict[str, Any] = {}
         self.nx = nx.DiGraph()
@@ -198,6 +202,11 @@ class WidthGraph:
         """The traced GraphModule, for passes that read its nodes; never run it (fx bakes sizes into
         it that growth makes stale)."""
         return self._gm
+
+    @property
+    def ops(self) -> OpTable:
+        """The op and layer rules this graph was traced with (the global ones plus ``rules=``)."""
+        return self._ops
 
     def node_meta(self, node: str) -> Any:
         """The analysed layout of a node's output (a ``TensorMeta``, a tuple of them, or None)."""
@@ -316,7 +325,7 @@ class WidthGraph:
         return self.summary()
 
     # ------------------------------------------------------------------ building
-    def _build_nx(self, analysis: Analysis) -> None:
+    def _build_nx(self, analysis: LayoutState) -> None:
         modules = dict(self.model.named_modules())
         for node in analysis.gm.graph.nodes:
             meta = analysis.meta.get(node)
@@ -333,7 +342,7 @@ class WidthGraph:
             for pos, arg in enumerate(node.all_input_nodes):
                 self.nx.add_edge(arg.name, node.name, arg=pos)
 
-    def _build_groups(self, analysis: Analysis) -> list[WidthGroup]:
+    def _build_groups(self, analysis: LayoutState) -> list[WidthGroup]:
         vars_ = self._vars
         frozen: dict[int, list[str]] = {}
         changing: dict[int, list[str]] = {}
@@ -406,7 +415,7 @@ def _meta_vars(meta: Any) -> list[int]:
 
 
 def _fn_name(fn: Any) -> str:
-    from archgrow.graph.rules import function_name
+    from archgrow.ops.tensor_ops import function_name
 
     return function_name(fn)
 
@@ -418,23 +427,31 @@ def trace(
     leaf_modules: Sequence[LeafSpec] = (),
     autowrap_functions: Sequence[Any] = (),
     concrete_args: dict[str, Any] | None = None,
+    rules: Sequence[Registration] = (),
 ) -> WidthGraph:
     """Trace ``model`` and find its width groups.
 
     ``example_inputs`` is one tensor or a tuple with one tensor per forward argument; a batch of
     one is enough.  ``leaf_modules`` (types, instances or qualified names) are not traced into;
-    their widths are frozen, which is the way out for modules fx cannot trace.  The model's
-    parameters, buffers, train/eval flags and the global RNG are left as they were.
+    their widths are frozen unless a layer rule describes them, which is the way out for modules
+    fx cannot trace.  ``rules``: op and layer descriptions for this trace only
+    (``archgrow.ops.op(...)``, ``archgrow.ops.layer(...)``), on top of the registered ones.  The
+    model's parameters, buffers, train/eval flags and the global RNG are left as they were.
     """
     inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+    ops = OPS.with_rules(rules) if rules else OPS
     options = {
         "leaf_modules": tuple(leaf_modules),
         "autowrap_functions": tuple(autowrap_functions),
         "concrete_args": concrete_args,
+        "rules": tuple(rules),
     }
-    gm = symbolic_trace(model, **options)
+    gm = symbolic_trace(
+        model, leaf_modules=options["leaf_modules"], autowrap_functions=options["autowrap_functions"],
+        concrete_args=concrete_args, is_leaf=ops.is_leaf,
+    )  # fmt: skip
     values = record_shapes(gm, model, inputs)
-    analysis = Analysis(gm, values, model)
+    analysis = analyze(gm, values, model, ops)
     return WidthGraph(model, inputs, analysis, options)
 
 

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 
 from archgrow.binding import GroupBinding, InitContext
-from archgrow.graph.analysis import FAN_IN, FAN_OUT
+from archgrow.graph.roles import FAN_IN, FAN_OUT
 from archgrow.initializers.base import InitRule, Units, apply_units, candidate_count, register_initializer, rescale_rows
 from archgrow.initializers.gradmax import mean_role_norm
 from archgrow.spec.schema import FireflyInit

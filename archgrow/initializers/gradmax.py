@@ -20,13 +20,12 @@ import torch
 
 from archgrow.auxgrad import dead_at_zero
 from archgrow.binding import GroupBinding, InitContext
-from archgrow.graph.analysis import FAN_IN, FAN_OUT, ONE
+from archgrow.graph.roles import FAN_IN, FAN_OUT, ONE
 from archgrow.initializers.base import InitRule, Units, register_initializer
 from archgrow.spec.schema import GradMaxInit
 from archgrow.surgery.channels import channel_positions, group_members, unit_norms_by_role
 
 AUTO_FAN_IN_SCALE = 1e-3
-_NORMS = (torch.nn.modules.batchnorm._NormBase, torch.nn.GroupNorm, torch.nn.LayerNorm)
 
 
 def mean_role_norm(binding: GroupBinding, role: str) -> float:
@@ -71,7 +70,8 @@ def _scale_new_norm_weights(binding: GroupBinding, old: int, k: int, value: floa
     graph = binding.group.graph
     new = list(range(old, old + k))
     for b, module in group_members(graph, binding.group):
-        if b.tensor != "weight" or b.role != ONE or not isinstance(module, _NORMS):
+        rule = graph.ops.layer(module)
+        if b.tensor != "weight" or b.role != ONE or rule is None or not rule.normalizes:
             continue
         t = getattr(module, b.tensor)
         idx = channel_positions(graph, b, binding.group, new).to(t.device)

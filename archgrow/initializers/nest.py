@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from archgrow.binding import GroupBinding, InitContext
-from archgrow.graph.analysis import FAN_IN, FAN_OUT
+from archgrow.graph.roles import FAN_IN, FAN_OUT
 from archgrow.initializers.base import CONV_CANDIDATES, InitRule, Units, apply_units, register_initializer, rescale_rows
 from archgrow.initializers.gradmax import mean_role_norm
 from archgrow.spec.schema import NestInit

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from archgrow.errors import ArgumentError
+from archgrow.ops import register_op
 
 _NEG_TINY = {dt: -torch.finfo(dt).tiny for dt in (torch.float16, torch.bfloat16, torch.float32, torch.float64)}
 
@@ -31,6 +32,9 @@ def modified_relu(x: torch.Tensor) -> torch.Tensor:
             return torch.relu(x)
         neg_tiny = -torch.finfo(x.dtype).tiny
     return F.threshold(x, neg_tiny, 0.0)
+
+
+register_op(modified_relu, elementwise=True)  # one traced call, one output per input position
 
 
 class ModifiedReLU(nn.Module):

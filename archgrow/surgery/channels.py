@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from archgrow.graph.analysis import TensorBinding
+from archgrow.graph.bindings import TensorBinding
 from archgrow.graph.widthgraph import BoundTensor, WidthGraph, WidthGroup
 from archgrow.surgery.grow import reset_grad_accumulator
 

@@ -1,7 +1,7 @@
 """``grow``: widen one width group of a traced model, in place and consistently.
 
 The graph already knows, for every tensor dimension tied to the group, its layout and the role
-of new entries (see ``archgrow.graph.analysis``).  Growing is therefore mechanical: plan the index
+of new entries (see ``archgrow.ops`` and ``archgrow.passes``).  Growing is therefore mechanical: plan the index
 expansion of each bound dimension, fill new entries by role, swap the tensors in, update module
 attributes and optimizer state, and bump the group's width in the graph.
 
@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from archgrow.errors import GrowthError
-from archgrow.graph.analysis import FAN_IN, FAN_OUT, MEAN, ONE, ZERO
+from archgrow.graph.roles import FAN_IN, FAN_OUT, MEAN, ONE, ZERO
 from archgrow.graph.widthgraph import BoundTensor, WidthGraph, WidthGroup
 from archgrow.surgery.optim import pad_state
 from archgrow.surgery.tensors import Expansion, expand, mean_units, new_shape, plan, random_units

@@ -28,7 +28,7 @@ import torch
 
 from archgrow.binding import GroupBinding
 from archgrow.errors import ArchgrowError
-from archgrow.graph.analysis import FAN_IN, FAN_OUT
+from archgrow.graph.roles import FAN_IN, FAN_OUT
 from archgrow.measure import Measurement
 from archgrow.spec.schema import GradientTrigger
 from archgrow.surgery.channels import unit_norms_by_roles, weight_snapshot

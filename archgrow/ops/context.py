@@ -1,0 +1,261 @@
+"""What an op or layer rule works with: the layout state of the graph so far and one node.
+
+Rules never keep state of their own.  The layout pass hands each rule a :class:`RuleContext` for
+the node being analysed: the analysed values of earlier nodes (``ctx.meta``), the node's recorded
+runtime value (``ctx.out``), the width variables, and the calls that record what growth must
+change (``ctx.new_width``, ``ctx.member``, ``ctx.bind``, ``ctx.bind_attr``).  A rule that meets a
+case it does not describe returns ``ctx.unknown(what)`` (or raises :class:`NoRule`): every width
+reaching the node is then frozen with that reason, never guessed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from archgrow.graph.bindings import AttrBinding, MemberRecord, TensorBinding
+from archgrow.graph.layout import Layout, Seg, TensorMeta, WidthVars
+
+if TYPE_CHECKING:
+    from archgrow.ops.registry import OpTable
+
+
+class NoRule(Exception):
+    """A rule does not describe this call (an unusual argument, an unsupported variant); the widths
+    reaching the node freeze with ``what`` as the reason.  Any other exception in a rule is a bug."""
+
+    def __init__(self, what: str):
+        super().__init__(what)
+        self.what = what
+
+
+def is_tensor(skel: Any) -> bool:
+    """A recorded runtime value that is a tensor: ``("tensor", shape, dtype)``."""
+    return isinstance(skel, tuple) and len(skel) == 3 and skel[0] == "tensor"
+
+
+def fixed(skel: Any) -> Any:
+    """Analysed value for a runtime value that carries no width."""
+    if is_tensor(skel):
+        return TensorMeta(skel[1], (None,) * len(skel[1]))
+    if isinstance(skel, (tuple, list)):
+        return type(skel)(fixed(s) for s in skel)
+    if isinstance(skel, dict):
+        return {k: fixed(v) for k, v in skel.items()}
+    return skel
+
+
+def norm_dim(d: int, ndim: int) -> int:
+    return d + ndim if d < 0 else d
+
+
+def arg(node: fx.Node, pos: int, name: str, default: Any = None) -> Any:
+    """Argument ``name`` of a call, given by position ``pos`` or by keyword."""
+    if len(node.args) > pos:
+        return node.args[pos]
+    return node.kwargs.get(name, default)
+
+
+@dataclass
+class LayoutState:
+    """Everything the layout pass learns, shared by all rules and read by the passes after it."""
+
+    gm: fx.GraphModule
+    values: dict[fx.Node, Any]
+    model: nn.Module
+    ops: OpTable
+    modules: dict[str, nn.Module] = field(default_factory=dict)
+    vars: WidthVars = field(default_factory=WidthVars)
+    meta: dict[fx.Node, Any] = field(default_factory=dict)
+    tensor_bindings: list[TensorBinding] = field(default_factory=list)
+    attr_bindings: list[AttrBinding] = field(default_factory=list)
+    members: list[MemberRecord] = field(default_factory=list)
+    called: dict[str, tuple[list[Layout | None], Any]] = field(default_factory=dict)  # layer -> first call
+    size_layout: dict[fx.Node, Layout | None] = field(default_factory=dict)  # int nodes = size of a dim
+    shape_of: dict[fx.Node, TensorMeta] = field(default_factory=dict)  # torch.Size nodes = shape of a tensor
+    taint: dict[fx.Node, list[Layout | None]] = field(default_factory=dict)  # ints derived from sizes
+    param_vars: dict[str, dict[int, int]] = field(default_factory=dict)  # get_attr parameter -> dim -> var
+    param_users: dict[str, set[Any]] = field(default_factory=dict)
+    direct_params: dict[str, str] = field(default_factory=dict)  # parameter path -> node using it directly
+    param_roles: dict[str, str] = field(default_factory=dict)  # parameter path -> role, when a rule knows it
+
+
+def bind_tensor(state: LayoutState, name: str, module: nn.Module, tensor: str, dim: int, layout: Layout | None, role: str) -> None:
+    """Dimension ``dim`` of ``module.<tensor>`` grows with ``layout``; new entries play ``role``."""
+    if layout is None:
+        return
+    t = getattr(module, tensor, None)
+    if isinstance(t, torch.Tensor):
+        is_buffer = any(n == tensor for n, _ in module.named_buffers(recurse=False))
+        state.tensor_bindings.append(TensorBinding(name, tensor, dim, layout, role, is_buffer))
+
+
+def freeze_layout(vars_: WidthVars, layout: Layout | None, reason: str) -> None:
+    for v in vars_.layout_vars(layout):
+        vars_.freeze(v, reason)
+
+
+class RuleContext:
+    """The state plus the node a rule is analysing (see the module docstring)."""
+
+    def __init__(self, state: LayoutState, node: fx.Node):
+        self.state = state
+        self.node = node
+        self.vars = state.vars
+        self.consumed: set[fx.Node] = set()  # size ints this node used as "follows growth"
+
+    # ------------------------------------------------------------------ reading
+    @property
+    def out(self) -> Any:
+        """The node's recorded runtime value (``("tensor", shape, dtype)`` for a tensor)."""
+        return self.state.values.get(self.node)
+
+    @property
+    def where(self) -> str:
+        return f"node '{self.node.name}'"
+
+    @property
+    def ops(self) -> OpTable:
+        return self.state.ops
+
+    def meta(self, a: Any) -> Any:
+        """The analysed value of an argument (a node's layout meta; constants as they are)."""
+        return self.state.meta.get(a) if isinstance(a, fx.Node) else a
+
+    def module(self, name: str) -> nn.Module:
+        return self.state.modules[name]
+
+    def tensors(self, *args: Any) -> list[TensorMeta]:
+        """Every analysed tensor among ``args`` (nested in tuples, lists, dicts and slices)."""
+        found: list[TensorMeta] = []
+
+        def walk(a: Any) -> None:
+            if isinstance(a, fx.Node):
+                walk(self.state.meta.get(a))
+            elif isinstance(a, TensorMeta):
+                found.append(a)
+            elif isinstance(a, (tuple, list)):
+                for x in a:
+                    walk(x)
+            elif isinstance(a, dict):
+                for x in a.values():
+                    walk(x)
+            elif isinstance(a, slice):
+                walk((a.start, a.stop, a.step))
+
+        walk(args)
+        return found
+
+    def fixed(self) -> Any:
+        """This node's value as carrying no width."""
+        return fixed(self.out)
+
+    # ------------------------------------------------------------------ constraints
+    def freeze(self, layout: Layout | None, reason: str) -> None:
+        freeze_layout(self.vars, layout, reason)
+
+    def freeze_all(self, metas: list[TensorMeta], reason: str) -> None:
+        for t in metas:
+            for lay in t.dims:
+                self.freeze(lay, reason)
+
+    def not_preserving(self, layout: Layout | None, reason: str) -> None:
+        for v in self.vars.layout_vars(layout):
+            self.vars.mark_not_preserving(v, reason)
+
+    def same_structure(self, a: Layout, b: Layout) -> bool:
+        return len(a) == len(b) and all(
+            (x.var is None) == (y.var is None) and x.inner == y.inner and self.vars.seg_size(x) == self.vars.seg_size(y)
+            for x, y in zip(a, b, strict=True)
+        )
+
+    def unify(self, a: Layout | None, b: Layout | None) -> Layout | None:
+        """Two dimensions that must stay equal: tie their widths (or freeze what cannot be tied)."""
+        if a is None and b is None:
+            return None
+        if a is None or b is None:
+            self.freeze(a or b, f"tied to a fixed-size dimension at {self.where}")
+            return a or b
+        if a == b:
+            return a
+        if not self.same_structure(a, b):
+            reason = (
+                f"{self.where} ties '{self.vars.describe(a)}' to '{self.vars.describe(b)}', "
+                "which are laid out differently"
+            )
+            self.freeze(a, reason)
+            self.freeze(b, reason)
+            return a
+        for x, y in zip(a, b, strict=True):
+            if x.var is not None:
+                self.vars.union(x.var, y.var, self.where)
+        return a
+
+    def unify_all(self, layouts: list[Layout | None]) -> Layout | None:
+        if not layouts:
+            return None
+        result = layouts[0]
+        for lay in layouts[1:]:
+            result = self.unify(result, lay)
+        return result
+
+    def unknown(self, what: str) -> Any:
+        """No rule for this call: freeze every width reaching it; its outputs carry none."""
+        self.freeze_all(self.tensors(self.node.args, self.node.kwargs), f"{what} at {self.where}: no width rule")
+        return self.fixed()
+
+    def adaptive(self, size: Any, layout: Layout) -> bool:
+        """Does a size argument follow growth (-1, or read from a tensor with the same width)?"""
+        if isinstance(size, int) and not isinstance(size, bool):
+            return size == -1
+        state = self.state
+        if isinstance(size, fx.Node) and size in state.size_layout and state.size_layout[size] is not None:
+            self.unify(layout, state.size_layout[size])
+            self.consumed.add(size)
+            return True
+        return False
+
+    def shape_args(self, args: tuple, kw: Any) -> list[Any] | None:
+        """Shape arguments as a list; None when they are another tensor's whole shape (every dim follows it)."""
+        shape = kw if kw is not None else args
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = shape[0]
+        if len(shape) == 1 and isinstance(shape[0], fx.Node) and shape[0] in self.state.shape_of:
+            self.consumed.add(shape[0])
+            return None  # x.view(y.size()): every dim follows y
+        return list(shape)
+
+    # ------------------------------------------------------------------ what growth changes
+    def new_width(self, size: int, origin: str) -> Layout:
+        """A width born here (a layer's output features): a fresh one-segment layout."""
+        return (Seg(self.vars.new(size, origin)),)
+
+    def member(self, name: str, module: nn.Module, kind: str, layout: Layout) -> None:
+        """``module`` takes part in the width of ``layout`` as ``producer``, ``consumer`` or ``follower``."""
+        self.state.members.append(MemberRecord(name, type(module).__name__, kind, layout, self.node.name))
+
+    def bind(self, name: str, module: nn.Module, tensor: str, dim: int, layout: Layout | None, role: str) -> None:
+        """Dimension ``dim`` of ``module.<tensor>`` grows with ``layout``; new entries play ``role``."""
+        bind_tensor(self.state, name, module, tensor, dim, layout, role)
+
+    def bind_attr(self, name: str, attr: str, layout: Layout, *, index: int | None = None, divisor: int = 1) -> None:
+        """Attribute ``attr`` of module ``name`` records the size of ``layout`` (divided by ``divisor``)."""
+        self.state.attr_bindings.append(AttrBinding(name, attr, layout, index=index, divisor=divisor))
+
+    def first_call(self, name: str, layout: Layout | None) -> tuple[bool, Any]:
+        """A layer with weights called again shares them: tie its inputs and reuse the first output."""
+        if name in self.state.called:
+            first_in, first_out = self.state.called[name]
+            self.unify(first_in[0], layout)
+            return True, first_out
+        return False, None
+
+    def remember_call(self, name: str, inputs: list[Layout | None], output: Any) -> None:
+        self.state.called[name] = (inputs, output)
+
+
+__all__ = ["LayoutState", "NoRule", "RuleContext", "arg", "bind_tensor", "fixed", "freeze_layout", "is_tensor", "norm_dim"]

@@ -1,0 +1,346 @@
+"""The layout rule families: how a width passes through each kind of tensor op.
+
+Each family is a function of the :class:`~archgrow.ops.context.RuleContext` and the op's already
+decoded arguments; :mod:`archgrow.ops.tensor_ops` decodes the arguments of each torch spelling
+(function, method, operator) and registers it with its family.  Widths pass whole or flattened
+channel-major; anything else (a slice, a hard-coded size, a shuffle) freezes the widths involved
+with a reason naming the node.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch.fx as fx
+
+from archgrow.graph.layout import Layout, Seg, TensorMeta
+from archgrow.ops.context import RuleContext, fixed, is_tensor, norm_dim
+
+
+def elementwise(ctx: RuleContext, metas: list[TensorMeta]) -> Any:
+    """NumPy broadcasting: equal dims tie their widths; a width broadcast from size 1 freezes."""
+    out = ctx.out
+    if not is_tensor(out):
+        return fixed(out)
+    shape = out[1]
+    nd = len(shape)
+    dims = []
+    for d in range(nd):
+        cands: list[Layout | None] = []
+        for t in metas:
+            k = d - (nd - t.ndim)
+            if k < 0:
+                continue
+            if t.shape[k] == shape[d]:
+                cands.append(t.dims[k])
+            elif t.dims[k] is not None:
+                ctx.freeze(t.dims[k], f"broadcast from size {t.shape[k]} to {shape[d]} at {ctx.where}")
+        dims.append(ctx.unify_all(cands))
+    return TensorMeta(shape, tuple(dims))
+
+
+def reduction(ctx: RuleContext, src: Any, dim: Any, keepdim: bool, name: str) -> Any:
+    """A reduced width dim disappears (or keeps size 1); a new channel changes the result."""
+    out = ctx.out
+    if not isinstance(src, TensorMeta):
+        return fixed(out)
+    if dim is None:
+        reduced = set(range(src.ndim))
+    else:
+        dims = dim if isinstance(dim, (tuple, list)) else [dim]
+        reduced = {norm_dim(d, src.ndim) for d in dims}
+    for d in reduced:
+        ctx.not_preserving(src.dims[d], f"{name} reduces over it at {ctx.where}")
+    kept = [None if d in reduced else src.dims[d] for d in range(src.ndim) if keepdim or d not in reduced]
+    if isinstance(out, tuple) and not is_tensor(out):  # (values, indices)
+        return tuple(TensorMeta(o[1], tuple(kept)) if is_tensor(o) else o for o in out)
+    if not is_tensor(out) or len(out[1]) != len(kept):
+        return fixed(out)
+    return TensorMeta(out[1], tuple(kept))
+
+
+def softmax(ctx: RuleContext, src: Any, dim: Any, name: str) -> Any:
+    """Normalises along one dim: structure is kept, but a new channel changes the others."""
+    if not isinstance(src, TensorMeta):
+        return ctx.fixed()
+    if dim is None:  # legacy implicit dim: be conservative
+        for lay in src.dims:
+            ctx.not_preserving(lay, f"{name} normalises over it at {ctx.where}")
+    else:
+        ctx.not_preserving(src.dims[norm_dim(dim, src.ndim)], f"{name} normalises over it at {ctx.where}")
+    return TensorMeta(src.shape, src.dims)
+
+
+def cat(ctx: RuleContext, tensors: Any, dim: int) -> Any:
+    """Concatenation joins layouts segment by segment (fixed runs merge)."""
+    metas = [ctx.meta(t) for t in tensors]
+    out = ctx.out
+    if not all(isinstance(t, TensorMeta) for t in metas) or not is_tensor(out):
+        return ctx.unknown("torch.cat")
+    shape = out[1]
+    d = norm_dim(dim, len(shape))
+    dims = []
+    for k in range(len(shape)):
+        if k != d:
+            dims.append(ctx.unify_all([t.dims[k] for t in metas]))
+            continue
+        if all(t.dims[d] is None for t in metas):
+            dims.append(None)
+            continue
+        segs: list[Seg] = []
+        for t in metas:
+            part = t.dims[d] if t.dims[d] is not None else (Seg(None, fixed=t.shape[d]),)
+            for s in part:
+                if s.var is None and segs and segs[-1].var is None:
+                    segs[-1] = Seg(None, fixed=segs[-1].fixed + s.fixed)
+                elif s.var is not None or s.fixed:
+                    segs.append(s)
+        dims.append(tuple(segs))
+    return TensorMeta(shape, tuple(dims))
+
+
+def stack(ctx: RuleContext, tensors: Any, dim: int) -> Any:
+    metas = [ctx.meta(t) for t in tensors]
+    out = ctx.out
+    if not all(isinstance(t, TensorMeta) for t in metas) or not is_tensor(out):
+        return ctx.unknown("torch.stack")
+    shape = out[1]
+    d = norm_dim(dim, len(shape))
+    inner = [ctx.unify_all([t.dims[k] for t in metas]) for k in range(metas[0].ndim)]
+    return TensorMeta(shape, tuple(inner[:d] + [None] + inner[d:]))
+
+
+def split(ctx: RuleContext, src: Any, dim: Any, name: str) -> Any:
+    """Split sizes are fixed in the code: a split width dim freezes; the other dims pass."""
+    out = ctx.out
+    if not isinstance(src, TensorMeta) or not isinstance(dim, int):
+        return ctx.unknown(name)
+    d = norm_dim(dim, src.ndim)
+    ctx.freeze(
+        src.dims[d],
+        f"{name} along a width dim at {ctx.where} (the split sizes are fixed in the code, so "
+        "new channels would land in the wrong part)",
+    )
+    kept = tuple(None if k == d else src.dims[k] for k in range(src.ndim))
+
+    def fit(o: Any) -> Any:
+        if not is_tensor(o):
+            return fixed(o)
+        if len(o[1]) == src.ndim:
+            return TensorMeta(o[1], kept)
+        if len(o[1]) == src.ndim - 1:  # unbind / select drop the dim
+            return TensorMeta(o[1], kept[:d] + kept[d + 1 :])
+        return fixed(o)
+
+    if is_tensor(out):
+        return fit(out)
+    return tuple(fit(o) for o in out) if isinstance(out, (tuple, list)) else fixed(out)
+
+
+def reshape(ctx: RuleContext, src: Any, shape_args: list[Any] | None, name: str) -> Any:
+    """view/reshape/flatten/squeeze: widths survive when kept whole or flattened channel-major."""
+    out = ctx.out
+    if not isinstance(src, TensorMeta) or not is_tensor(out):
+        return fixed(out)
+    shape = out[1]
+    dims: list[Layout | None] = [None] * len(shape)
+    groups = factor(src.shape, shape)
+    if groups is None:
+        return ctx.unknown(name)
+    covered = {i for g in groups for i in g[0]}
+    for i, lay in enumerate(src.dims):
+        if lay is not None and i not in covered:
+            ctx.freeze(lay, f"{name} drops or re-creates a width-1 dim at {ctx.where}")
+    for ins, outs in groups:
+        carriers = [i for i in ins if src.dims[i] is not None]
+        if not carriers:
+            continue
+        if len(carriers) > 1:
+            for i in carriers:
+                ctx.freeze(src.dims[i], f"{name} merges two width dims at {ctx.where}")
+            continue
+        i = carriers[0]
+        lay = src.dims[i]
+        if len(outs) != 1:
+            ctx.freeze(lay, f"{name} splits a width dim into {[shape[o] for o in outs]} at {ctx.where}")
+            continue
+        if ins[0] != i:
+            ctx.freeze(lay, f"{name} flattens the width dim inside others (channels-last order) at {ctx.where}")
+            continue
+        o = outs[0]
+        if shape_args is not None and (o >= len(shape_args) or not ctx.adaptive(shape_args[o], lay)):
+            given = shape_args[o] if o < len(shape_args) else "?"
+            ctx.freeze(
+                lay,
+                f"{name} at {ctx.where} hard-codes size {given} for a dim that grows; write "
+                "x.flatten(1) or x.view(x.size(0), -1) so it follows growth",
+            )
+        after = math.prod(src.shape[j] for j in ins if j > i)
+        dims[o] = lay if after == 1 else tuple(Seg(s.var, s.inner * after, s.fixed * after) for s in lay)
+    return TensorMeta(shape, tuple(dims))
+
+
+def unflatten(ctx: RuleContext, src: TensorMeta, dim: int, sizes: Any) -> Any:
+    d = norm_dim(dim, src.ndim)
+    args: list[Any] = [-1] * d + list(sizes) + [-1] * (src.ndim - d - 1)
+    return reshape(ctx, src, args, "Tensor.unflatten")
+
+
+def permute(ctx: RuleContext, src: Any, perm: Any) -> Any:
+    if not isinstance(src, TensorMeta):
+        return ctx.fixed()
+    perm = [norm_dim(p, src.ndim) for p in perm]
+    return TensorMeta(tuple(src.shape[p] for p in perm), tuple(src.dims[p] for p in perm))
+
+
+def transpose(ctx: RuleContext, src: Any, a: int, b: int) -> Any:
+    if not isinstance(src, TensorMeta):
+        return ctx.fixed()
+    perm = list(range(src.ndim))
+    a, b = norm_dim(a, src.ndim), norm_dim(b, src.ndim)
+    perm[a], perm[b] = perm[b], perm[a]
+    return permute(ctx, src, perm)
+
+
+def expand(ctx: RuleContext, src: TensorMeta, sizes: list[Any]) -> Any:
+    shape = ctx.out[1]
+    nd = len(shape)
+    dims: list[Layout | None] = [None] * nd
+    for d in range(nd):
+        k = d - (nd - src.ndim)
+        if k < 0:
+            continue
+        lay = src.dims[k]
+        if lay is None:
+            continue
+        if src.shape[k] != shape[d]:
+            ctx.freeze(lay, f"Tensor.expand broadcasts a width-{src.shape[k]} dim at {ctx.where}")
+        elif d < len(sizes) and ctx.adaptive(sizes[d], lay):
+            dims[d] = lay
+        else:
+            ctx.freeze(lay, f"Tensor.expand at {ctx.where} hard-codes size {shape[d]} for a dim that grows; use -1")
+    return TensorMeta(shape, tuple(dims))
+
+
+def repeat(ctx: RuleContext, src: TensorMeta, name: str) -> Any:
+    shape = ctx.out[1]
+    nd = len(shape)
+    dims: list[Layout | None] = [None] * nd
+    for d in range(nd):
+        k = d - (nd - src.ndim)
+        if k < 0 or src.dims[k] is None:
+            continue
+        if src.shape[k] == shape[d]:
+            dims[d] = src.dims[k]
+        else:
+            ctx.freeze(src.dims[k], f"{name} repeats a width dim at {ctx.where}")
+    return TensorMeta(shape, tuple(dims))
+
+
+def spatial(ctx: RuleContext, src: Any, name: str) -> Any:
+    """Pooling, resizing and padding: batch and channel dims pass, the rest must carry no width."""
+    out = ctx.out
+    if not isinstance(src, TensorMeta):
+        return fixed(out)
+    for d in range(2, src.ndim):
+        ctx.freeze(src.dims[d], f"{name} pools or resizes a width dim at {ctx.where}")
+
+    def fit(o: Any) -> Any:
+        if not is_tensor(o) or len(o[1]) != src.ndim or o[1][:2] != src.shape[:2]:
+            return fixed(o)
+        return TensorMeta(o[1], tuple(src.dims[:2]) + (None,) * (src.ndim - 2))
+
+    if is_tensor(out):
+        return fit(out)
+    return tuple(fit(o) for o in out) if isinstance(out, (tuple, list)) else fixed(out)
+
+
+def pad(ctx: RuleContext, src: Any, amounts: Any, name: str) -> Any:
+    if not isinstance(src, TensorMeta) or not isinstance(amounts, (tuple, list)):
+        return ctx.unknown(name)
+    padded = len(amounts) // 2
+    for d in range(src.ndim - padded, src.ndim):
+        ctx.freeze(src.dims[d], f"{name} pads a width dim at {ctx.where}")
+    shape = ctx.out[1]
+    return TensorMeta(shape, tuple(None if d >= src.ndim - padded else src.dims[d] for d in range(src.ndim)))
+
+
+def creation(ctx: RuleContext, node: fx.Node) -> Any:
+    """torch.zeros(x.size(0), x.size(1)): a dim sized from a width follows that width."""
+    out = ctx.out
+    if not is_tensor(out):
+        return fixed(out)
+    state = ctx.state
+    sizes = [a for a in node.args if not isinstance(a, (float, bool))]
+    if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
+        sizes = list(sizes[0])
+    if len(sizes) == 1 and isinstance(sizes[0], fx.Node) and sizes[0] in state.shape_of:
+        ctx.consumed.add(sizes[0])
+        return TensorMeta(out[1], state.shape_of[sizes[0]].dims)
+    dims = [state.size_layout.get(a) if isinstance(a, fx.Node) else None for a in sizes[: len(out[1])]]
+    ctx.consumed.update(a for a in sizes if isinstance(a, fx.Node) and a in state.size_layout)
+    dims += [None] * (len(out[1]) - len(dims))
+    return TensorMeta(out[1], tuple(dims))
+
+
+def index(ctx: RuleContext, src: TensorMeta, idx: Any) -> Any:
+    """Basic indexing: whole slices and new axes pass; slicing or indexing a width dim freezes it."""
+    out = ctx.out
+    items = idx if isinstance(idx, tuple) else (idx,)
+    consumed = sum(1 for e in items if e is not None and e is not Ellipsis)
+    dims: list[Layout | None] = []
+    d = 0
+    for e in items:
+        if e is None:
+            dims.append(None)
+        elif e is Ellipsis:
+            k = src.ndim - consumed
+            dims.extend(src.dims[d : d + k])
+            d += k
+        elif isinstance(e, slice):
+            lay = src.dims[d]
+            if e.start is None and e.stop is None and e.step is None:
+                dims.append(lay)
+            else:
+                ctx.freeze(lay, f"slicing a width dim at {ctx.where}")
+                dims.append(None)
+            d += 1
+        elif isinstance(e, int) or (isinstance(e, fx.Node) and isinstance(ctx.state.values.get(e), int)):
+            ctx.freeze(src.dims[d], f"indexing a width dim at {ctx.where}")
+            d += 1
+        else:
+            return ctx.unknown("advanced indexing")
+    dims.extend(src.dims[d:])
+    if not is_tensor(out) or len(dims) != len(out[1]):
+        return ctx.unknown("indexing")
+    return TensorMeta(out[1], tuple(dims))
+
+
+def factor(a: tuple[int, ...], b: tuple[int, ...]) -> list[tuple[list[int], list[int]]] | None:
+    """Split two shapes of equal numel into runs of dims with equal products (size-1 dims aside)."""
+    ia = [i for i, s in enumerate(a) if s != 1]
+    ib = [i for i, s in enumerate(b) if s != 1]
+    groups: list[tuple[list[int], list[int]]] = []
+    i = j = 0
+    try:
+        while i < len(ia) and j < len(ib):
+            ga, gb = [ia[i]], [ib[j]]
+            pa, pb = a[ia[i]], b[ib[j]]
+            i += 1
+            j += 1
+            while pa != pb:
+                if pa < pb:
+                    ga.append(ia[i])
+                    pa *= a[ia[i]]
+                    i += 1
+                else:
+                    gb.append(ib[j])
+                    pb *= b[ib[j]]
+                    j += 1
+            groups.append((ga, gb))
+    except IndexError:
+        return None
+    if i != len(ia) or j != len(ib):
+        return None
+    return groups

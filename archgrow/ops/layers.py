@@ -1,0 +1,376 @@
+"""torch.nn's layers, one rule object per module type: output layout plus what grows with it.
+
+A layer with weights *produces* a new width (its output features), *consumes* its input's width
+(its fan-in weights) and binds each tensor dimension to the width it changes with, with the role
+of new entries (fan-in, fan-out, zero, one, mean).  Norm layers, PReLU and depthwise convolutions
+*follow* their input's width.  Layers seen twice share their weights: their inputs are tied.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from archgrow.graph.layout import TensorMeta
+from archgrow.graph.roles import FAN_IN, FAN_OUT, MEAN, ONE, ZERO
+from archgrow.ops import families
+from archgrow.ops.context import RuleContext, is_tensor
+from archgrow.ops.registry import OPS, LayerRule, OpTable
+
+
+def _src(ctx: RuleContext) -> Any:
+    return ctx.meta(ctx.node.args[0]) if ctx.node.args else None
+
+
+class ElementwiseLayer(LayerRule):
+    """Activations, dropout, identity: one output position per input position."""
+
+    def __init__(self, *, mode_free: bool = False, dead_at_zero: bool = False):
+        self.mode_free = mode_free
+        self.dead_at_zero = dead_at_zero
+
+    def apply(self, ctx: RuleContext, name: str, module: nn.Module) -> Any:
+        return families.elementwise(ctx, ctx.tensors(ctx.node.args))
+
+
+class SpatialLayer(LayerRule):
+    """Pooling, resizing, padding: batch and channels pass, spatial dims must carry no width."""
+
+    def __init__(self, *, mode_free: bool = False):
+        self.mode_free = mode_free
+
+    def apply(self, ctx: RuleContext, name: str, module: nn.Module) -> Any:
+        return families.spatial(ctx, _src(ctx), type(module).__name__)
+
+
+class FlattenLayer(LayerRule):
+    mode_free = True
+
+    def apply(self, ctx: RuleContext, name: str, module: nn.Module) -> Any:
+        return families.reshape(ctx, _src(ctx), None, f"nn.Flatten '{name}'")
+
+
+class UnflattenLayer(LayerRule):
+    def apply(self, ctx: RuleContext, name: str, module: nn.Unflatten) -> Any:
+        src = _src(ctx)
+        if not isinstance(src, TensorMeta):
+            return ctx.unknown(f"Unflatten '{name}'")
+        return families.unflatten(ctx, src, module.dim, module.unflattened_size)
+
+
+class SoftmaxLayer(LayerRule):
+    def apply(self, ctx: RuleContext, name: str, module: nn.Module) -> Any:
+        dim = -3 if isinstance(module, nn.Softmax2d) else module.dim
+        return families.softmax(ctx, _src(ctx), dim, f"{type(module).__name__} '{name}'")
+
+
+class LocalResponseNormLayer(LayerRule):
+    def apply(self, ctx: RuleContext, name: str, module: nn.Module) -> Any:
+        src = _src(ctx)
+        if not isinstance(src, TensorMeta):
+            return ctx.unknown(f"{type(module).__name__} '{name}'")
+        ctx.not_preserving(src.dims[1], f"LocalResponseNorm '{name}' mixes neighbouring channels")
+        return TensorMeta(src.shape, src.dims)
+
+
+class UnsupportedLayer(LayerRule):
+    """A layer whose widths archgrow cannot grow: everything reaching it freezes, with ``why``."""
+
+    def __init__(self, why: str, label: str | None = None):
+        self.why = why
+        self.label = label
+
+    def apply(self, ctx: RuleContext, name: str, module: nn.Module) -> Any:
+        return ctx.unknown(f"{self.label or type(module).__name__} '{name}' ({self.why})")
+
+
+class TensorLayer(LayerRule):
+    """A layer that needs one analysed tensor in and a tensor out (otherwise: no rule)."""
+
+    def apply(self, ctx: RuleContext, name: str, module: nn.Module) -> Any:
+        src = _src(ctx)
+        out = ctx.out
+        if not isinstance(src, TensorMeta) or not is_tensor(out):
+            return ctx.unknown(f"{type(module).__name__} '{name}'")
+        return self.layout(ctx, name, module, src, out[1])
+
+    def layout(self, ctx: RuleContext, name: str, module: nn.Module, src: TensorMeta, shape: tuple[int, ...]) -> Any:
+        raise NotImplementedError
+
+
+class LinearLayer(TensorLayer):
+    def layout(self, ctx: RuleContext, name: str, module: nn.Linear, src: TensorMeta, shape: tuple[int, ...]) -> Any:
+        lay_in = src.dims[-1]
+        again, first_out = ctx.first_call(name, lay_in)
+        if again:
+            lay_out = first_out
+        else:
+            lay_out = ctx.new_width(module.out_features, name)
+            ctx.remember_call(name, [lay_in], lay_out)
+            ctx.member(name, module, "producer", lay_out)
+            ctx.bind(name, module, "weight", 0, lay_out, FAN_IN)
+            ctx.bind(name, module, "bias", 0, lay_out, ZERO)
+            ctx.bind_attr(name, "out_features", lay_out)
+            if lay_in is not None:
+                ctx.member(name, module, "consumer", lay_in)
+                ctx.bind(name, module, "weight", 1, lay_in, FAN_OUT)
+                ctx.bind_attr(name, "in_features", lay_in)
+        return TensorMeta(shape, src.dims[:-1] + (lay_out,))
+
+
+def _channels_out(src: TensorMeta, lay: Any, shape: tuple[int, ...]) -> TensorMeta:
+    return TensorMeta(shape, (src.dims[0], lay) + (None,) * (len(shape) - 2))
+
+
+class ConvLayer(TensorLayer):
+    def layout(self, ctx: RuleContext, name: str, module: nn.Module, src: TensorMeta, shape: tuple[int, ...]) -> Any:
+        lay_in = src.dims[1]
+        for d in range(2, src.ndim):
+            ctx.freeze(src.dims[d], f"conv '{name}' slides over a width dim")
+        groups = module.groups
+        cin_g = module.in_channels // groups
+        cout_g = module.out_channels // groups
+        again, first_out = ctx.first_call(name, lay_in)
+        if again:
+            return _channels_out(src, first_out, shape)
+        vars_ = ctx.vars
+        if groups > 1 and cin_g == cout_g and lay_in is not None:
+            # Depthwise / grouped with equal in and out per group: channels pass through, and
+            # growth adds whole groups at the end of each grown segment.
+            bad = [s for s in lay_in if vars_.seg_size(s) % cin_g or s.inner != 1]
+            offsets_ok = all(sum(vars_.seg_size(x) for x in lay_in[:i]) % cin_g == 0 for i in range(len(lay_in)))
+            if bad or not offsets_ok:
+                ctx.freeze(lay_in, f"grouped conv '{name}' (groups={groups}) does not align with its input parts")
+            for v in vars_.layout_vars(lay_in):
+                vars_.require_step(v, cin_g, f"grouped conv '{name}' has {cin_g} channels per group")
+            ctx.remember_call(name, [lay_in], lay_in)
+            ctx.member(name, module, "follower", lay_in)
+            ctx.bind(name, module, "weight", 0, lay_in, FAN_IN)
+            ctx.bind(name, module, "bias", 0, lay_in, ZERO)
+            for attr in ("in_channels", "out_channels"):
+                ctx.bind_attr(name, attr, lay_in)
+            ctx.bind_attr(name, "groups", lay_in, divisor=cin_g)
+            return _channels_out(src, lay_in, shape)
+        lay_out = ctx.new_width(module.out_channels, name)
+        ctx.remember_call(name, [lay_in], lay_out)
+        if groups > 1:
+            reason = (
+                f"grouped conv '{name}' (groups={groups}, {cin_g} in / {cout_g} out per group) "
+                "cannot add channels without changing its grouping"
+            )
+            ctx.freeze(lay_in, reason)
+            ctx.freeze(lay_out, reason)
+        ctx.member(name, module, "producer", lay_out)
+        ctx.bind(name, module, "weight", 0, lay_out, FAN_IN)
+        ctx.bind(name, module, "bias", 0, lay_out, ZERO)
+        ctx.bind_attr(name, "out_channels", lay_out)
+        if lay_in is not None and groups == 1:
+            ctx.member(name, module, "consumer", lay_in)
+            ctx.bind(name, module, "weight", 1, lay_in, FAN_OUT)
+            ctx.bind_attr(name, "in_channels", lay_in)
+        return _channels_out(src, lay_out, shape)
+
+
+class ConvTransposeLayer(TensorLayer):
+    def layout(self, ctx: RuleContext, name: str, module: nn.Module, src: TensorMeta, shape: tuple[int, ...]) -> Any:
+        lay_in = src.dims[1]
+        again, first_out = ctx.first_call(name, lay_in)
+        if again:
+            return _channels_out(src, first_out, shape)
+        lay_out = ctx.new_width(module.out_channels, name)
+        ctx.remember_call(name, [lay_in], lay_out)
+        if module.groups > 1:
+            reason = f"grouped transposed conv '{name}' is not supported"
+            ctx.freeze(lay_in, reason)
+            ctx.freeze(lay_out, reason)
+        ctx.member(name, module, "producer", lay_out)
+        ctx.bind(name, module, "weight", 1, lay_out, FAN_IN)
+        ctx.bind(name, module, "bias", 0, lay_out, ZERO)
+        ctx.bind_attr(name, "out_channels", lay_out)
+        if lay_in is not None and module.groups == 1:
+            ctx.member(name, module, "consumer", lay_in)
+            ctx.bind(name, module, "weight", 0, lay_in, FAN_OUT)
+            ctx.bind_attr(name, "in_channels", lay_in)
+        return _channels_out(src, lay_out, shape)
+
+
+class EmbeddingLayer(TensorLayer):
+    def layout(self, ctx: RuleContext, name: str, module: nn.Embedding, src: TensorMeta, shape: tuple[int, ...]) -> Any:
+        again, first_out = ctx.first_call(name, None)
+        if again:
+            lay_out = first_out
+        else:
+            lay_out = ctx.new_width(module.embedding_dim, name)
+            ctx.remember_call(name, [None], lay_out)
+            ctx.member(name, module, "producer", lay_out)
+            ctx.bind(name, module, "weight", 1, lay_out, FAN_IN)
+            ctx.bind_attr(name, "embedding_dim", lay_out)
+        return TensorMeta(shape, src.dims + (lay_out,))
+
+
+class ChannelFollowerLayer(TensorLayer):
+    """Per-channel tensors on dim 1 of the input (batch norm, PReLU with one slope per channel)."""
+
+    def __init__(self, roles: dict[str, str], attr: str, *, normalizes: bool = False):
+        self.roles = roles
+        self.attr = attr
+        self.normalizes = normalizes
+
+    def layout(self, ctx: RuleContext, name: str, module: nn.Module, src: TensorMeta, shape: tuple[int, ...]) -> Any:
+        if src.ndim < 2:
+            return ctx.unknown(f"{type(module).__name__} '{name}' on a 1-d input")
+        lay = src.dims[1]
+        stateless = not any(True for _ in module.parameters()) and not any(True for _ in module.buffers())
+        if stateless:
+            return TensorMeta(shape, src.dims)  # e.g. InstanceNorm without affine: per channel
+        again, _ = ctx.first_call(name, lay)
+        if not again:
+            ctx.remember_call(name, [lay], None)
+            if lay is not None:
+                ctx.member(name, module, "follower", lay)
+                for tensor, role in self.roles.items():
+                    ctx.bind(name, module, tensor, 0, lay, role)
+                ctx.bind_attr(name, self.attr, lay)
+        return TensorMeta(shape, src.dims)
+
+
+class PReLULayer(LayerRule):
+    """One shared slope: element-wise; one per channel: a channel follower."""
+
+    per_channel = ChannelFollowerLayer({"weight": MEAN}, "num_parameters")
+
+    def apply(self, ctx: RuleContext, name: str, module: nn.PReLU) -> Any:
+        if module.num_parameters == 1:
+            return families.elementwise(ctx, ctx.tensors(ctx.node.args))
+        return self.per_channel.apply(ctx, name, module)
+
+
+class GroupNormLayer(TensorLayer):
+    normalizes = True
+
+    def layout(self, ctx: RuleContext, name: str, module: nn.GroupNorm, src: TensorMeta, shape: tuple[int, ...]) -> Any:
+        lay = src.dims[1]
+        again, _ = ctx.first_call(name, lay)
+        if not again:
+            ctx.remember_call(name, [lay], None)
+            if lay is not None:
+                ctx.member(name, module, "follower", lay)
+                ctx.bind(name, module, "weight", 0, lay, ONE)
+                ctx.bind(name, module, "bias", 0, lay, ZERO)
+                ctx.bind_attr(name, "num_channels", lay)
+                cpg = module.num_channels // module.num_groups
+                if module.num_groups == 1:
+                    ctx.not_preserving(lay, f"GroupNorm '{name}' with one group normalises over it")
+                else:
+                    # New channels form new groups of the same size: old groups are untouched.
+                    vars_ = ctx.vars
+                    offsets = [sum(vars_.seg_size(x) for x in lay[:i]) for i in range(len(lay) + 1)]
+                    if any(o % cpg for o in offsets):
+                        ctx.freeze(lay, f"GroupNorm '{name}' groups straddle its input parts")
+                    for v in vars_.layout_vars(lay):
+                        vars_.require_step(v, cpg, f"GroupNorm '{name}' has {cpg} channels per group")
+                    ctx.bind_attr(name, "num_groups", lay, divisor=cpg)
+        return TensorMeta(shape, src.dims)
+
+
+class LayerNormLayer(TensorLayer):
+    normalizes = True
+
+    def layout(self, ctx: RuleContext, name: str, module: nn.Module, src: TensorMeta, shape: tuple[int, ...]) -> Any:
+        n_norm = len(module.normalized_shape)
+        lay = src.dims[-1]
+        kind = type(module).__name__
+        for d in range(src.ndim - n_norm, src.ndim - 1):
+            ctx.freeze(src.dims[d], f"{kind} '{name}' normalises over several dims including a width")
+        again, _ = ctx.first_call(name, lay)
+        if not again:
+            ctx.remember_call(name, [lay], None)
+            if lay is not None:
+                if n_norm > 1:
+                    ctx.freeze(lay, f"{kind} '{name}' normalises over several dims")
+                ctx.not_preserving(lay, f"{kind} '{name}' normalises over it")
+                ctx.member(name, module, "follower", lay)
+                ctx.bind(name, module, "weight", n_norm - 1, lay, ONE)
+                ctx.bind(name, module, "bias", n_norm - 1, lay, ZERO)
+                ctx.bind_attr(name, "normalized_shape", lay, index=-1)
+        return TensorMeta(shape, src.dims)
+
+
+def _nn(names: str) -> list[type]:
+    return [getattr(nn, n) for n in names.split() if hasattr(nn, n)]
+
+
+_MODE_FREE_ELEMENTWISE = set(
+    _nn("ReLU ReLU6 LeakyReLU ELU SELU CELU GELU SiLU Mish Hardswish Hardsigmoid Hardtanh Sigmoid Tanh Softplus Softsign Threshold Identity")
+)
+_DEAD_AT_ZERO = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.Threshold)
+_MODE_FREE_POOLS = (
+    nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd, nn.modules.pooling._AdaptiveAvgPoolNd,
+    nn.modules.pooling._AdaptiveMaxPoolNd,
+)  # fmt: skip
+
+
+def register_builtin_layers(table: OpTable) -> None:
+    elementwise = _nn(
+        "ReLU ReLU6 GELU SiLU Mish Hardswish Hardsigmoid Hardtanh LeakyReLU ELU SELU CELU Sigmoid Tanh Softplus "
+        "Softsign Tanhshrink Softshrink Hardshrink LogSigmoid Threshold RReLU Identity Dropout Dropout1d Dropout2d "
+        "Dropout3d AlphaDropout FeatureAlphaDropout"
+    )
+    for t in elementwise:
+        rule = ElementwiseLayer(mode_free=t in _MODE_FREE_ELEMENTWISE, dead_at_zero=issubclass(t, _DEAD_AT_ZERO))
+        table.add_layer(t, rule)
+    spatial = _nn(
+        "MaxPool1d MaxPool2d MaxPool3d AvgPool1d AvgPool2d AvgPool3d AdaptiveAvgPool1d AdaptiveAvgPool2d "
+        "AdaptiveAvgPool3d AdaptiveMaxPool1d AdaptiveMaxPool2d AdaptiveMaxPool3d LPPool1d LPPool2d LPPool3d "
+        "FractionalMaxPool2d FractionalMaxPool3d Upsample UpsamplingNearest2d UpsamplingBilinear2d ZeroPad1d "
+        "ZeroPad2d ZeroPad3d ConstantPad1d ConstantPad2d ConstantPad3d ReflectionPad1d ReflectionPad2d "
+        "ReflectionPad3d ReplicationPad1d ReplicationPad2d ReplicationPad3d CircularPad1d CircularPad2d CircularPad3d"
+    )
+    for t in spatial:
+        table.add_layer(t, SpatialLayer(mode_free=issubclass(t, _MODE_FREE_POOLS)))
+    table.add_layer(nn.Flatten, FlattenLayer())
+    table.add_layer(nn.Unflatten, UnflattenLayer())
+    for t in (nn.Softmax, nn.LogSoftmax, nn.Softmin, nn.Softmax2d):
+        table.add_layer(t, SoftmaxLayer())
+    table.add_layer(nn.LocalResponseNorm, LocalResponseNormLayer())
+    for t in _nn("PixelShuffle PixelUnshuffle ChannelShuffle"):
+        table.add_layer(t, UnsupportedLayer("mixes channels across positions"))
+    table.add_layer(
+        nn.MultiheadAttention,
+        UnsupportedLayer("its embedding dim is packed into heads; growing it is not supported", "nn.MultiheadAttention"),
+    )
+    for t in (nn.RNNBase, nn.RNNCellBase):
+        table.add_layer(t, UnsupportedLayer("recurrent layers are not supported"))
+    table.add_layer(nn.Linear, LinearLayer())
+    for t in (nn.Conv1d, nn.Conv2d, nn.Conv3d):
+        table.add_layer(t, ConvLayer())
+    for t in (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d):
+        table.add_layer(t, ConvTransposeLayer())
+    table.add_layer(nn.Embedding, EmbeddingLayer())
+    norm_roles = {"weight": ONE, "bias": ZERO, "running_mean": ZERO, "running_var": ONE}
+    table.add_layer(  # BatchNorm, SyncBatchNorm, InstanceNorm
+        nn.modules.batchnorm._NormBase, ChannelFollowerLayer(norm_roles, "num_features", normalizes=True)
+    )
+    table.add_layer(nn.PReLU, PReLULayer())
+    table.add_layer(nn.GroupNorm, GroupNormLayer())
+    for t in _nn("LayerNorm RMSNorm"):
+        table.add_layer(t, LayerNormLayer())
+
+
+register_builtin_layers(OPS)
+
+__all__ = [
+    "ChannelFollowerLayer",
+    "ConvLayer",
+    "ConvTransposeLayer",
+    "ElementwiseLayer",
+    "EmbeddingLayer",
+    "GroupNormLayer",
+    "LayerNormLayer",
+    "LinearLayer",
+    "SpatialLayer",
+    "TensorLayer",
+    "UnsupportedLayer",
+    "register_builtin_layers",
+]

@@ -1,0 +1,288 @@
+"""One record per op and one rule object per layer type: everything archgrow knows about them.
+
+An :class:`OpInfo` holds, for a function, a ``Tensor`` method or an operator, its layout rule and
+the facts the other passes ask about (element-wise or not, random, identity in eval mode, gradient
+zero at zero).  A :class:`LayerRule` does the same for a module type and also says which of the
+module's tensors and attributes grow.  :class:`OpTable` looks them up: functions by object (or
+qualified name, for functions libraries hide from fx with ``torch.fx.wrap``), methods by name
+(an in-place ``add_`` falls back to ``add``), layers along the module type's MRO, so a subclass
+inherits its base class's rule unless it registers its own.
+
+The built-in knowledge (``archgrow.ops.tensor_ops``, ``archgrow.ops.layers``) is registered the
+same way a user's is (:func:`archgrow.register_op`, :func:`archgrow.register_layer`); ``trace``
+also takes per-call additions (``trace(..., rules=...)``) that apply to that trace only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from torch import nn
+
+from archgrow.errors import RegistrationError
+
+if TYPE_CHECKING:
+    from archgrow.ops.context import RuleContext
+
+# Words in an op's name that mean it draws random numbers (for ops nobody described).
+RANDOM_WORDS = ("rand", "dropout", "bernoulli", "rrelu", "normal", "uniform", "stochastic", "multinomial")
+
+
+@dataclass(frozen=True)
+class OpInfo:
+    """What archgrow knows about one function, method or operator.
+
+    ``rule(ctx)`` returns the node's analysed output (``None``: no layout rule, widths reaching
+    the op freeze).  The flags answer the other passes: ``elementwise`` (one output position per
+    input position), ``random`` (draws random numbers), ``identity_in_eval`` (dropout-like: the
+    input itself in eval mode), ``dead_at_zero`` (gradient 0 at input 0, like ReLU).
+    """
+
+    rule: Callable[[RuleContext], Any] | None = None
+    elementwise: bool = False
+    random: bool = False
+    identity_in_eval: bool = False
+    dead_at_zero: bool = False
+
+
+class LayerRule:
+    """How one module type changes layouts, and which of its tensors grow with which width.
+
+    Subclass it and implement :meth:`apply`, using the context's calls: ``ctx.new_width`` for a
+    width the layer creates, ``ctx.member`` to list the module in a group, ``ctx.bind`` /
+    ``ctx.bind_attr`` for the tensor dims and attributes that must grow, ``ctx.unknown`` where the
+    rule does not apply.  Class attributes answer the other passes: ``mode_free`` (the same output
+    in training and eval mode, no randomness), ``dead_at_zero`` (gradient 0 at input 0),
+    ``normalizes`` (a norm layer whose ``one``-role weights scale new channels).
+    """
+
+    mode_free = False
+    dead_at_zero = False
+    normalizes = False
+
+    def apply(self, ctx: RuleContext, name: str, module: nn.Module) -> Any:
+        raise NotImplementedError
+
+
+OpTarget = Callable[..., Any] | str
+
+
+class OpTable:
+    """Op records and layer rules by target; see the module docstring."""
+
+    def __init__(self) -> None:
+        self._functions: dict[Any, OpInfo] = {}
+        self._qualified: dict[str, OpInfo] = {}
+        self._methods: dict[str, OpInfo] = {}
+        self._layers: dict[type, LayerRule] = {}
+        self._leaves: set[type] = set()
+
+    # ------------------------------------------------------------------ registering
+    def add_op(self, target: OpTarget, info: OpInfo, *, method: bool = False, replace_existing: bool = True) -> None:
+        """``target``: a function object; a qualified name ``"package.module.function"``; or, with
+        ``method=True``, a ``Tensor`` method name.  ``replace_existing=False`` keeps an earlier entry."""
+        if method:
+            if not isinstance(target, str) or not target.isidentifier():
+                raise RegistrationError(f"a Tensor method is registered by its name, like 'relu'; got {target!r}")
+            table: dict[Any, OpInfo] = self._methods
+        elif isinstance(target, str):
+            if "." not in target:
+                raise RegistrationError(
+                    f"op {target!r}: give the function itself, its qualified name 'package.module.function', or a "
+                    "Tensor method name with method=True"
+                )
+            table = self._qualified
+        elif callable(target):
+            try:
+                hash(target)
+            except TypeError:
+                raise RegistrationError(f"op {target!r} is not hashable; register its qualified name instead") from None
+            table = self._functions
+        else:
+            raise RegistrationError(f"op target must be a function, a qualified name or a method name; got {target!r}")
+        if replace_existing or target not in table:
+            table[target] = info
+
+    def add_layer(self, module_type: type, rule: LayerRule, *, leaf: bool = False) -> None:
+        """``leaf``: fx does not trace into modules of this type (the rule describes them whole)."""
+        if not (isinstance(module_type, type) and issubclass(module_type, nn.Module)):
+            raise RegistrationError(f"register_layer: {module_type!r} is not an nn.Module subclass")
+        if not isinstance(rule, LayerRule):
+            raise RegistrationError(
+                f"register_layer({module_type.__name__}): the rule must be a LayerRule instance "
+                f"(archgrow.ops.LayerRule), got {rule!r}"
+            )
+        self._layers[module_type] = rule
+        if leaf:
+            self._leaves.add(module_type)
+
+    def remove_op(self, target: OpTarget, *, method: bool = False) -> None:
+        """Forget an op (tests, or a plugin being unloaded); unknown targets are ignored."""
+        if method:
+            self._methods.pop(target, None)  # type: ignore[arg-type]
+        elif isinstance(target, str):
+            self._qualified.pop(target, None)
+        else:
+            self._functions.pop(target, None)
+
+    def remove_layer(self, module_type: type) -> None:
+        self._layers.pop(module_type, None)
+        self._leaves.discard(module_type)
+
+    def copy(self) -> OpTable:
+        other = OpTable()
+        other._functions = dict(self._functions)
+        other._qualified = dict(self._qualified)
+        other._methods = dict(self._methods)
+        other._layers = dict(self._layers)
+        other._leaves = set(self._leaves)
+        return other
+
+    def with_rules(self, rules: Iterable[Registration]) -> OpTable:
+        """A copy with per-call registrations added (``trace(..., rules=...)``)."""
+        table = self.copy()
+        for registration in rules:
+            if not isinstance(registration, Registration):
+                raise RegistrationError(
+                    "trace(rules=...) takes registrations made with archgrow.ops.op(...) or archgrow.ops.layer(...); "
+                    f"got {registration!r}"
+                )
+            registration.apply(table)
+        return table
+
+    # ------------------------------------------------------------------ lookup
+    def function(self, fn: Any) -> OpInfo | None:
+        try:
+            found = self._functions.get(fn)
+        except TypeError:  # unhashable target
+            found = None
+        if found is not None:
+            return found
+        return self._qualified.get(qualified_name(fn))
+
+    def method(self, name: str) -> OpInfo | None:
+        found = self._methods.get(name)
+        if found is None and name.endswith("_") and not name.startswith("_"):
+            found = self._methods.get(name[:-1])  # in-place variant
+        return found
+
+    def layer(self, module: nn.Module) -> LayerRule | None:
+        for klass in type(module).__mro__:
+            rule = self._layers.get(klass)
+            if rule is not None:
+                return rule
+        return None
+
+    def is_leaf(self, module: nn.Module) -> bool:
+        return isinstance(module, tuple(self._leaves)) if self._leaves else False
+
+    # ------------------------------------------------------------------ facts for other passes
+    def info(self, op: str, target: Any) -> OpInfo | None:
+        """The record of an fx node's target (``op`` is the node's ``call_function`` / ``call_method``)."""
+        if op == "call_function":
+            return self.function(target)
+        if op == "call_method":
+            return self.method(str(target))
+        return None
+
+    def is_random(self, op: str, target: Any, name: str) -> bool:
+        """Draws random numbers: as recorded, or, for ops nobody described, by its name."""
+        info = self.info(op, target)
+        if info is not None and info.random:
+            return True
+        return any(word in name.lower() for word in RANDOM_WORDS)
+
+
+def qualified_name(fn: Any) -> str:
+    return f"{getattr(fn, '__module__', '')}.{getattr(fn, '__name__', '')}"
+
+
+@dataclass(frozen=True)
+class Registration:
+    """One op or layer description, to register globally or to pass to ``trace(rules=...)``."""
+
+    target: Any
+    info: OpInfo | None = None
+    layer_rule: LayerRule | None = None
+    method: bool = False
+    leaf: bool = True
+
+    def apply(self, table: OpTable) -> None:
+        if self.layer_rule is not None:
+            table.add_layer(self.target, self.layer_rule, leaf=self.leaf)
+        else:
+            table.add_op(self.target, self.info or OpInfo(), method=self.method)
+
+
+def op(
+    target: OpTarget,
+    rule: Callable[[RuleContext], Any] | None = None,
+    *,
+    elementwise: bool = False,
+    random: bool = False,
+    identity_in_eval: bool = False,
+    dead_at_zero: bool = False,
+    method: bool = False,
+) -> Registration:
+    """Describe an op (see :func:`register_op`) without registering it, e.g. for ``trace(rules=...)``."""
+    from archgrow.ops.tensor_ops import elementwise_rule
+
+    if rule is None and elementwise:
+        rule = elementwise_rule
+    info = OpInfo(rule, elementwise, random, identity_in_eval, dead_at_zero)
+    return Registration(target, info=info, method=method)
+
+
+def layer(module_type: type, rule: LayerRule, *, leaf: bool = True) -> Registration:
+    """Describe a layer type (see :func:`register_layer`) without registering it."""
+    return Registration(module_type, layer_rule=rule, leaf=leaf)
+
+
+OPS = OpTable()  # what every trace starts from
+
+
+def register_op(
+    target: OpTarget,
+    rule: Callable[[RuleContext], Any] | None = None,
+    *,
+    elementwise: bool = False,
+    random: bool = False,
+    identity_in_eval: bool = False,
+    dead_at_zero: bool = False,
+    method: bool = False,
+) -> None:
+    """Tell archgrow how a function (or ``Tensor`` method, with ``method=True``) treats widths.
+
+    ``elementwise=True`` is enough for an activation: one output position per input position,
+    with broadcasting.  Otherwise give ``rule(ctx)`` returning the node's analysed output (see
+    :mod:`archgrow.ops.context`).  Functions that fx does not trace into are those wrapped with
+    ``torch.fx.wrap`` or passed as ``trace(..., autowrap_functions=...)``.
+    """
+    op(
+        target, rule, elementwise=elementwise, random=random, identity_in_eval=identity_in_eval,
+        dead_at_zero=dead_at_zero, method=method,
+    ).apply(OPS)  # fmt: skip
+
+
+def register_layer(module_type: type, rule: LayerRule, *, leaf: bool = True) -> None:
+    """Tell archgrow how modules of ``module_type`` (and its subclasses) treat widths.
+
+    ``leaf=True`` (default) keeps fx from tracing into them, so the rule sees the whole module.
+    """
+    layer(module_type, rule, leaf=leaf).apply(OPS)
+
+
+__all__ = [
+    "OPS",
+    "LayerRule",
+    "OpInfo",
+    "OpTable",
+    "Registration",
+    "layer",
+    "op",
+    "qualified_name",
+    "register_layer",
+    "register_op",
+]

@@ -1,0 +1,384 @@
+"""Torch functions, ``Tensor`` methods and operators: each spelling decoded and given its family.
+
+A function and its method spelling share one rule wherever their arguments line up
+(``torch.sum(x, dim)`` / ``x.sum(dim)``: the tensor is ``args[0]`` either way).  Anything not
+registered here (or by a user) has no rule: widths reaching it freeze with a reason naming the op.
+Nothing is ever guessed to be element-wise (Torch-Pruning's silent default is the source of most
+of its wrong groups).
+"""
+
+from __future__ import annotations
+
+import builtins
+import operator
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+from archgrow.graph.bindings import AttrBinding
+from archgrow.graph.layout import TensorMeta
+from archgrow.graph.roles import ONE
+from archgrow.ops import families
+from archgrow.ops.context import NoRule, RuleContext, arg, fixed, is_tensor, norm_dim
+from archgrow.ops.registry import OPS, OpInfo, OpTable
+
+
+def existing_attrs(owner: Any, names: str) -> list[Any]:
+    """The attributes of ``owner`` among ``names`` (torch versions differ in what they have)."""
+    return [getattr(owner, n) for n in names.split() if hasattr(owner, n)]
+
+
+def function_name(fn: Any) -> str:
+    """Readable name of a call_function target, for reasons and summaries."""
+    module = getattr(fn, "__module__", None) or ""
+    name = getattr(fn, "__name__", repr(fn))
+    if module in ("_operator", "operator"):
+        return f"operator.{name}"
+    if module.startswith("torch.nn.functional"):
+        return f"F.{name}"
+    if module.startswith("torch"):
+        return f"torch.{name}"
+    return f"{module}.{name}" if module else name
+
+
+def op_name(ctx: RuleContext) -> str:
+    node = ctx.node
+    return function_name(node.target) if node.op == "call_function" else f"Tensor.{node.target}"
+
+
+def _src(ctx: RuleContext) -> Any:
+    return ctx.meta(ctx.node.args[0])
+
+
+# --------------------------------------------------------------------------- rules by family
+def elementwise_rule(ctx: RuleContext) -> Any:
+    node = ctx.node
+    return families.elementwise(ctx, ctx.tensors(node.args, node.kwargs)) if is_tensor(ctx.out) else ctx.fixed()
+
+
+def per_sample_rule(ctx: RuleContext) -> Any:
+    """Scales each sample (stochastic depth): element-wise in its tensor argument."""
+    return families.elementwise(ctx, ctx.tensors(ctx.node.args[0]))
+
+
+def like_rule(ctx: RuleContext) -> Any:
+    src = _src(ctx)
+    return TensorMeta(src.shape, src.dims) if isinstance(src, TensorMeta) else ctx.fixed()
+
+
+def receiver_rule(ctx: RuleContext) -> Any:
+    """Methods returning a tensor of the receiver's shape whatever the other arguments are."""
+    src = _src(ctx)
+    return TensorMeta(src.shape, src.dims) if is_tensor(ctx.out) else ctx.fixed()
+
+
+def reduction_rule(ctx: RuleContext) -> Any:
+    node = ctx.node
+    return families.reduction(ctx, _src(ctx), arg(node, 1, "dim"), arg(node, 2, "keepdim", False), op_name(ctx))
+
+
+def minmax_rule(ctx: RuleContext) -> Any:
+    """``max``/``min``: element-wise between two tensors, a reduction with a dim."""
+    node = ctx.node
+    if len(ctx.tensors(node.args[:2])) == 2:
+        return families.elementwise(ctx, ctx.tensors(node.args[:2]))
+    return reduction_rule(ctx)
+
+
+def softmax_rule(ctx: RuleContext) -> Any:
+    default = 1 if ctx.node.target is F.normalize else None
+    return families.softmax(ctx, _src(ctx), arg(ctx.node, 1, "dim", default), op_name(ctx))
+
+
+def cat_rule(ctx: RuleContext) -> Any:
+    node = ctx.node
+    return families.cat(ctx, arg(node, 0, "tensors"), arg(node, 1, "dim", node.kwargs.get("axis", 0)))
+
+
+def stack_rule(ctx: RuleContext) -> Any:
+    node = ctx.node
+    return families.stack(ctx, arg(node, 0, "tensors"), arg(node, 1, "dim", node.kwargs.get("axis", 0)))
+
+
+def split_rule(ctx: RuleContext) -> Any:
+    unbind = ctx.node.target in (torch.unbind, "unbind")
+    return families.split(ctx, _src(ctx), arg(ctx.node, 1 if unbind else 2, "dim", 0), op_name(ctx))
+
+
+def narrow_rule(ctx: RuleContext) -> Any:
+    return families.split(ctx, _src(ctx), arg(ctx.node, 1, "dim", 0), op_name(ctx))
+
+
+def flatten_rule(ctx: RuleContext) -> Any:
+    """flatten / squeeze / unsqueeze: no sizes given, every width dim follows."""
+    return families.reshape(ctx, _src(ctx), None, op_name(ctx))
+
+
+def reshape_rule(ctx: RuleContext) -> Any:
+    node = ctx.node
+    if node.op == "call_method" and len(node.args) == 2 and isinstance(node.args[1], torch.dtype):
+        return ctx.unknown(f"Tensor.{node.target}(dtype)")
+    return families.reshape(ctx, _src(ctx), ctx.shape_args(node.args[1:], node.kwargs.get("shape")), op_name(ctx))
+
+
+def as_rule(ctx: RuleContext) -> Any:
+    """view_as / reshape_as (expand_as is element-wise with the other tensor)."""
+    src, other = _src(ctx), ctx.meta(ctx.node.args[1])
+    if ctx.node.target == "expand_as":
+        return families.elementwise(ctx, [src, other])
+    return families.reshape(ctx, src, [-1] * other.ndim if src.shape == other.shape else None, op_name(ctx))
+
+
+def unflatten_rule(ctx: RuleContext) -> Any:
+    return families.unflatten(ctx, _src(ctx), ctx.node.args[1], ctx.node.args[2])
+
+
+def permute_rule(ctx: RuleContext) -> Any:
+    node = ctx.node
+    if node.op == "call_function":
+        return families.permute(ctx, _src(ctx), arg(node, 1, "dims"))
+    dims = node.kwargs.get("dims", node.args[1:])
+    if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
+        dims = dims[0]
+    return families.permute(ctx, _src(ctx), dims)
+
+
+def transpose_rule(ctx: RuleContext) -> Any:
+    return families.transpose(ctx, _src(ctx), arg(ctx.node, 1, "dim0"), arg(ctx.node, 2, "dim1"))
+
+
+def matrix_transpose_rule(ctx: RuleContext) -> Any:
+    """``x.t()``, ``x.T``, ``x.mT``: the last two dims."""
+    src = _src(ctx)
+    return families.transpose(ctx, src, -2, -1) if src.ndim >= 2 else src
+
+
+def expand_rule(ctx: RuleContext) -> Any:
+    node = ctx.node
+    sizes = ctx.shape_args(node.args[1:], node.kwargs.get("size"))
+    if sizes is None:
+        raise NoRule("Tensor.expand(other.size())")
+    return families.expand(ctx, _src(ctx), sizes)
+
+
+def repeat_rule(ctx: RuleContext) -> Any:
+    ctx.shape_args(ctx.node.args[1:], None)  # x.repeat(y.size()): the sizes are used, not frozen for it
+    return families.repeat(ctx, _src(ctx), op_name(ctx))
+
+
+def spatial_rule(ctx: RuleContext) -> Any:
+    return families.spatial(ctx, _src(ctx), op_name(ctx))
+
+
+def pad_rule(ctx: RuleContext) -> Any:
+    return families.pad(ctx, _src(ctx), arg(ctx.node, 1, "pad"), op_name(ctx))
+
+
+def creation_rule(ctx: RuleContext) -> Any:
+    return families.creation(ctx, ctx.node)
+
+
+def shuffle_rule(ctx: RuleContext) -> Any:
+    return ctx.unknown(f"{op_name(ctx)} (mixes channels across positions)")
+
+
+def shape_rule(ctx: RuleContext) -> Any:
+    """``x.size()`` / ``x.size(d)``: ints that follow growth if used as sizes, else freeze it."""
+    node, state = ctx.node, ctx.state
+    src = _src(ctx)
+    dim = arg(node, 1, "dim")
+    if dim is None:
+        state.shape_of[node] = src
+        state.taint[node] = list(src.dims)
+    else:
+        state.size_layout[node] = src.dims[norm_dim(dim, src.ndim)]
+        state.taint[node] = [state.size_layout[node]]
+    return ctx.out
+
+
+def scalar_rule(ctx: RuleContext) -> Any:
+    """Methods returning plain numbers (``dim``, ``numel``...): no width."""
+    return ctx.out
+
+
+def getitem_rule(ctx: RuleContext) -> Any:
+    node, state = ctx.node, ctx.state
+    obj, idx = node.args[0], node.args[1]
+    src = ctx.meta(obj)
+    out = ctx.out
+    if isinstance(obj, fx.Node) and obj in state.shape_of and isinstance(idx, int):
+        meta = state.shape_of[obj]
+        state.size_layout[node] = meta.dims[norm_dim(idx, meta.ndim)]
+        state.taint[node] = [state.size_layout[node]]
+        ctx.consumed.add(obj)
+        return out
+    if isinstance(src, TensorMeta):
+        return families.index(ctx, src, idx)
+    if isinstance(src, (tuple, list)) and isinstance(idx, int):
+        return src[idx]
+    if isinstance(src, dict) and idx in src:
+        return src[idx]
+    if isinstance(src, (tuple, list)) and isinstance(idx, slice):
+        return src[idx]
+    return fixed(out)
+
+
+def getattr_rule(ctx: RuleContext) -> Any:
+    node, state = ctx.node, ctx.state
+    src, attr = ctx.meta(node.args[0]), node.args[1]
+    if isinstance(src, TensorMeta):
+        if attr == "shape":
+            state.shape_of[node] = src
+            state.taint[node] = list(src.dims)
+            return ctx.out
+        if attr in ("T", "mT"):
+            return families.transpose(ctx, src, -2, -1)
+        if attr in ("data",):
+            return TensorMeta(src.shape, src.dims)
+    return ctx.fixed()
+
+
+def layer_norm_function_rule(ctx: RuleContext) -> Any:
+    """F.layer_norm inside a traced-through LayerNorm subclass (torchvision's LayerNorm2d)."""
+    node, state = ctx.node, ctx.state
+    src = _src(ctx)
+    weight = arg(node, 2, "weight")
+    owner = None
+    if isinstance(weight, fx.Node) and weight.op == "get_attr":
+        owner_name = str(weight.target).rpartition(".")[0]
+        if isinstance(state.modules.get(owner_name), nn.LayerNorm):
+            owner = owner_name
+    shape = arg(node, 1, "normalized_shape")
+    if owner is None or not isinstance(src, TensorMeta) or len(shape) != 1:
+        return ctx.unknown("F.layer_norm")
+    lay = src.dims[-1]
+    if lay is not None:
+        ctx.not_preserving(lay, f"F.layer_norm normalises over it at {ctx.where}")
+        state.attr_bindings.append(AttrBinding(owner, "normalized_shape", lay, index=-1))
+        state.param_roles[f"{owner}.weight"] = ONE
+    return families.elementwise(ctx, ctx.tensors(node.args[0], weight, arg(node, 3, "bias")))
+
+
+# --------------------------------------------------------------------------- names by family
+_UNARY_MATH = (
+    "abs neg exp exp2 expm1 log log1p log2 log10 sqrt rsqrt sigmoid tanh relu sin cos tan erf erfc "
+    "sign sgn floor ceil round trunc frac reciprocal square clamp clip clamp_min clamp_max "
+    "nan_to_num logical_not bitwise_not isnan isinf isfinite positive"
+)
+_BINARY_MATH = (
+    "add sub subtract mul multiply div divide true_divide floor_divide remainder fmod pow "
+    "maximum minimum fmax fmin where lerp addcmul addcdiv masked_fill logical_and logical_or "
+    "logical_xor eq ne lt le gt ge atan2 hypot copysign xlogy"
+)
+_F_ACTIVATIONS = (
+    "relu relu6 gelu silu mish hardswish hardsigmoid hardtanh leaky_relu elu selu celu softplus "
+    "softsign tanhshrink softshrink hardshrink sigmoid tanh logsigmoid threshold rrelu dropout "
+    "dropout1d dropout2d dropout3d alpha_dropout feature_alpha_dropout relu_ elu_ leaky_relu_ "
+    "hardtanh_ threshold_"
+)
+_OPERATORS = (
+    "add sub mul truediv floordiv mod pow neg pos abs iadd isub imul itruediv ifloordiv "
+    "and_ or_ xor invert eq ne lt le gt ge"
+)
+_DROPOUTS = "dropout dropout1d dropout2d dropout3d alpha_dropout feature_alpha_dropout"
+# Gradient 0 at 0: a unit with zero fan-in behind one of these never learns (GradMax, §6.1).
+_DEAD_AT_ZERO = {"relu", "relu_", "relu6", "hardtanh", "hardtanh_", "threshold", "threshold_", "clamp", "clamp_min", "clip"}
+
+ELEMENTWISE_FUNCTIONS = (
+    existing_attrs(torch, _UNARY_MATH + " " + _BINARY_MATH + " relu_ sigmoid_ tanh_ dropout")
+    + existing_attrs(F, _F_ACTIVATIONS)
+    + existing_attrs(operator, _OPERATORS)
+)
+ELEMENTWISE_METHODS = set(_UNARY_MATH.split()) | set(_BINARY_MATH.split()) | {
+    "relu6", "gelu", "silu", "hardswish", "hardsigmoid", "softplus", "leaky_relu", "elu", "bernoulli", "zero",
+    "fill", "uniform", "normal", "copy",
+}  # fmt: skip
+RECEIVER_SHAPE_METHODS = {
+    "contiguous", "clone", "detach", "float", "double", "half", "bfloat16", "to", "type", "type_as", "cpu", "cuda",
+    "requires_grad_", "zero_", "fill_", "bernoulli_", "uniform_", "normal_", "copy_", "div_", "masked_fill_",
+    "clamp_", "relu_", "sigmoid_", "tanh_", "exp_", "sqrt_", "pin_memory", "share_memory_", "float_power",
+}  # fmt: skip
+REDUCTIONS = "mean sum amax amin prod std var norm logsumexp all any nansum nanmean count_nonzero"
+
+
+def _flags(name: str, info: OpInfo) -> OpInfo:
+    """The facts that follow from an op's name."""
+    return OpInfo(
+        info.rule,
+        elementwise=info.elementwise,
+        random=info.random,
+        identity_in_eval=name in _DROPOUTS.split(),
+        dead_at_zero=name in _DEAD_AT_ZERO,
+    )
+
+
+def _functions(table: OpTable, fns: Iterable[Any], rule: Callable[[RuleContext], Any], **flags: Any) -> None:
+    for fn in fns:
+        name = getattr(fn, "__name__", "")
+        table.add_op(fn, _flags(name, OpInfo(rule, **flags)), replace_existing=False)
+
+
+def _methods(table: OpTable, names: Iterable[str], rule: Callable[[RuleContext], Any], **flags: Any) -> None:
+    for name in names:
+        table.add_op(name, _flags(name, OpInfo(rule, **flags)), method=True, replace_existing=False)
+
+
+def register_builtin_ops(table: OpTable) -> None:
+    """Torch's functions, methods and operators, first registration winning (the order of priority)."""
+    _functions(table, ELEMENTWISE_FUNCTIONS, elementwise_rule, elementwise=True)
+    table.add_op("torchvision.ops.stochastic_depth.stochastic_depth", OpInfo(per_sample_rule, identity_in_eval=True))
+    _functions(table, existing_attrs(torch, "zeros_like ones_like empty_like full_like rand_like randn_like randint_like clone detach"), like_rule)
+    _functions(table, existing_attrs(torch, "max min"), minmax_rule)
+    _functions(table, existing_attrs(torch, REDUCTIONS), reduction_rule)
+    _functions(table, existing_attrs(torch, "softmax log_softmax") + existing_attrs(F, "softmax log_softmax softmin normalize"), softmax_rule)
+    _functions(table, existing_attrs(torch, "cat concat concatenate"), cat_rule)
+    _functions(table, existing_attrs(torch, "stack"), stack_rule)
+    _functions(table, existing_attrs(torch, "split chunk tensor_split unbind split_with_sizes"), split_rule)
+    _functions(table, existing_attrs(torch, "narrow select index_select"), narrow_rule)
+    _functions(table, existing_attrs(torch, "flatten squeeze unsqueeze"), flatten_rule)
+    _functions(table, existing_attrs(torch, "reshape"), reshape_rule)
+    _functions(table, existing_attrs(torch, "permute"), permute_rule)
+    _functions(table, existing_attrs(torch, "transpose swapaxes swapdims"), transpose_rule)
+    spatial = existing_attrs(
+        F,
+        "max_pool1d max_pool2d max_pool3d avg_pool1d avg_pool2d avg_pool3d adaptive_avg_pool1d adaptive_avg_pool2d "
+        "adaptive_avg_pool3d adaptive_max_pool1d adaptive_max_pool2d adaptive_max_pool3d lp_pool1d lp_pool2d "
+        "interpolate upsample upsample_nearest upsample_bilinear max_pool2d_with_indices",
+    ) + existing_attrs(torch, "max_pool1d max_pool2d max_pool3d avg_pool1d adaptive_avg_pool1d adaptive_max_pool1d")
+    _functions(table, spatial, spatial_rule)
+    _functions(table, existing_attrs(F, "pad"), pad_rule)
+    _functions(table, existing_attrs(torch, "zeros ones empty full rand randn randint"), creation_rule)
+    shuffles = existing_attrs(torch, "channel_shuffle pixel_shuffle pixel_unshuffle")
+    _functions(table, shuffles + existing_attrs(F, "channel_shuffle pixel_shuffle pixel_unshuffle"), shuffle_rule)
+    table.add_op(operator.getitem, OpInfo(getitem_rule), replace_existing=False)
+    table.add_op(builtins.getattr, OpInfo(getattr_rule), replace_existing=False)
+    table.add_op(F.layer_norm, OpInfo(layer_norm_function_rule), replace_existing=False)
+
+    _methods(table, ["size"], shape_rule)
+    _methods(table, "dim numel nelement item tolist data_ptr element_size".split(), scalar_rule)
+    _methods(table, sorted(RECEIVER_SHAPE_METHODS), receiver_rule)
+    _methods(table, sorted(ELEMENTWISE_METHODS), elementwise_rule, elementwise=True)
+    _methods(table, ["max", "min"], minmax_rule)
+    _methods(table, REDUCTIONS.split(), reduction_rule)
+    _methods(table, ["softmax", "log_softmax"], softmax_rule)
+    _methods(table, ["view", "reshape"], reshape_rule)
+    _methods(table, ["flatten", "squeeze", "unsqueeze", "squeeze_", "unsqueeze_"], flatten_rule)
+    _methods(table, ["view_as", "reshape_as", "expand_as"], as_rule)
+    _methods(table, ["unflatten"], unflatten_rule)
+    _methods(table, ["permute"], permute_rule)
+    _methods(table, ["transpose", "swapaxes", "swapdims"], transpose_rule)
+    _methods(table, ["t", "T", "mT"], matrix_transpose_rule)
+    _methods(table, ["expand"], expand_rule)
+    _methods(table, ["repeat", "tile"], repeat_rule)
+    _methods(table, ["split", "chunk", "tensor_split", "unbind", "split_with_sizes"], split_rule)
+    _methods(table, ["narrow", "select", "index_select"], narrow_rule)
+    _methods(table, ["pixel_shuffle", "channel_shuffle"], shuffle_rule)
+
+
+register_builtin_ops(OPS)
+
+__all__ = ["elementwise_rule", "existing_attrs", "function_name", "register_builtin_ops"]

@@ -1,0 +1,34 @@
+"""Analysis passes over one traced graph, run in order by :func:`analyze`.
+
+1. :mod:`~archgrow.passes.layouts` propagates layouts node by node with the op and layer rules
+   (checking, node by node, that sizes read from growing dims are only used where they follow
+   growth: :mod:`~archgrow.passes.size_taint`);
+2. :mod:`~archgrow.passes.parameters` binds parameters used directly in the forward and freezes
+   parameters shared by two modules.
+
+Each node's analysed output is stored in ``node.meta["archgrow_layout"]``.  Passes that run later,
+per group, read the result through :class:`archgrow.WidthGraph`: where to measure a group
+(:mod:`archgrow.measure`) and which ops are dead at zero (:mod:`archgrow.auxgrad`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch.fx as fx
+from torch import nn
+
+from archgrow.ops.context import LayoutState
+from archgrow.ops.registry import OpTable
+from archgrow.passes.layouts import LAYOUT_KEY, propagate_layouts
+from archgrow.passes.parameters import bind_direct_parameters, freeze_shared_parameters
+
+
+def analyze(gm: fx.GraphModule, values: dict[fx.Node, Any], model: nn.Module, ops: OpTable) -> LayoutState:
+    state = propagate_layouts(gm, values, model, ops)
+    bind_direct_parameters(state)
+    freeze_shared_parameters(state)
+    return state
+
+
+__all__ = ["LAYOUT_KEY", "analyze"]
