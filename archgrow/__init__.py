@@ -1,7 +1,5 @@
 """archgrow: grow any PyTorch model's layers while it trains (NORTH* neurogenesis)."""
 
-__version__ = "0.1.0"
-
 from archgrow.checkpoint import load, save  # noqa: E402
 from archgrow.errors import ArchgrowError, GrowthError, SpecError, TraceError, UnknownGroupError  # noqa: E402
 from archgrow.graph import Member, Slot, WidthGraph, WidthGroup, trace  # noqa: E402
@@ -11,6 +9,7 @@ from archgrow.ops import register_layer, register_op  # noqa: E402
 from archgrow.spec import Spec, load_spec  # noqa: E402
 from archgrow.surgery import grow  # noqa: E402
 from archgrow.triggers import register_trigger  # noqa: E402
+from archgrow.version import __version__  # noqa: E402,F401
 
 __all__ = [
     "ArchgrowError",

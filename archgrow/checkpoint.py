@@ -16,11 +16,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from archgrow import __version__
 from archgrow.errors import ArchgrowError
 from archgrow.grower import GrowingModel
 from archgrow.spec.io import parse_spec
 from archgrow.surgery.grow import grow
+from archgrow.version import __version__
 
 FORMAT = "archgrow-checkpoint"
 FORMAT_VERSION = 1

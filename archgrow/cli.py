@@ -24,15 +24,15 @@ from archgrow.spec import json_schema, load_spec
 from archgrow.viz import plot_run, plot_sweep, render_width_graph, write_run_report, write_sweep_report
 
 DEFAULT_MODELS = ("wrn28", "resnet18")
-BUILTIN_INPUTS = {"mlp": (1, 64), "vgg11": (1, 3, 32, 32), "wrn28": (1, 3, 32, 32)}
 TORCHVISION_SIZES = {"inception_v3": 299, "maxvit_t": 224}
 
 
 def build_model(name: str, width_mult: float) -> tuple[nn.Module, torch.Tensor]:
     """A built-in model (mlp, vgg11, wrn28) or any torchvision classification model, with an input."""
     torch.manual_seed(0)
-    if name in models.BUILDERS:
-        return models.build(name, width_mult=width_mult), torch.randn(BUILTIN_INPUTS[name])
+    builtin = models.MODELS.get(name)
+    if builtin is not None:
+        return models.build(name, width_mult=width_mult), torch.randn(builtin.example_input)
     size = 224 if name.startswith("vit_") else TORCHVISION_SIZES.get(name, 64)
     return models.torchvision_model(name), torch.randn(1, 3, size, size)
 

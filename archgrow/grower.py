@@ -1,7 +1,7 @@
 """``archgrow.wrap``: a model that grows after each optimizer step, as a spec says (Algorithm 1).
 
 Per ``grow_step`` call: find the groups whose trigger is due, measure activations once for all of
-them (one forward over the input buffer, see :mod:`archgrow.measure`, or, for ``source: step``,
+them (one forward over the input buffer, see :mod:`archgrow.growth.measure`, or, for ``source: step``,
 the values hooked from the training forward itself), ask each trigger how many
 units to add, cap at ``max_width`` and round down to the group's step, then grow the groups in
 graph order.  Growth is function-preserving for every NORTH* initializer, so later groups'
@@ -21,15 +21,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from archgrow.auxgrad import BridgeError, build_bridge
-from archgrow.binding import GroupBinding, InitContext
 from archgrow.errors import ArchgrowError, SpecError
 from archgrow.graph.trace import forked_rng
 from archgrow.graph.widthgraph import WidthGraph, trace
-from archgrow.hooks import HookSet
-from archgrow.initializers import INITIALIZERS
-from archgrow.initializers.base import apply_units
-from archgrow.measure import (
+from archgrow.growth.auxgrad import BridgeError, build_bridge
+from archgrow.growth.binding import GroupBinding, InitContext
+from archgrow.growth.hooks import HookSet
+from archgrow.growth.measure import (
     InputBuffer,
     Measurement,
     ProbeError,
@@ -39,6 +37,8 @@ from archgrow.measure import (
     measuring,
     supports_candidates,
 )
+from archgrow.initializers import INITIALIZERS
+from archgrow.initializers.base import apply_units
 from archgrow.spec.io import SpecLike, as_spec
 from archgrow.spec.schema import Settings, Spec, resolve_width
 from archgrow.triggers import TRIGGERS

@@ -17,7 +17,7 @@ import archgrow
 from archgrow import ArchgrowError, wrap
 from archgrow.data import fashion_mnist
 from archgrow.data.fashion_mnist import DEBIAN_ROOT, available
-from archgrow.graph.roles import FAN_IN, FAN_OUT
+from archgrow.ir.roles import FAN_IN, FAN_OUT
 from archgrow.models import initialize, mlp, vgg11, wrn28
 from archgrow.runner import parse_experiment
 from archgrow.runner.build import build_model, load_data, scale_groups
@@ -301,7 +301,7 @@ def test_update_norms_without_a_training_forward_say_what_to_do() -> None:
 # --------------------------------------------------------------------------- NORTH-Weight projection
 @pytest.mark.parametrize("projection", [True, False])
 def test_weight_init_projection_option(projection) -> None:
-    from archgrow.binding import InitContext
+    from archgrow.growth.binding import InitContext
     from archgrow.initializers.base import draw
 
     torch.manual_seed(0)

@@ -203,7 +203,7 @@ def test_sigma_max_bound_is_an_upper_bound_and_tight_at_rank_one():
 
 
 def test_unit_norms_of_several_roles_in_one_pass_equal_one_role_at_a_time():
-    from archgrow.graph.roles import FAN_IN, FAN_OUT
+    from archgrow.ir.roles import FAN_IN, FAN_OUT
     from archgrow.surgery.channels import unit_norms_by_role, unit_norms_by_roles
 
     model = conv_net(1, pool=nn.AvgPool2d(2), flatten=True)
@@ -496,7 +496,7 @@ def test_loss_fn_must_return_the_loss_tensor():
 )
 def test_pooled_patches_from_a_box_filtered_input_equal_pooling_the_patches(kernel, padding, dilation, size, target):
     """The shortcut for stride-1 producers pooled by whole factors gives the patches, then pooled."""
-    from archgrow.auxgrad import _pooled_patches
+    from archgrow.growth.auxgrad import _pooled_patches
 
     conv = nn.Conv2d(4, 5, kernel, padding=padding, dilation=dilation).double()
     x = torch.randn(2, 4, size, 8 if isinstance(kernel, tuple) else size, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
@@ -508,7 +508,7 @@ def test_pooled_patches_from_a_box_filtered_input_equal_pooling_the_patches(kern
 def test_thin_svd_falls_back_to_svd_when_eigh_does_not_converge(monkeypatch):
     """LAPACK's eigh failed to converge on a real auxiliary gradient (GradMax, authors' threshold,
     Fashion-MNIST MLP); the SVD of G itself must then give the same factors."""
-    from archgrow.auxgrad import singular_values, thin_svd
+    from archgrow.growth.auxgrad import singular_values, thin_svd
 
     g = torch.randn(6, 40, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     u_ref, s_ref, v_ref = thin_svd(g)

@@ -166,7 +166,7 @@ def test_select_beats_random_candidates_on_its_score():
 
 
 def grown_ctx(grown):
-    from archgrow.binding import InitContext
+    from archgrow.growth.binding import InitContext
 
     return InitContext(grown.model, torch.Generator().manual_seed(0), lambda b: grown._measure([b])[b.name])
 

@@ -15,8 +15,8 @@ import torch
 
 import archgrow
 from archgrow import metrics, models
-from archgrow.binding import GroupBinding
-from archgrow.measure import Measurement, build_probe, measure, measuring
+from archgrow.growth.binding import GroupBinding
+from archgrow.growth.measure import Measurement, build_probe, measure, measuring
 from archgrow.metrics import (
     activation_count,
     as_matrix,

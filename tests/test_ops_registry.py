@@ -13,8 +13,8 @@ from torch import nn
 
 import archgrow
 from archgrow.errors import RegistrationError, RuleError
-from archgrow.graph.layout import TensorMeta
-from archgrow.graph.roles import FAN_IN, FAN_OUT, ONE, ZERO
+from archgrow.ir.layout import TensorMeta
+from archgrow.ir.roles import FAN_IN, FAN_OUT, ONE, ZERO
 from archgrow.ops import OPS, NoRule, TensorLayer, layer, op, register_layer, register_op
 from archgrow.passes import LAYOUT_KEY
 

@@ -14,7 +14,7 @@ from torch import nn
 
 import archgrow
 from archgrow import ArchgrowError, wrap
-from archgrow.measure import measure, measuring
+from archgrow.growth.measure import measure, measuring
 from archgrow.models import mlp, vgg11
 
 

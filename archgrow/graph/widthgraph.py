@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from archgrow.errors import GrowthError, UnknownGroupError
-from archgrow.graph.bindings import AttrBinding, TensorBinding
-from archgrow.graph.layout import Layout, TensorMeta, WidthVars
 from archgrow.graph.trace import LeafSpec, record_shapes, symbolic_trace
+from archgrow.ir.bindings import AttrBinding, TensorBinding
+from archgrow.ir.layout import Layout, TensorMeta, WidthVars
 from archgrow.ops.context import LayoutState
 from archgrow.ops.registry import OPS, OpTable, Registration
 from archgrow.passes import analyze

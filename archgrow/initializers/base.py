@@ -8,8 +8,8 @@ from typing import Any, TypeVar
 
 import torch
 
-from archgrow.binding import GroupBinding, InitContext
-from archgrow.measure import Measurement, measuring, producer_forward, replay
+from archgrow.growth.binding import GroupBinding, InitContext
+from archgrow.growth.measure import Measurement, measuring, producer_forward, replay
 from archgrow.metrics import as_matrix, candidate_gaps, candidate_scores, per_sample
 from archgrow.spec.kinds import INITIALIZERS, Problem, RegistrationError
 from archgrow.spec.schema import InitializerConfig

@@ -17,10 +17,10 @@ from collections.abc import Sequence
 
 import torch
 
-from archgrow.binding import GroupBinding, InitContext
-from archgrow.graph.roles import FAN_IN, FAN_OUT
+from archgrow.growth.binding import GroupBinding, InitContext
 from archgrow.initializers.base import InitRule, Units, apply_units, candidate_count, register_initializer, rescale_rows
 from archgrow.initializers.gradmax import mean_role_norm
+from archgrow.ir.roles import FAN_IN, FAN_OUT
 from archgrow.spec.schema import FireflyInit
 from archgrow.surgery.channels import copy_channels, read_channels, scale_channels, trial, write_channels
 

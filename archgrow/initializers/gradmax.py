@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import torch
 
-from archgrow.auxgrad import dead_at_zero
-from archgrow.binding import GroupBinding, InitContext
-from archgrow.graph.roles import FAN_IN, FAN_OUT, ONE
+from archgrow.growth.auxgrad import dead_at_zero
+from archgrow.growth.binding import GroupBinding, InitContext
 from archgrow.initializers.base import InitRule, Units, register_initializer
+from archgrow.ir.roles import FAN_IN, FAN_OUT, ONE
 from archgrow.spec.schema import GradMaxInit
 from archgrow.surgery.channels import channel_positions, group_members, unit_norms_by_role
 

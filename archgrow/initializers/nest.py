@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import torch
 
-from archgrow.binding import GroupBinding, InitContext
-from archgrow.graph.roles import FAN_IN, FAN_OUT
+from archgrow.growth.binding import GroupBinding, InitContext
 from archgrow.initializers.base import CONV_CANDIDATES, InitRule, Units, apply_units, register_initializer, rescale_rows
 from archgrow.initializers.gradmax import mean_role_norm
+from archgrow.ir.roles import FAN_IN, FAN_OUT
 from archgrow.spec.schema import NestInit
 from archgrow.surgery.channels import trial
 

@@ -17,7 +17,7 @@ import warnings
 import torch
 from torch import nn
 
-from archgrow.binding import GroupBinding, InitContext
+from archgrow.growth.binding import GroupBinding, InitContext
 from archgrow.initializers.base import (
     InitRule,
     candidate_count,

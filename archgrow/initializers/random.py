@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from archgrow.binding import GroupBinding, InitContext
+from archgrow.growth.binding import GroupBinding, InitContext
 from archgrow.initializers.base import InitRule, register_initializer
 from archgrow.spec.schema import RandomInit
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from archgrow.binding import GroupBinding, InitContext
+from archgrow.growth.binding import GroupBinding, InitContext
 from archgrow.initializers.base import InitRule, candidate_count, draw, keep_best, register_initializer, score
 from archgrow.spec.schema import SelectInit
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from archgrow.binding import GroupBinding, InitContext
+from archgrow.growth.binding import GroupBinding, InitContext
 from archgrow.initializers.base import InitRule, draw, register_initializer
 from archgrow.spec.schema import WeightInit
 

@@ -17,8 +17,8 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from archgrow.graph.bindings import AttrBinding, MemberRecord, TensorBinding
-from archgrow.graph.layout import Layout, Seg, TensorMeta, WidthVars
+from archgrow.ir.bindings import AttrBinding, MemberRecord, TensorBinding
+from archgrow.ir.layout import Layout, Seg, TensorMeta, WidthVars
 
 if TYPE_CHECKING:
     from archgrow.ops.registry import OpTable

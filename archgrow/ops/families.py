@@ -14,7 +14,7 @@ from typing import Any
 
 import torch.fx as fx
 
-from archgrow.graph.layout import Layout, Seg, TensorMeta
+from archgrow.ir.layout import Layout, Seg, TensorMeta
 from archgrow.ops.context import RuleContext, fixed, is_tensor, norm_dim
 
 

@@ -12,8 +12,8 @@ from typing import Any
 
 from torch import nn
 
-from archgrow.graph.layout import TensorMeta
-from archgrow.graph.roles import FAN_IN, FAN_OUT, MEAN, ONE, ZERO
+from archgrow.ir.layout import TensorMeta
+from archgrow.ir.roles import FAN_IN, FAN_OUT, MEAN, ONE, ZERO
 from archgrow.ops import families
 from archgrow.ops.context import RuleContext, is_tensor
 from archgrow.ops.registry import OPS, LayerRule, OpTable

@@ -19,9 +19,9 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from archgrow.graph.bindings import AttrBinding
-from archgrow.graph.layout import TensorMeta
-from archgrow.graph.roles import ONE
+from archgrow.ir.bindings import AttrBinding
+from archgrow.ir.layout import TensorMeta
+from archgrow.ir.roles import ONE
 from archgrow.ops import families
 from archgrow.ops.context import NoRule, RuleContext, arg, fixed, is_tensor, norm_dim
 from archgrow.ops.registry import OPS, OpInfo, OpTable

@@ -8,7 +8,7 @@
 
 Each node's analysed output is stored in ``node.meta["archgrow_layout"]``.  Passes that run later,
 per group, read the result through :class:`archgrow.WidthGraph`: where to measure a group
-(:mod:`archgrow.measure`) and which ops are dead at zero (:mod:`archgrow.auxgrad`).
+(:mod:`archgrow.growth.measure`) and which ops are dead at zero (:mod:`archgrow.growth.auxgrad`).
 """
 
 from __future__ import annotations

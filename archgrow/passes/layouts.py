@@ -17,7 +17,7 @@ import torch.fx as fx
 from torch import nn
 
 from archgrow.errors import ArchgrowError, RuleError
-from archgrow.graph.layout import Seg, TensorMeta
+from archgrow.ir.layout import Seg, TensorMeta
 from archgrow.ops.context import LayoutState, NoRule, RuleContext
 from archgrow.ops.registry import OpTable
 from archgrow.ops.tensor_ops import function_name

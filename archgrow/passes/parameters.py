@@ -8,9 +8,9 @@ import operator
 import torch
 from torch import nn
 
-from archgrow.graph.bindings import MemberRecord
-from archgrow.graph.layout import Layout, Seg
-from archgrow.graph.roles import MEAN, ZERO
+from archgrow.ir.bindings import MemberRecord
+from archgrow.ir.layout import Layout, Seg
+from archgrow.ir.roles import MEAN, ZERO
 from archgrow.ops.context import LayoutState, bind_tensor, freeze_layout
 
 # Ops through which a parameter scales its input: its new entries take the mean of the old ones.

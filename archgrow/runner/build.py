@@ -21,7 +21,6 @@ from archgrow.data import DataSplit, cifar, digits, fashion_mnist, generated, mn
 from archgrow.errors import ArchgrowError
 from archgrow.graph.widthgraph import WidthGraph
 from archgrow.runner.experiment import (
-    BUILTIN_MODELS,
     CifarData,
     DataConfig,
     DigitsData,
@@ -85,7 +84,7 @@ def base_init(cfg: ModelConfig) -> str:
     replayed at another width."""
     if cfg.init is not None:
         return cfg.init
-    return "paper" if cfg.name in BUILTIN_MODELS else "torch"
+    return "paper" if cfg.name in models.MODELS else "torch"
 
 
 def build_model(cfg: ModelConfig, data: DataSplit, seed: int) -> nn.Module:
@@ -95,27 +94,18 @@ def build_model(cfg: ModelConfig, data: DataSplit, seed: int) -> nn.Module:
     unless the model section sets ``init``.
     """
     shape = tuple(data.x_train.shape[1:])
-    kwargs = dict(cfg.kwargs)
-    if cfg.activation is not None:
-        kwargs["activation"] = cfg.activation
-    if cfg.name in BUILTIN_MODELS:
-        kwargs["init"] = base_init(cfg)
+    builtin = models.MODELS.get(cfg.name)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        if cfg.name == "mlp":
-            hidden = tuple(cfg.hidden) if cfg.hidden else (64,)
-            return models.mlp(data.n_features, hidden, data.num_classes, width_mult=cfg.width_mult, **kwargs)
-        if cfg.name in ("vgg11", "wrn28"):
-            if len(shape) != 3:
-                raise ArchgrowError(
-                    f"model.name: {cfg.name} needs image data (N, C, H, W), but the data gives samples of shape "
-                    f"{shape}; use images: true in the data section"
-                )
-            if cfg.name == "vgg11":
-                kwargs.setdefault("input_size", shape[-1])
-            builder = models.BUILDERS[cfg.name]
-            return builder(num_classes=data.num_classes, width_mult=cfg.width_mult, in_channels=shape[0], **kwargs)
-        kwargs.setdefault("num_classes", data.num_classes)
+        if builtin is not None:
+            options = {name: getattr(cfg, name) for name in builtin.options if getattr(cfg, name) is not None}
+            kwargs = builtin.adapt(shape, data.num_classes, options)
+            kwargs.update({"width_mult": cfg.width_mult, "init": base_init(cfg)})
+            kwargs.update(cfg.kwargs)
+            if cfg.activation is not None:
+                kwargs["activation"] = cfg.activation
+            return builtin.builder(**kwargs)
+        kwargs = {"num_classes": data.num_classes, **cfg.kwargs}
         model = models.torchvision_model(cfg.name, **kwargs)
         return models.initialize(model, cfg.init) if cfg.init is not None else model
 

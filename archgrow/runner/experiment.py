@@ -29,11 +29,11 @@ from pydantic import (
 
 from archgrow.data.fashion_mnist import DEBIAN_ROOT
 from archgrow.errors import SpecError
+from archgrow.models.registry import MODELS
 from archgrow.spec import Spec, load_spec, parse_spec
 from archgrow.spec.io import format_errors
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
-BUILTIN_MODELS = ("mlp", "vgg11", "wrn28")
 
 
 class ExperimentError(SpecError):
@@ -67,17 +67,23 @@ class ModelConfig(_Strict):
 
     @model_validator(mode="after")
     def _builtin_options(self) -> ModelConfig:
-        if self.name not in BUILTIN_MODELS:
+        builtin = MODELS.get(self.name)
+        if builtin is None:
             used = [f for f in ("hidden", "activation") if getattr(self, f) is not None]
             if self.width_mult != 1.0:
                 used.append("width_mult")
             if used:
                 raise ValueError(
-                    f"{', '.join(used)} only apply to the built-in models ({', '.join(BUILTIN_MODELS)}); "
+                    f"{', '.join(used)} only apply to the built-in models ({', '.join(MODELS)}); "
                     f"pass torchvision options for '{self.name}' in kwargs"
                 )
-        elif self.hidden is not None and self.name != "mlp":
-            raise ValueError(f"hidden only applies to model 'mlp', not '{self.name}' (use width_mult)")
+        else:
+            unused = [f for f in ("hidden", "activation") if getattr(self, f) is not None and f not in builtin.options]
+            if unused:
+                takes = [n for n, m in MODELS.items() if unused[0] in m.options]
+                raise ValueError(
+                    f"{unused[0]} only applies to model {', '.join(repr(n) for n in takes)}, not '{self.name}' (use width_mult)"
+                )
         return self
 
 

@@ -66,6 +66,235 @@ def fit_schedules(spec: Spec, total_steps: int) -> Spec:
     return parse_spec(data, source=spec.source) if changed else spec
 
 
+class RunLog:
+    """The run's three streamed files (``metrics.csv``, ``history.jsonl``, ``triggers.csv``),
+    flushed as they grow so a run stopped half-way still leaves readable data."""
+
+    def __init__(self, directory: Path, groups: list[str]):
+        self._metrics_file = (directory / "metrics.csv").open("w", newline="")
+        self._metrics = csv.writer(self._metrics_file)
+        widths = [f"width:{g}" for g in groups]
+        self._metrics.writerow(["epoch", "step", "train_loss", "train_acc", "test_loss", "test_acc", "params", "seconds", *widths])
+        self._history = (directory / "history.jsonl").open("w")
+        self._triggers_file = (directory / "triggers.csv").open("w", newline="")
+        self._triggers = csv.writer(self._triggers_file)
+        self._triggers.writerow(["step", "group", "score", "threshold", "add"])
+
+    def epoch(self, epoch: int, step: int, row: dict[str, float], params: int, seconds: float, widths: list[int]) -> None:
+        self._metrics.writerow([epoch, step, *(_num(v) for v in row.values()), params, f"{seconds:.3f}", *widths])
+        self._metrics_file.flush()
+        self._triggers_file.flush()
+
+    def evaluations(self, evaluations: list[Any]) -> None:
+        for e in evaluations:
+            self._triggers.writerow([e.step, e.group, _num(e.score), _num(e.threshold), e.add])
+
+    def events(self, events: list[Any], epoch: int, params: int) -> None:
+        for event in events:
+            self._history.write(json.dumps({**event.to_dict(), "epoch": epoch, "params": params}) + "\n")
+        self._history.flush()
+
+    def close(self) -> None:
+        for f in (self._metrics_file, self._history, self._triggers_file):
+            f.close()
+
+
+class TrainRecipe:
+    """One run as a recipe (torchtune's shape): :meth:`setup`, :meth:`train`, :meth:`evaluate`,
+    :meth:`report`; :meth:`run` does all four.
+
+    Setup builds the seeded model on the experiment's device and dtype, and either wraps it with
+    the strategy's spec (schedules fitted to the run's length, the buffer prefilled from a seeded
+    draw of the training inputs) or widens it to the static baseline's widths.
+    """
+
+    def __init__(
+        self,
+        exp: Experiment,
+        plan: RunPlan,
+        data: DataSplit,
+        *,
+        baseline_groups: list[str],
+        progress: bool = True,
+        pictures: bool = True,
+        label: str = "",
+    ):
+        self.exp, self.plan, self.data = exp, plan, data
+        self.baseline_groups = baseline_groups
+        self.progress, self.pictures, self.label = progress, pictures, label
+        self.started = time.perf_counter()
+        self.out = plan.directory
+        self.grower: GrowingModel | None = None
+        self.step = 0
+        self.train_seconds = 0.0
+
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        exp, plan, data, cfg = self.exp, self.plan, self.data, self.exp.train
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.device = device = resolve_device(exp.device)
+        self.dtype = dtype = getattr(torch, exp.dtype)
+        self.x_train, self.y_train = data.x_train.to(device, dtype), data.y_train.to(device)
+        self.x_test, self.y_test = data.x_test.to(device, dtype), data.y_test.to(device)
+        n_train = self.x_train.shape[0]
+        self.total_steps = -(-n_train // cfg.batch_size) * cfg.epochs
+        self.model = build_model(exp.model, data, plan.seed).to(device, dtype)
+        example = self.x_train[:1]
+        if plan.kind == "growing":
+            spec = fit_schedules(exp.spec(plan.strategy), self.total_steps).model_copy(update={"seed": plan.seed})
+            self.grower = grower = wrap(self.model, spec, example)
+            if grower.wants_prefill:  # phi(f_0) on a full buffer, from a seeded draw of training inputs
+                order = torch.randperm(n_train, generator=torch.Generator().manual_seed(plan.seed + 10_000))
+                grower.prefill(
+                    self.x_train[order[i : i + cfg.batch_size].to(device)] for i in range(0, n_train, cfg.batch_size)
+                )
+            self.graph = grower.graph
+            self.groups = [n for n, b in grower.growing.items() if not b.trigger.never_fires]
+            spec_dump = spec.model_dump(mode="json")
+        else:
+            self.graph = trace(self.model, example)
+            factor = exp.baselines[plan.strategy]
+            scale_groups(self.graph, factor, self.baseline_groups, plan.seed, init=base_init(exp.model))
+            self.groups = list(self.baseline_groups)
+            spec_dump = {"version": 1, "seed": plan.seed, "rules": [{"match": "*", "trigger": {"kind": "static"}}]}
+        self.net: nn.Module = self.grower if self.grower is not None else self.model
+        self.initial_widths = self.widths()
+        self.initial_params = _params(self.model)
+        _write_json(
+            self.out / "config.json",
+            {
+                "name": exp.title,
+                "strategy": plan.strategy,
+                "kind": plan.kind,
+                "seed": plan.seed,
+                "model": exp.model.model_dump(mode="json"),
+                "data": exp.data.model_dump(mode="json"),
+                "train": cfg.model_dump(mode="json"),
+                "device": str(device),
+                "dtype": exp.dtype,
+                "spec": spec_dump,
+                "baseline_factor": exp.baselines.get(plan.strategy),
+                "data_name": data.name,
+                "torch": torch.__version__,
+                "python": platform.python_version(),
+            },
+        )
+        if self.pictures:
+            _picture(lambda: _render_graph(self.graph, self.out / "graph_before", None, self.groups, f"{plan.strategy}: start"))
+        self.optimizer = _optimizer(cfg, self.net)
+        cosine = cfg.scheduler == "cosine"
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, self.total_steps) if cosine else None
+
+    def widths(self) -> dict[str, int]:
+        return {g: self.graph.group(g).width for g in self.groups}
+
+    # ------------------------------------------------------------------ train / evaluate
+    def evaluate(self, train_loss: float | None) -> dict[str, float]:
+        """Test loss and accuracy (and train accuracy when asked), in eval mode."""
+        cfg = self.exp.train
+        test_loss, test_acc = _evaluate(self.net, self.x_test, self.y_test, cfg.eval_batch_size)
+        if cfg.eval_train or train_loss is None:
+            loss_all, train_acc = _evaluate(self.net, self.x_train, self.y_train, cfg.eval_batch_size)
+            train_loss = train_loss if train_loss is not None else loss_all
+        else:
+            train_acc = float("nan")
+        return {"train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc}
+
+    def train(self) -> dict[str, float]:
+        """Every epoch: the training steps, growth after each, then an evaluation; returns the last one."""
+        cfg, plan, grower = self.exp.train, self.plan, self.grower
+        generator = torch.Generator().manual_seed(plan.seed)
+        log = RunLog(self.out, self.groups)
+        bar = Progress(self.label or f"{plan.strategy} seed {plan.seed}", self.total_steps, enabled=self.progress)
+        n_train = self.x_train.shape[0]
+
+        def record(epoch: int, train_loss: float | None) -> dict[str, float]:
+            row = self.evaluate(train_loss)
+            widths = [self.graph.group(g).width for g in self.groups]
+            log.epoch(epoch, self.step, row, _params(self.model), time.perf_counter() - self.started, widths)
+            return row
+
+        try:
+            last = record(0, None)
+            for epoch in range(1, cfg.epochs + 1):
+                self.net.train()
+                order = torch.randperm(n_train, generator=generator).to(self.device)
+                loss_sum = torch.zeros((), dtype=self.dtype, device=self.device)  # summed on device: no sync per step
+                batches = 0
+                t0 = time.perf_counter()
+                for i in range(0, n_train, cfg.batch_size):
+                    idx = order[i : i + cfg.batch_size]
+                    xb, yb = self.x_train[idx], self.y_train[idx]
+                    self.optimizer.zero_grad(set_to_none=True)
+                    loss = F.cross_entropy(self.net(xb), yb)
+                    loss.backward()
+                    self.optimizer.step()
+                    self.step += 1
+                    if grower is not None:
+                        events = grower.grow_step(self.optimizer, loss_fn=_loss_fn(grower, xb, yb))
+                        log.evaluations(grower.evaluations)
+                        if events:
+                            log.events(events, epoch, _params(self.model))
+                    if self.scheduler is not None:
+                        self.scheduler.step()
+                    loss_sum += loss.detach()
+                    batches += 1
+                    if bar.live:  # formatting (and loss.item()'s sync) only where the bar is drawn
+                        bar.update(self.step, loss=f"{loss.item():.3f}", test_acc=f"{last['test_acc']:.2%}", width=self._short())
+                self.train_seconds += time.perf_counter() - t0
+                last = record(epoch, loss_sum.item() / batches)
+                bar.update(self.step, force=True, test_acc=f"{last['test_acc']:.2%}", width=self._short())
+                bar.epoch_line(
+                    f"epoch {epoch}/{cfg.epochs}: loss {last['train_loss']:.4f}, test acc {last['test_acc']:.2%}, "
+                    f"params {_params(self.model):,}, widths {self._short()}"
+                )
+        finally:
+            bar.close()
+            log.close()
+        return last
+
+    def _short(self) -> str:
+        return _short(self.graph, self.groups)
+
+    # ------------------------------------------------------------------ report
+    def report(self, last: dict[str, float]) -> dict[str, Any]:
+        """``summary.json`` and the pictures; returns the summary."""
+        exp, plan, grower = self.exp, self.plan, self.grower
+        timings = dict(grower.timings) if grower is not None else {"measure": 0.0, "trigger": 0.0, "initializer": 0.0, "grow": 0.0}
+        summary = {
+            "name": exp.title,
+            "strategy": plan.strategy,
+            "kind": plan.kind,
+            "seed": plan.seed,
+            "epochs": exp.train.epochs,
+            "steps": self.step,
+            "initial_widths": self.initial_widths,
+            "final_widths": self.widths(),
+            "initial_params": self.initial_params,
+            "params": _params(self.model),
+            "train_acc": None if math.isnan(last["train_acc"]) else last["train_acc"],  # null: eval_train off
+            "test_acc": last["test_acc"],
+            "test_loss": last["test_loss"],
+            "train_seconds": self.train_seconds,
+            "growth_seconds": timings,
+            "events": len(grower.history) if grower is not None else 0,
+            "device": str(self.device),
+            "dtype": exp.dtype,
+        }
+        if self.pictures and plan.kind == "growing":
+            initial = self.initial_widths
+            _picture(lambda: _render_graph(self.graph, self.out / "graph_after", initial, self.groups, f"{plan.strategy}: end"))
+        summary["wall_seconds"] = time.perf_counter() - self.started
+        _write_json(self.out / "summary.json", summary)
+        if self.pictures:
+            _picture(lambda: _draw_run(self.out))
+        return summary
+
+    def run(self) -> dict[str, Any]:
+        self.setup()
+        return self.report(self.train())
+
+
 def run_one(
     exp: Experiment,
     plan: RunPlan,
@@ -77,166 +306,8 @@ def run_one(
     label: str = "",
 ) -> dict[str, Any]:
     """Train, write the run directory, return the run's summary (also in ``summary.json``)."""
-    started = time.perf_counter()
-    out = plan.directory
-    out.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(exp.device)
-    dtype = getattr(torch, exp.dtype)
-    cfg = exp.train
-    x_train, y_train = data.x_train.to(device, dtype), data.y_train.to(device)
-    x_test, y_test = data.x_test.to(device, dtype), data.y_test.to(device)
-    n_train = x_train.shape[0]
-    steps_per_epoch = -(-n_train // cfg.batch_size)
-    total_steps = steps_per_epoch * cfg.epochs
-
-    model = build_model(exp.model, data, plan.seed).to(device, dtype)
-    example = x_train[:1]
-    grower: GrowingModel | None = None
-    if plan.kind == "growing":
-        spec = fit_schedules(exp.spec(plan.strategy), total_steps).model_copy(update={"seed": plan.seed})
-        grower = wrap(model, spec, example)
-        if grower.wants_prefill:  # phi(f_0) on a full buffer, from a seeded draw of training inputs
-            prefill_order = torch.randperm(n_train, generator=torch.Generator().manual_seed(plan.seed + 10_000))
-            grower.prefill(
-                x_train[prefill_order[i : i + cfg.batch_size].to(device)] for i in range(0, n_train, cfg.batch_size)
-            )
-        graph = grower.graph
-        groups = [n for n, b in grower.growing.items() if not b.trigger.never_fires]
-        spec_dump = spec.model_dump(mode="json")
-    else:
-        graph = trace(model, example)
-        scale_groups(graph, exp.baselines[plan.strategy], baseline_groups, plan.seed, init=base_init(exp.model))
-        groups = list(baseline_groups)
-        spec_dump = {"version": 1, "seed": plan.seed, "rules": [{"match": "*", "trigger": {"kind": "static"}}]}
-    net: nn.Module = grower if grower is not None else model
-    initial_widths = {g: graph.group(g).width for g in groups}
-    initial_params = _params(model)
-    _write_json(
-        out / "config.json",
-        {
-            "name": exp.title,
-            "strategy": plan.strategy,
-            "kind": plan.kind,
-            "seed": plan.seed,
-            "model": exp.model.model_dump(mode="json"),
-            "data": exp.data.model_dump(mode="json"),
-            "train": cfg.model_dump(mode="json"),
-            "device": str(device),
-            "dtype": exp.dtype,
-            "spec": spec_dump,
-            "baseline_factor": exp.baselines.get(plan.strategy),
-            "data_name": data.name,
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-        },
-    )
-    if pictures:
-        _picture(lambda: _render_graph(graph, out / "graph_before", None, groups, f"{plan.strategy}: start"))
-
-    optimizer = _optimizer(cfg, net)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total_steps) if cfg.scheduler == "cosine" else None
-    generator = torch.Generator().manual_seed(plan.seed)
-    width_columns = [f"width:{g}" for g in groups]
-    metrics_file = (out / "metrics.csv").open("w", newline="")
-    metrics = csv.writer(metrics_file)
-    metrics.writerow(["epoch", "step", "train_loss", "train_acc", "test_loss", "test_acc", "params", "seconds", *width_columns])
-    history = (out / "history.jsonl").open("w")
-    triggers_file = (out / "triggers.csv").open("w", newline="")
-    triggers = csv.writer(triggers_file)
-    triggers.writerow(["step", "group", "score", "threshold", "add"])
-    bar = Progress(label or f"{plan.strategy} seed {plan.seed}", total_steps, enabled=progress)
-
-    def record_epoch(epoch: int, step: int, train_loss: float | None) -> dict[str, float]:
-        test_loss, test_acc = _evaluate(net, x_test, y_test, cfg.eval_batch_size)
-        if cfg.eval_train or train_loss is None:
-            loss_all, train_acc = _evaluate(net, x_train, y_train, cfg.eval_batch_size)
-            train_loss = train_loss if train_loss is not None else loss_all
-        else:
-            train_acc = float("nan")
-        row = {"train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc}
-        widths = [graph.group(g).width for g in groups]
-        metrics.writerow(
-            [epoch, step, *(_num(v) for v in row.values()), _params(model), f"{time.perf_counter() - started:.3f}", *widths]
-        )
-        metrics_file.flush()
-        triggers_file.flush()
-        return row
-
-    train_seconds = 0.0
-    step = 0
-    try:
-        last = record_epoch(0, 0, None)
-        for epoch in range(1, cfg.epochs + 1):
-            net.train()
-            order = torch.randperm(n_train, generator=generator).to(device)
-            loss_sum = torch.zeros((), dtype=dtype, device=device)  # summed on device: no sync per step
-            batches = 0
-            t0 = time.perf_counter()
-            for i in range(0, n_train, cfg.batch_size):
-                idx = order[i : i + cfg.batch_size]
-                xb, yb = x_train[idx], y_train[idx]
-                optimizer.zero_grad(set_to_none=True)
-                loss = F.cross_entropy(net(xb), yb)
-                loss.backward()
-                optimizer.step()
-                step += 1
-                if grower is not None:
-                    events = grower.grow_step(optimizer, loss_fn=_loss_fn(grower, xb, yb))
-                    for e in grower.evaluations:
-                        triggers.writerow([e.step, e.group, _num(e.score), _num(e.threshold), e.add])
-                    if events:
-                        params = _params(model)
-                        for event in events:
-                            history.write(json.dumps({**event.to_dict(), "epoch": epoch, "params": params}) + "\n")
-                        history.flush()
-                if scheduler is not None:
-                    scheduler.step()
-                loss_sum += loss.detach()
-                batches += 1
-                if bar.live:  # formatting (and loss.item()'s sync) only where the bar is drawn
-                    bar.update(step, loss=f"{loss.item():.3f}", test_acc=f"{last['test_acc']:.2%}", width=_short(graph, groups))
-            train_seconds += time.perf_counter() - t0
-            last = record_epoch(epoch, step, loss_sum.item() / batches)
-            bar.update(step, force=True, test_acc=f"{last['test_acc']:.2%}", width=_short(graph, groups))
-            bar.epoch_line(
-                f"epoch {epoch}/{cfg.epochs}: loss {last['train_loss']:.4f}, test acc {last['test_acc']:.2%}, "
-                f"params {_params(model):,}, widths {_short(graph, groups)}"
-            )
-    finally:
-        bar.close()
-        metrics_file.close()
-        history.close()
-        triggers_file.close()
-
-    timings = dict(grower.timings) if grower is not None else {"measure": 0.0, "trigger": 0.0, "initializer": 0.0, "grow": 0.0}
-    summary = {
-        "name": exp.title,
-        "strategy": plan.strategy,
-        "kind": plan.kind,
-        "seed": plan.seed,
-        "epochs": cfg.epochs,
-        "steps": step,
-        "initial_widths": initial_widths,
-        "final_widths": {g: graph.group(g).width for g in groups},
-        "initial_params": initial_params,
-        "params": _params(model),
-        "train_acc": None if math.isnan(last["train_acc"]) else last["train_acc"],  # null: eval_train off
-        "test_acc": last["test_acc"],
-        "test_loss": last["test_loss"],
-        "train_seconds": train_seconds,
-        "growth_seconds": timings,
-        "events": len(grower.history) if grower is not None else 0,
-        "device": str(device),
-        "dtype": exp.dtype,
-    }
-    if pictures:
-        if plan.kind == "growing":
-            _picture(lambda: _render_graph(graph, out / "graph_after", initial_widths, groups, f"{plan.strategy}: end"))
-    summary["wall_seconds"] = time.perf_counter() - started
-    _write_json(out / "summary.json", summary)
-    if pictures:
-        _picture(lambda: _draw_run(out))
-    return summary
+    recipe = TrainRecipe(exp, plan, data, baseline_groups=baseline_groups, progress=progress, pictures=pictures, label=label)
+    return recipe.run()
 
 
 # --------------------------------------------------------------------------- helpers

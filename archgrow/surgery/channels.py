@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from archgrow.graph.bindings import TensorBinding
 from archgrow.graph.widthgraph import BoundTensor, WidthGraph, WidthGroup
+from archgrow.ir.bindings import TensorBinding
 from archgrow.surgery.grow import reset_grad_accumulator
 
 

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from archgrow.errors import GrowthError
-from archgrow.graph.roles import FAN_IN, FAN_OUT, MEAN, ONE, ZERO
 from archgrow.graph.widthgraph import BoundTensor, WidthGraph, WidthGroup
+from archgrow.ir.roles import FAN_IN, FAN_OUT, MEAN, ONE, ZERO
 from archgrow.surgery.optim import pad_state
 from archgrow.surgery.tensors import Expansion, expand, mean_units, new_shape, plan, random_units
 

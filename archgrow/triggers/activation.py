@@ -9,8 +9,8 @@ as the authors' code does on every layer of CNN runs, for T_act and T_weight ali
 
 from __future__ import annotations
 
-from archgrow.binding import GroupBinding
-from archgrow.measure import Measurement
+from archgrow.growth.binding import GroupBinding
+from archgrow.growth.measure import Measurement
 from archgrow.metrics import activation_count, gap_count, per_sample
 from archgrow.spec.schema import ActivationTrigger
 from archgrow.triggers.base import BaselineRule, Decision, grow_count, register_trigger

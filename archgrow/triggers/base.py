@@ -7,8 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from archgrow.binding import GroupBinding
-from archgrow.measure import Measurement
+from archgrow.growth.binding import GroupBinding
+from archgrow.growth.measure import Measurement
 from archgrow.spec.kinds import TRIGGERS, Problem, RegistrationError
 from archgrow.spec.schema import TriggerConfig
 

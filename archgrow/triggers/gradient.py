@@ -26,10 +26,10 @@ import warnings
 
 import torch
 
-from archgrow.binding import GroupBinding
 from archgrow.errors import ArchgrowError
-from archgrow.graph.roles import FAN_IN, FAN_OUT
-from archgrow.measure import Measurement
+from archgrow.growth.binding import GroupBinding
+from archgrow.growth.measure import Measurement
+from archgrow.ir.roles import FAN_IN, FAN_OUT
 from archgrow.spec.schema import GradientTrigger
 from archgrow.surgery.channels import unit_norms_by_roles, weight_snapshot
 from archgrow.triggers.base import Decision, TriggerRule, register_trigger

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import math
 
-from archgrow.binding import GroupBinding
-from archgrow.measure import Measurement
+from archgrow.growth.binding import GroupBinding
+from archgrow.growth.measure import Measurement
 from archgrow.spec.kinds import Problem
 from archgrow.spec.schema import BatchedSchedule, LinearSchedule, StaticTrigger, resolve_width
 from archgrow.triggers.base import Decision, TriggerRule, register_trigger

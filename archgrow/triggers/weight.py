@@ -7,8 +7,8 @@ gives the paper's form).  The count can never exceed ``fan_in``, which is what s
 
 from __future__ import annotations
 
-from archgrow.binding import GroupBinding
-from archgrow.measure import Measurement
+from archgrow.growth.binding import GroupBinding
+from archgrow.growth.measure import Measurement
 from archgrow.metrics import weight_count
 from archgrow.spec.schema import WeightTrigger
 from archgrow.triggers.base import BaselineRule, Decision, grow_count, register_trigger

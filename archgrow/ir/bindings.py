@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from archgrow.graph.layout import Layout
+from archgrow.ir.layout import Layout
 
 
 @dataclass(frozen=True)

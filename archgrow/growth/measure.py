@@ -31,10 +31,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from archgrow.errors import ArgumentError, MeasurementError
-from archgrow.graph.layout import TensorMeta
 from archgrow.graph.trace import forked_rng
 from archgrow.graph.widthgraph import WidthGraph, WidthGroup
-from archgrow.hooks import HookSet
+from archgrow.growth.hooks import HookSet
+from archgrow.ir.layout import TensorMeta
 from archgrow.ops.tensor_ops import function_name
 
 

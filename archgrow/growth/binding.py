@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from archgrow.auxgrad import Bridge
 from archgrow.errors import ArchgrowError
 from archgrow.graph.widthgraph import WidthGroup
-from archgrow.measure import Measurement, Probe
+from archgrow.growth.auxgrad import Bridge
+from archgrow.growth.measure import Measurement, Probe
 from archgrow.spec.schema import Settings
 
 if TYPE_CHECKING:

@@ -41,7 +41,7 @@ from torch import nn
 
 from archgrow.errors import ArchgrowError
 from archgrow.graph.widthgraph import Member, WidthGraph, WidthGroup
-from archgrow.hooks import HookSet
+from archgrow.growth.hooks import HookSet
 
 SUPPORTED = "nn.Linear, or nn.Conv2d with groups=1 and zero padding"
 
