@@ -15,7 +15,7 @@ import contextlib
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -606,23 +606,23 @@ def _bind_group(g, settings: Settings, origin: dict[str, str], graph: WidthGraph
             problems.append(f"{where(field)}: kind '{kind}' is not registered; registered: {', '.join(registry) or '(none)'}")
     if problems:
         raise SpecError("\n".join(problems), problems=problems)
-    b = GroupBinding(
-        group=g,
-        settings=settings,
-        origin=origin,
-        initial_width=width,
-        max_width=max_width,
-        producer=producer,
-        producer_name=producer_name,
-        conv_model=has_conv,
-    )
+    fields = {
+        "group": g,
+        "settings": settings,
+        "origin": origin,
+        "initial_width": width,
+        "max_width": max_width,
+        "producer": producer,
+        "producer_name": producer_name,
+        "conv_model": has_conv,
+    }
     # What the kinds declare they need, with the field to blame when the group cannot provide it.
     uses = (("trigger", tkind, TRIGGERS[tkind]), ("initializer", ikind, INITIALIZERS[ikind]))
     bridged = next(((f, k) for f, k, rule in uses if rule.needs_gradient or rule.needs_bridge), None)
     if bridged is not None:
         field, kind = bridged
         try:
-            b.bridge = build_bridge(graph, g)
+            fields["bridge"] = build_bridge(graph, g)
         except BridgeError as exc:
             problems.append(f"{where(field)}: '{kind}' cannot be used on group '{g.name}': {exc}")
         if g.step != 1:
@@ -632,10 +632,11 @@ def _bind_group(g, settings: Settings, origin: dict[str, str], graph: WidthGraph
     measured = next((f for f, _, rule in uses if rule.needs_activations), None)
     if measured is not None:
         try:
-            b.probe = build_probe(graph, g)
+            fields["probe"] = build_probe(graph, g)
         except ProbeError as exc:
             problems.append(f"{where(measured)}: group '{g.name}' cannot be measured: {exc}")
     module_type = type(producer).__name__
+    b = GroupBinding(**fields)  # what the kinds' checks and constructors see
     for field, kind, rule in reversed(uses):  # the initializer's problems first, as they were listed
         if rule.needs_candidate_producer and (producer is None or not supports_candidates(producer)):
             hint = "; use 'random'" if field == "initializer" else ""
@@ -650,9 +651,9 @@ def _bind_group(g, settings: Settings, origin: dict[str, str], graph: WidthGraph
             problems.append(f"{at}: {problem.message}")
     if problems:
         raise SpecError("\n".join(problems), problems=problems)
-    b.trigger = TRIGGERS[tkind](settings.trigger, b)
-    b.initializer = INITIALIZERS[ikind](settings.initializer, b)
-    return b
+    trigger = TRIGGERS[tkind](settings.trigger, b)
+    initializer = INITIALIZERS[ikind](settings.initializer, b)
+    return replace(b, trigger=trigger, initializer=initializer)
 
 
 def _is_conv(graph: WidthGraph, g) -> bool:

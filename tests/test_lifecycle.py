@@ -106,3 +106,13 @@ def test_paused_disarms_the_auxiliary_gradient_and_restores_it() -> None:
         out = grown(torch.randn(4, 8))
         out.sum().backward()
     assert bridge.armed
+
+
+def test_bindings_are_frozen_once_bound() -> None:
+    import dataclasses
+
+    grown = archgrow.wrap(_model(), SPEC, torch.randn(1, 8))
+    binding = grown.growing["hidden1"]
+    assert binding.bridge is not None and binding.trigger is not None and binding.initializer is not None
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        binding.bridge = None

@@ -21,9 +21,14 @@ if TYPE_CHECKING:
     import torch
 
 
-@dataclass
+@dataclass(frozen=True)
 class GroupBinding:
-    """One growing group: its settings, where they came from, and its trigger's running state."""
+    """One growing group, bound once and never changed: its settings, where they came from, what
+    it is measured with, and its trigger and initializer (which own their running state).
+
+    Rule constructors receive the binding before their own rule objects are set; the grower then
+    binds the final one with :func:`dataclasses.replace`.
+    """
 
     group: WidthGroup
     settings: Settings
