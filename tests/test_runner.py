@@ -362,3 +362,44 @@ def test_readme_experiment_example_validates(tmp_path):
     path.write_text(example)
     exp = load_experiment(path)
     assert set(exp.strategies) == {"north-select", "gradmax"} and exp.baselines == {"small-static": 1, "big-static": 8}
+
+
+def test_recalibrated_batch_norm_is_put_back_exactly() -> None:
+    from archgrow.models import wrn28
+    from archgrow.runner.train import recalibrated_batch_norm
+
+    torch.manual_seed(0)
+    model = wrn28(num_classes=3, width_mult=0.25, in_channels=1)
+    x = torch.randn(48, 1, 8, 8) * 3 + 1  # three equal batches: the average of batch means is the mean
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(8, 1, 8, 8))  # running averages that are not x's
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.eval()
+    first = model.stem  # the first batch norm normalises the stem's output
+    with recalibrated_batch_norm(model, x, batch_size=16):
+        expected = first(x).transpose(0, 1).flatten(1).mean(1)
+        torch.testing.assert_close(model.stage1[0].bn1.running_mean, expected, rtol=1e-4, atol=1e-5)
+        assert not model.training  # modes as they were
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert model.stage1[0].bn1.momentum == 0.1
+
+
+def test_recalibrated_evaluation_changes_only_the_reported_accuracy(tmp_path) -> None:
+    exp = {
+        "name": "bn",
+        "model": {"name": "wrn28", "width_mult": 0.25},
+        "data": {"kind": "digits", "images": True},
+        "train": {"lr": 0.003, "batch_size": 128, "epochs": 1, "eval_train": False},
+        "strategies": {"random": {"rules": [{"match": "stage3.*", "trigger": {"kind": "linear_schedule", "final_width": "2x", "total_steps": 4}, "initializer": {"kind": "random"}}]}},
+        "baselines": {},
+        "seeds": [0],
+    }
+    runs = {}
+    for mode in ("running", "recalibrated"):
+        e = parse_experiment({**exp, "train": {**exp["train"], "bn_statistics": mode}})
+        runs[mode] = run_experiment(e, output=tmp_path / mode, progress=False, pictures=False).runs[0]
+    a, b = runs["running"], runs["recalibrated"]
+    assert a["final_widths"] == b["final_widths"] and a["final_widths"]["stage3.0.conv1"] > 16  # it grew, the same
+    assert a["params"] == b["params"] and a["test_acc"] != b["test_acc"]

@@ -177,6 +177,12 @@ class TrainConfig(_Strict):
     epochs: PositiveInt = 10
     eval_batch_size: PositiveInt = 1024
     eval_train: bool = Field(True, description="also measure train accuracy after each epoch (one more pass)")
+    bn_statistics: Literal["running", "recalibrated"] = Field(
+        "running",
+        description="batch-norm statistics used by evaluations: running (the layers' running averages, the "
+        "usual protocol) or recalibrated (recomputed as a plain average over the training inputs at the current "
+        "weights before each evaluation, then put back, so training and growth are unchanged)",
+    )
 
 
 # --------------------------------------------------------------------------- strategies
