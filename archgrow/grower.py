@@ -24,19 +24,14 @@ from torch import nn
 from archgrow.errors import ArchgrowError, SpecError
 from archgrow.graph.trace import forked_rng
 from archgrow.graph.widthgraph import WidthGraph, trace
-from archgrow.growth.auxgrad import BridgeError, build_bridge
+from archgrow.growth.auxgrad import build_bridge
 from archgrow.growth.binding import GroupBinding, InitContext
+from archgrow.growth.buffer import InputBuffer
+from archgrow.growth.capture import StepCapture
 from archgrow.growth.hooks import HookSet
-from archgrow.growth.measure import (
-    InputBuffer,
-    Measurement,
-    ProbeError,
-    StepCapture,
-    build_probe,
-    measure,
-    measuring,
-    supports_candidates,
-)
+from archgrow.growth.measure import Measurement, measure, measuring, supports_candidates
+from archgrow.growth.probes import ProbeError, build_probe
+from archgrow.growth.svd import BridgeError
 from archgrow.initializers import INITIALIZERS
 from archgrow.initializers.base import apply_units
 from archgrow.spec.io import SpecLike, as_spec

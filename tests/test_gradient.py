@@ -508,7 +508,7 @@ def test_pooled_patches_from_a_box_filtered_input_equal_pooling_the_patches(kern
 def test_thin_svd_falls_back_to_svd_when_eigh_does_not_converge(monkeypatch):
     """LAPACK's eigh failed to converge on a real auxiliary gradient (GradMax, authors' threshold,
     Fashion-MNIST MLP); the SVD of G itself must then give the same factors."""
-    from archgrow.growth.auxgrad import singular_values, thin_svd
+    from archgrow.growth.svd import singular_values, thin_svd
 
     g = torch.randn(6, 40, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     u_ref, s_ref, v_ref = thin_svd(g)

@@ -16,7 +16,8 @@ import torch
 import archgrow
 from archgrow import metrics, models
 from archgrow.growth.binding import GroupBinding
-from archgrow.growth.measure import Measurement, build_probe, measure, measuring
+from archgrow.growth.measure import Measurement, measure, measuring
+from archgrow.growth.probes import build_probe
 from archgrow.metrics import (
     activation_count,
     as_matrix,

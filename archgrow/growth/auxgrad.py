@@ -42,12 +42,9 @@ from torch import nn
 from archgrow.errors import ArchgrowError
 from archgrow.graph.widthgraph import Member, WidthGraph, WidthGroup
 from archgrow.growth.hooks import HookSet
+from archgrow.growth.svd import BridgeError, singular_values, thin_svd
 
 SUPPORTED = "nn.Linear, or nn.Conv2d with groups=1 and zero padding"
-
-
-class BridgeError(ArchgrowError):
-    """The group's auxiliary gradient cannot be formed; the message says why."""
 
 
 @dataclass
@@ -380,88 +377,3 @@ def _block_spatial(spatial: tuple[int, ...], block: int, group: str, consumer: s
         f"group '{group}': cannot tell how {h}x{w} positions were pooled into the {block} inputs per channel "
         f"of '{consumer}'"
     )
-
-
-def thin_svd(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Thin SVD via ``eigh`` of the smaller Gram matrix (cheaper than ``svd`` for tall or wide ``g``).
-
-    LAPACK's divide-and-conquer ``eigh`` can fail to converge on a Gram matrix with clustered
-    eigenvalues (seen on an MNIST-size MLP's auxiliary gradient with GradMax growing every step);
-    ``svd`` of ``g`` itself is then used.
-    """
-    _check_finite(g)
-    rows, cols = g.shape
-    try:
-        if rows <= cols:
-            evals, u = torch.linalg.eigh(g @ g.T)
-            evals, u = evals.flip(0), u.flip(1)
-            s = evals.clamp_min(0).sqrt()
-            v = (g.T @ u) / s.clamp_min(torch.finfo(g.dtype).tiny)
-        else:
-            evals, v = torch.linalg.eigh(g.T @ g)
-            evals, v = evals.flip(0), v.flip(1)
-            s = evals.clamp_min(0).sqrt()
-            u = (g @ v) / s.clamp_min(torch.finfo(g.dtype).tiny)
-        return u, s, v
-    except torch.linalg.LinAlgError:
-        pass
-    try:
-        u, s, vh = torch.linalg.svd(g, full_matrices=False)
-    except torch.linalg.LinAlgError as exc:
-        raise BridgeError(f"the SVD of the auxiliary gradient ({rows} x {cols}) did not converge: {exc}") from None
-    return u, s, vh.T
-
-
-def singular_values(g: torch.Tensor) -> torch.Tensor:
-    """Singular values of ``g``, descending, from the smaller Gram matrix (``svdvals`` if that fails)."""
-    _check_finite(g)
-    gram = g @ g.T if g.shape[0] <= g.shape[1] else g.T @ g
-    try:
-        return torch.linalg.eigvalsh(gram).flip(0).clamp_min(0).sqrt()
-    except torch.linalg.LinAlgError:
-        pass
-    try:
-        return torch.linalg.svdvals(g)
-    except torch.linalg.LinAlgError as exc:
-        raise BridgeError(f"the singular values of the auxiliary gradient {tuple(g.shape)} did not converge: {exc}") from None
-
-
-def _check_finite(g: torch.Tensor) -> None:
-    if not bool(torch.isfinite(g).all()):
-        raise BridgeError(
-            "the auxiliary gradient has NaN or infinite entries (the loss or the weights diverged in this step); "
-            "lower the learning rate or check the inputs"
-        )
-
-
-def dead_at_zero(graph: WidthGraph, group: WidthGroup, limit: int = 256) -> list[str]:
-    """Traced ops between the group's producers and its consumers whose gradient at 0 is 0.
-
-    A zero-fan-in unit sits at 0 there and would get no gradient (paper §6.1); the modified ReLU
-    ``where(x >= 0, x, 0)`` is not among them.
-    """
-    nodes = {n.name: n for n in graph.fx.graph.nodes}
-    consumers = {c.name for c in group.consumers}
-    frontier = [nodes[n] for p in group.producers if (n := graph.member_node(p.name, "producer")) in nodes]
-    seen: set[Any] = set(frontier)
-    found: list[str] = []
-    while frontier and len(seen) < limit:
-        node = frontier.pop()
-        for user in node.users:
-            if user in seen:
-                continue
-            seen.add(user)
-            if user.op == "call_module" and str(user.target) in consumers:
-                continue
-            if _is_dead_at_zero(graph, user):
-                found.append(user.name)
-            frontier.append(user)
-    return found
-
-
-def _is_dead_at_zero(graph: WidthGraph, node: Any) -> bool:
-    if node.op == "call_module":
-        rule = graph.ops.layer(graph.fx.get_submodule(str(node.target)))
-        return rule is not None and rule.dead_at_zero
-    info = graph.ops.info(node.op, node.target)
-    return info is not None and info.dead_at_zero

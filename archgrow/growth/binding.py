@@ -14,7 +14,8 @@ from torch import nn
 from archgrow.errors import ArchgrowError
 from archgrow.graph.widthgraph import WidthGroup
 from archgrow.growth.auxgrad import Bridge
-from archgrow.growth.measure import Measurement, Probe
+from archgrow.growth.measure import Measurement
+from archgrow.growth.probes import Probe
 from archgrow.spec.schema import Settings
 
 if TYPE_CHECKING:

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import torch
 
-from archgrow.growth.auxgrad import dead_at_zero
 from archgrow.growth.binding import GroupBinding, InitContext
+from archgrow.growth.dead_at_zero import dead_at_zero
 from archgrow.initializers.base import InitRule, Units, register_initializer
 from archgrow.ir.roles import FAN_IN, FAN_OUT, ONE
 from archgrow.spec.schema import GradMaxInit
