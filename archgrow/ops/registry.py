@@ -243,27 +243,16 @@ def layer(module_type: type, rule: LayerRule, *, leaf: bool = True) -> Registrat
 OPS = OpTable()  # what every trace starts from
 
 
-def register_op(
-    target: OpTarget,
-    rule: Callable[[RuleContext], Any] | None = None,
-    *,
-    elementwise: bool = False,
-    random: bool = False,
-    identity_in_eval: bool = False,
-    dead_at_zero: bool = False,
-    method: bool = False,
-) -> None:
+def register_op(target: OpTarget, rule: Callable[[RuleContext], Any] | None = None, **facts: bool) -> None:
     """Tell archgrow how a function (or ``Tensor`` method, with ``method=True``) treats widths.
 
     ``elementwise=True`` is enough for an activation: one output position per input position,
     with broadcasting.  Otherwise give ``rule(ctx)`` returning the node's analysed output (see
-    :mod:`archgrow.ops.context`).  Functions that fx does not trace into are those wrapped with
-    ``torch.fx.wrap`` or passed as ``trace(..., autowrap_functions=...)``.
+    :mod:`archgrow.ops.context`).  The other facts, as for :func:`op`: ``random``,
+    ``identity_in_eval``, ``dead_at_zero``.  Functions that fx does not trace into are those
+    wrapped with ``torch.fx.wrap`` or passed as ``trace(..., autowrap_functions=...)``.
     """
-    op(
-        target, rule, elementwise=elementwise, random=random, identity_in_eval=identity_in_eval,
-        dead_at_zero=dead_at_zero, method=method,
-    ).apply(OPS)  # fmt: skip
+    op(target, rule, **facts).apply(OPS)
 
 
 def register_layer(module_type: type, rule: LayerRule, *, leaf: bool = True) -> None:

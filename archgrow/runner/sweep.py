@@ -22,7 +22,7 @@ from archgrow.graph.widthgraph import trace
 from archgrow.grower import bind
 from archgrow.runner.build import build_model, load_data
 from archgrow.runner.experiment import Experiment
-from archgrow.runner.train import RunPlan, resolve_device, run_one
+from archgrow.runner.train import RunPlan, TrainRecipe, resolve_device
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ def run_experiment(
     for i, plan in enumerate(plans, start=1):
         label = f"[{i}/{len(plans)}] {plan.strategy} seed {plan.seed}"
         runs.append(
-            run_one(exp, plan, data, baseline_groups=baseline_groups, progress=progress, pictures=pictures, label=label)
+            TrainRecipe(exp, plan, data, baseline_groups=baseline_groups, progress=progress, pictures=pictures, label=label).run()
         )
     table = aggregate(runs)
     write_summaries(out, exp.title, runs, table)

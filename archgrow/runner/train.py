@@ -330,21 +330,6 @@ def recalibrated_batch_norm(model: nn.Module, x: torch.Tensor, batch_size: int) 
                 getattr(m, name).copy_(value)
 
 
-def run_one(
-    exp: Experiment,
-    plan: RunPlan,
-    data: DataSplit,
-    *,
-    baseline_groups: list[str],
-    progress: bool = True,
-    pictures: bool = True,
-    label: str = "",
-) -> dict[str, Any]:
-    """Train, write the run directory, return the run's summary (also in ``summary.json``)."""
-    recipe = TrainRecipe(exp, plan, data, baseline_groups=baseline_groups, progress=progress, pictures=pictures, label=label)
-    return recipe.run()
-
-
 # --------------------------------------------------------------------------- helpers
 def _optimizer(cfg: Any, net: nn.Module) -> torch.optim.Optimizer:
     params = list(net.parameters())
