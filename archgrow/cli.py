@@ -15,9 +15,10 @@ import torch
 from torch import nn
 
 from archgrow import __version__, models
+from archgrow.binder import bind
 from archgrow.errors import ArchgrowError, SpecError
 from archgrow.graph import trace
-from archgrow.grower import bind, wrap
+from archgrow.grower import wrap
 from archgrow.runner import load_experiment, markdown_table, run_experiment
 from archgrow.runner.sweep import output_dir
 from archgrow.spec import json_schema, load_spec

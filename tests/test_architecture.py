@@ -78,6 +78,7 @@ LAYERS = [
     {"surgery"},
     {"growth"},
     {"triggers", "initializers"},
+    {"binder"},
     {"grower", "checkpoint"},
     {"runner", "viz"},
     {"cli", "__init__", "__main__"},
@@ -182,4 +183,4 @@ def test_the_layer_and_cycle_checks_can_fail(tmp_path: Path) -> None:
     assert find_cycles({"a": {"b"}, "b": set()}) == []
     bad = tmp_path / "probe.py"
     bad.write_text("from archgrow.grower import wrap\n")
-    assert _upward(bad, "archgrow.ir.probe") == ["archgrow.ir.probe:1: ir (layer 1) imports archgrow.grower (layer 8)"]
+    assert _upward(bad, "archgrow.ir.probe") == ["archgrow.ir.probe:1: ir (layer 1) imports archgrow.grower (layer 9)"]

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from archgrow.binder import bind
 from archgrow.graph.widthgraph import trace
-from archgrow.grower import bind
 from archgrow.runner.build import build_model, load_data
 from archgrow.runner.experiment import Experiment
 from archgrow.runner.train import RunPlan, TrainRecipe, resolve_device
