@@ -92,6 +92,7 @@ class GrowingModel(nn.Module):
         self._paused = False
         self._closed = False
         self._hooks = HookSet()  # every hook on the user's modules, removed by unwrap() / close()
+        self._base: dict[str, Any] = {}
         self._n_inputs = 1  # positional inputs the model was traced with (prefill reads that many per batch)
         self._step_begun = False  # the current step's first training forward has run
         self._step_starters: list[GroupBinding] = []  # triggers that read the weights before each update
@@ -376,6 +377,12 @@ class GrowingModel(nn.Module):
         return self.graph.widths()
 
     @property
+    def base(self) -> dict[str, Any]:
+        """The base model as wrapped (class, parameter shapes, group widths): what a checkpoint must be
+        loaded into."""
+        return self._base
+
+    @property
     def buffered_samples(self) -> int:
         """Raw input samples in the activation buffer (0 when no group measures one)."""
         return self._buffer.size if self._buffer is not None else 0
@@ -394,6 +401,7 @@ class GrowingModel(nn.Module):
     def _bind(self, example_inputs: tuple[Any, ...]) -> None:
         graph = trace(self.model, example_inputs)
         bindings = bind(self.spec, graph)
+        self._base = base_identity(self.model, graph)
         # One buffer for the model, the largest any group asks for.  Unset sizes follow Table 2:
         # 2 x max width for dense models, the latest mini-batch for models with convolutions.
         capacity = 0
@@ -512,6 +520,15 @@ class GrowingModel(nn.Module):
             self._buffer.load_state_dict(state["buffer"])
         self.timings = dict(state["timings"])
         self._arm_bridges()
+
+
+def base_identity(model: nn.Module, graph: WidthGraph) -> dict[str, Any]:
+    """What identifies a base model: its class, every parameter's shape and every group's width."""
+    return {
+        "class": f"{type(model).__module__}.{type(model).__qualname__}",
+        "parameters": {name: list(p.shape) for name, p in model.named_parameters()},
+        "widths": graph.widths(),
+    }
 
 
 def wrap(model: nn.Module, spec: SpecLike, example_inputs: Any = None) -> GrowingModel:

@@ -148,3 +148,102 @@ def test_load_rejects_wrong_models_and_files(tmp_path):
     torch.save({"hello": 1}, tmp_path / "other.pt")
     with pytest.raises(ArchgrowError, match="not an archgrow checkpoint"):
         archgrow.load(tmp_path / "other.pt", fresh())
+
+
+# --------------------------------------------------------------------------- checkpoints that cannot lie
+def _trained(tmp_path, optimizer_type=torch.optim.Adam):
+    data = batches(6)
+    grown = archgrow.wrap(fresh(), SPEC, data[0][0][:1])
+    opt = optimizer_type(grown.parameters(), lr=0.01)
+    for x, y in data:
+        step(grown, opt, x, y)
+    path = tmp_path / "run.pt"
+    archgrow.save(path, grown, opt)
+    return grown, opt, path
+
+
+def _hook_count(model):
+    return sum(len(m._forward_hooks) for m in model.modules())
+
+
+def test_a_failed_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    grown, opt, path = _trained(tmp_path)
+    before = path.read_bytes()
+
+    def crash(obj, f, *args, **kwargs):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError, match="disk full"):
+        archgrow.save(path, grown, opt)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.pt"]  # no temporary file left
+
+
+def test_damaged_tensor_data_is_refused(tmp_path):
+    grown, opt, path = _trained(tmp_path)
+    payload = torch.load(path, weights_only=True)
+    payload["model"]["hidden1.weight"][0, 0] += 1e-3  # one value changed, digests as saved
+    torch.save(payload, path)
+    with pytest.raises(ArchgrowError, match=r"run.pt: 1 tensor\(s\) do not match the digests .*model.hidden1.weight"):
+        archgrow.load(path, fresh(), None)
+
+
+def test_flipped_bytes_never_load_silently(tmp_path):
+    grown, opt, path = _trained(tmp_path)
+    raw = bytearray(path.read_bytes())
+    weight = grown.model.hidden2.weight.detach().contiguous().numpy().tobytes()
+    at = raw.find(weight[:16])
+    assert at > 0
+    raw[at + 5] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ArchgrowError, match="run.pt: "):
+        archgrow.load(path, fresh(), None)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "text", "missing", "directory"])
+def test_unreadable_files_name_the_file_and_the_problem(tmp_path, damage):
+    grown, opt, path = _trained(tmp_path)
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif damage == "empty":
+        path.write_bytes(b"")
+    elif damage == "text":
+        path.write_text("not a checkpoint\n")
+    elif damage == "missing":
+        path.unlink()
+    else:
+        path.unlink()
+        path.mkdir()
+    with pytest.raises(ArchgrowError, match=f"{path.name}: "):
+        archgrow.load(path, fresh(), None)
+
+
+def test_another_base_model_is_refused_with_the_differences(tmp_path):
+    grown, opt, path = _trained(tmp_path)
+    torch.manual_seed(0)
+    other = mlp(64, (4, 4), 3)  # same growing groups and widths, another number of classes
+    with pytest.raises(ArchgrowError, match=r"not the base model .*'out.weight' has shape \(3, 4\) instead of \(2, 4\)"):
+        archgrow.load(path, other, None)
+    assert _hook_count(other) == 0  # a refused load leaves no hooks behind
+
+
+def test_the_wrapped_model_is_accepted(tmp_path):
+    grown, opt, path = _trained(tmp_path)
+    base = fresh()
+    wrapped = archgrow.wrap(base, SPEC, batches(1)[0][0][:1])
+    resumed = archgrow.load(path, wrapped, None)
+    assert resumed.widths() == grown.widths() and wrapped.closed
+    assert resumed.model is base
+
+
+def test_another_optimizer_is_refused(tmp_path):
+    grown, opt, path = _trained(tmp_path)
+    base = fresh()
+    with pytest.raises(ArchgrowError, match="state of a torch.optim.adam.Adam optimizer, not of the torch.optim.sgd.SGD"):
+        archgrow.load(path, base, torch.optim.SGD(base.parameters(), lr=0.1))
+    base = fresh()
+    params = list(base.parameters())
+    with pytest.raises(ArchgrowError, match=r"parameter groups of \[2, 4\] parameters, the checkpoint's had \[6\]"):
+        archgrow.load(path, base, torch.optim.Adam([{"params": params[:2]}, {"params": params[2:]}]))
