@@ -759,3 +759,11 @@ def test_python_m_archgrow_validate() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "specs/static.yaml: ok\n"
+
+
+@pytest.mark.parametrize("seed", [2**64, 2**70, -(2**63) - 1])
+def test_seed_must_fit_a_torch_generator(seed: int) -> None:
+    with pytest.raises(SpecError, match=r"<dict>: seed: input should be (less|greater) than or equal to"):
+        parse_spec({"seed": seed})
+    for ok in (0, 2**64 - 1, -(2**63)):
+        torch.Generator().manual_seed(parse_spec({"seed": ok}).seed)

@@ -255,3 +255,23 @@ def test_backward_after_growth_while_last_graph_is_alive():
     loss = model(torch.randn(5, 6)).sum()
     loss.backward()
     assert model[0].weight.grad.shape == (7, 6) and model[2].weight.grad.shape == (2, 7)
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ([[0.0] * 8] * 2, "must be a tensor or a mapping from module name to tensor, got list"),
+        (torch.full((2, 8), float("nan")), "has NaN or infinite entries"),
+        (torch.full((2, 8), float("inf")), "has NaN or infinite entries"),
+        (torch.ones(2, 8, dtype=torch.long), "must be a floating-point tensor, got a torch.int64 tensor"),
+        ({"hidden1": "weights"}, "must be a floating-point tensor, got str"),
+    ],
+)
+def test_explicit_fan_in_must_be_finite_floating_tensors(bad, message) -> None:
+    model = models.mlp(8, (4,), 2)
+    graph = archgrow.trace(model, torch.randn(1, 8))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(archgrow.GrowthError, match=message):
+        archgrow.grow(graph, "hidden1", 2, fan_in=bad)
+    assert graph.widths()["hidden1"] == 4
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # nothing changed

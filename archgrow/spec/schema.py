@@ -336,7 +336,12 @@ class Spec(_Deferred):
     """
 
     version: Literal[1] = 1
-    seed: int = Field(0, description="seeds every random choice of triggers and initializers")
+    seed: int = Field(
+        0,
+        ge=-(2**63),
+        le=2**64 - 1,
+        description="seeds every random choice of triggers and initializers (a torch.Generator seed: -2**63 to 2**64-1)",
+    )
     defaults: Settings = Field(default_factory=Settings)
     rules: list[Rule] = Field(default_factory=list)
     _source: str | None = PrivateAttr(default=None)

@@ -112,13 +112,24 @@ def _by_member(value: TensorOrMap, what: str, names: list[str], g: WidthGroup) -
                 f"{what} for group '{g.name}' must be a mapping, since it has {len(names)} "
                 f"{'producers' if what == 'fan_in' else 'consumers'}: {', '.join(names) or '(none)'}"
             )
-        return {names[0]: value}
+        value = {names[0]: value}
+    if not isinstance(value, Mapping):
+        raise GrowthError(
+            f"{what} for group '{g.name}' must be a tensor or a mapping from module name to tensor, "
+            f"got {type(value).__name__}"
+        )
     unknown = [n for n in value if n not in names]
     if unknown:
         raise GrowthError(
             f"{what} names {', '.join(unknown)}, not among group '{g.name}' "
             f"{'producers' if what == 'fan_in' else 'consumers'}: {', '.join(names) or '(none)'}"
         )
+    for name, t in value.items():
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            kind = f"a {t.dtype} tensor" if isinstance(t, torch.Tensor) else type(t).__name__
+            raise GrowthError(f"{what} for '{name}' in group '{g.name}' must be a floating-point tensor, got {kind}")
+        if not bool(torch.isfinite(t).all()):
+            raise GrowthError(f"{what} for '{name}' in group '{g.name}' has NaN or infinite entries")
     return dict(value)
 
 
