@@ -37,7 +37,9 @@ class OpInfo:
     ``rule(ctx)`` returns the node's analysed output (``None``: no layout rule, widths reaching
     the op freeze).  The flags answer the other passes: ``elementwise`` (one output position per
     input position), ``random`` (draws random numbers), ``identity_in_eval`` (dropout-like: the
-    input itself in eval mode), ``dead_at_zero`` (gradient 0 at input 0, like ReLU).
+    input itself in eval mode), ``dead_at_zero`` (gradient 0 at input 0, like ReLU),
+    ``multiplicative`` (scales its input: a parameter used through it is a scale, so its new
+    entries take the mean of the old ones).
     """
 
     rule: Callable[[RuleContext], Any] | None = None
@@ -45,6 +47,7 @@ class OpInfo:
     random: bool = False
     identity_in_eval: bool = False
     dead_at_zero: bool = False
+    multiplicative: bool = False
 
 
 class LayerRule:
@@ -187,6 +190,10 @@ class OpTable:
             return self.method(str(target))
         return None
 
+    def user_info(self, used_by: Any) -> OpInfo | None:
+        """The record of what used a parameter: a function object, or a method's name."""
+        return self.method(used_by) if isinstance(used_by, str) else self.function(used_by)
+
     def is_random(self, op: str, target: Any, name: str) -> bool:
         """Draws random numbers: as recorded, or, for ops nobody described, by its name."""
         info = self.info(op, target)
@@ -224,6 +231,7 @@ def op(
     random: bool = False,
     identity_in_eval: bool = False,
     dead_at_zero: bool = False,
+    multiplicative: bool = False,
     method: bool = False,
 ) -> Registration:
     """Describe an op (see :func:`register_op`) without registering it, e.g. for ``trace(rules=...)``."""
@@ -231,7 +239,7 @@ def op(
 
     if rule is None and elementwise:
         rule = elementwise_rule
-    info = OpInfo(rule, elementwise, random, identity_in_eval, dead_at_zero)
+    info = OpInfo(rule, elementwise, random, identity_in_eval, dead_at_zero, multiplicative)
     return Registration(target, info=info, method=method)
 
 
@@ -249,7 +257,7 @@ def register_op(target: OpTarget, rule: Callable[[RuleContext], Any] | None = No
     ``elementwise=True`` is enough for an activation: one output position per input position,
     with broadcasting.  Otherwise give ``rule(ctx)`` returning the node's analysed output (see
     :mod:`archgrow.ops.context`).  The other facts, as for :func:`op`: ``random``,
-    ``identity_in_eval``, ``dead_at_zero``.  Functions that fx does not trace into are those
+    ``identity_in_eval``, ``dead_at_zero``, ``multiplicative``.  Functions that fx does not trace into are those
     wrapped with ``torch.fx.wrap`` or passed as ``trace(..., autowrap_functions=...)``.
     """
     op(target, rule, **facts).apply(OPS)

@@ -285,6 +285,9 @@ _OPERATORS = (
     "and_ or_ xor invert eq ne lt le gt ge"
 )
 _DROPOUTS = "dropout dropout1d dropout2d dropout3d alpha_dropout feature_alpha_dropout"
+# Scale their input (a parameter used through one is a scale: new entries take the mean).
+_MULTIPLICATIVE_FUNCTIONS = {"mul", "multiply", "div", "divide", "true_divide", "truediv", "imul", "itruediv"}
+_MULTIPLICATIVE_METHODS = {"mul", "mul_", "div", "div_", "multiply", "divide"}
 # Gradient 0 at 0: a unit with zero fan-in behind one of these never learns (GradMax, §6.1).
 _DEAD_AT_ZERO = {"relu", "relu_", "relu6", "hardtanh", "hardtanh_", "threshold", "threshold_", "clamp", "clamp_min", "clip"}
 
@@ -305,7 +308,7 @@ RECEIVER_SHAPE_METHODS = {
 REDUCTIONS = "mean sum amax amin prod std var norm logsumexp all any nansum nanmean count_nonzero"
 
 
-def _flags(name: str, info: OpInfo) -> OpInfo:
+def _flags(name: str, info: OpInfo, multiplicative: set[str]) -> OpInfo:
     """The facts that follow from an op's name."""
     return OpInfo(
         info.rule,
@@ -313,18 +316,20 @@ def _flags(name: str, info: OpInfo) -> OpInfo:
         random=info.random,
         identity_in_eval=name in _DROPOUTS.split(),
         dead_at_zero=name in _DEAD_AT_ZERO,
+        multiplicative=name in multiplicative,
     )
 
 
 def _functions(table: OpTable, fns: Iterable[Any], rule: Callable[[RuleContext], Any], **flags: Any) -> None:
     for fn in fns:
         name = getattr(fn, "__name__", "")
-        table.add_op(fn, _flags(name, OpInfo(rule, **flags)), replace_existing=False)
+        table.add_op(fn, _flags(name, OpInfo(rule, **flags), _MULTIPLICATIVE_FUNCTIONS), replace_existing=False)
 
 
 def _methods(table: OpTable, names: Iterable[str], rule: Callable[[RuleContext], Any], **flags: Any) -> None:
     for name in names:
-        table.add_op(name, _flags(name, OpInfo(rule, **flags)), method=True, replace_existing=False)
+        info = _flags(name, OpInfo(rule, **flags), _MULTIPLICATIVE_METHODS)
+        table.add_op(name, info, method=True, replace_existing=False)
 
 
 def register_builtin_ops(table: OpTable) -> None:

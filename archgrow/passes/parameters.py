@@ -3,22 +3,12 @@ position embeddings), or owned by two modules (tied embeddings)."""
 
 from __future__ import annotations
 
-import operator
-
-import torch
 from torch import nn
 
 from archgrow.ir.bindings import MemberRecord
 from archgrow.ir.layout import Layout, Seg
 from archgrow.ir.roles import MEAN, ZERO
 from archgrow.ops.context import LayoutState, bind_tensor, freeze_layout
-
-# Ops through which a parameter scales its input: its new entries take the mean of the old ones.
-MULTIPLICATIVE = {
-    *(getattr(torch, n) for n in ("mul", "multiply", "div", "divide", "true_divide") if hasattr(torch, n)),
-    operator.mul, operator.truediv, operator.imul, operator.itruediv,
-    "mul", "mul_", "div", "div_", "multiply", "divide",
-}  # fmt: skip
 
 
 def bind_direct_parameters(state: LayoutState) -> None:
@@ -37,7 +27,8 @@ def bind_direct_parameters(state: LayoutState) -> None:
             for v in var_of.values():
                 state.vars.freeze(v, reason)
             continue
-        role = state.param_roles.get(target) or (MEAN if state.param_users.get(target, set()) & MULTIPLICATIVE else ZERO)
+        scaled = any((info := state.ops.user_info(u)) is not None and info.multiplicative for u in state.param_users.get(target, ()))
+        role = state.param_roles.get(target) or (MEAN if scaled else ZERO)
         mod = state.model.get_submodule(owner) if owner else state.model
         for d, v in var_of.items():
             lay = (Seg(v),)
@@ -61,4 +52,4 @@ def freeze_shared_parameters(state: LayoutState) -> None:
                 freeze_layout(state.vars, lay, reason)
 
 
-__all__ = ["MULTIPLICATIVE", "bind_direct_parameters", "freeze_shared_parameters"]
+__all__ = ["bind_direct_parameters", "freeze_shared_parameters"]
