@@ -28,6 +28,7 @@ from archgrow.graph.widthgraph import WidthGraph, trace
 from archgrow.growth.binding import GroupBinding, InitContext
 from archgrow.growth.buffer import InputBuffer
 from archgrow.growth.capture import StepCapture
+from archgrow.growth.collective import Collective
 from archgrow.growth.hooks import HookSet
 from archgrow.growth.measure import Measurement, measure, measuring
 from archgrow.growth.svd import BridgeError
@@ -75,6 +76,12 @@ class GrowingModel(nn.Module):
 
     def __init__(self, model: nn.Module, spec: SpecLike, example_inputs: Any = None, *, measure_chunk: int = 512):
         super().__init__()
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            raise ArchgrowError(
+                "wrap() was given a DistributedDataParallel model: wrap the plain model first, then distribute the "
+                "wrapped one, so that DDP is rebuilt when the model grows: grown = archgrow.wrap(model, spec, x); "
+                "ddp = archgrow.distribute(grown, device_ids=...) (see docs/distributed.md)"
+            )
         self.model = model
         self.spec: Spec = as_spec(spec)
         self.history: list[GrowthEvent] = []
@@ -97,6 +104,9 @@ class GrowingModel(nn.Module):
         self._step_begun = False  # the current step's first training forward has run
         self._step_starters: list[GroupBinding] = []  # triggers that read the weights before each update
         self._warned: set[str] = set()
+        self._collective = Collective()  # one process until distribute() says otherwise
+        self._synchronized = False
+        self._nonfinite_inputs = 0
         if example_inputs is not None:
             self._bind(_as_tuple(example_inputs))
 
@@ -110,7 +120,7 @@ class GrowingModel(nn.Module):
                 for b in self._step_starters:
                     if self._due(b, self.steps + 1):
                         b.trigger.step_start(b)
-            if self._buffer is not None:
+            if self._buffer is not None and self._buffering():
                 self.observe(*args)
             if self._capture is not None:
                 self._capture.begin()
@@ -174,7 +184,12 @@ class GrowingModel(nn.Module):
         if samples == 0:
             raise ArchgrowError("prefill: no samples were given")
         for tensors in chunks:  # only once every batch was accepted: a bad batch leaves the buffer empty
-            self._buffer.push(tensors)
+            self._dropped(self._buffer.push(tensors))
+        if not self._collective.all_true(self._buffer.size > 0):
+            raise ArchgrowError(
+                f"prefill: {'no' if self._buffer.size == 0 else 'some rank has no'} finite samples to buffer "
+                f"(rank {self._collective.rank}: {self._nonfinite_inputs} non-finite dropped)"
+            )
         self._start(prefilled=True)
         return self._buffer.size
 
@@ -189,9 +204,46 @@ class GrowingModel(nn.Module):
         tensors = [a for a in inputs if isinstance(a, torch.Tensor)]
         if len(tensors) != len(inputs):
             raise ArchgrowError("the activation buffer keeps tensor inputs only; pass tensors positionally")
-        self._buffer.push(tensors)
-        if not self._started:
+        self._dropped(self._buffer.push(tensors))
+        if not self._started and self._collective.all_true(self._buffer.size > 0):
             self._start()
+
+    def _dropped(self, samples: int) -> None:
+        if not samples:
+            return
+        if not self._nonfinite_inputs:
+            warnings.warn(
+                f"rank {self._collective.rank}: {samples} training input sample(s) with NaN or infinite values were "
+                "not buffered for activation measurements (warned once; grown.nonfinite_inputs counts them all)",
+                stacklevel=4,
+            )
+        self._nonfinite_inputs += samples
+
+    @property
+    def nonfinite_inputs(self) -> int:
+        """Training input samples left out of the activation buffer for NaN or infinite values."""
+        return self._nonfinite_inputs
+
+    def synchronize(self, collective: Collective) -> None:
+        """Decide growth together with the other ranks of ``collective`` (see :mod:`archgrow.growth.collective`).
+
+        :func:`archgrow.distribute` calls this.  Each rank keeps its share of the activation buffer
+        (the capacity divided by the number of ranks, rounded up), so the measurement gathered from
+        all ranks covers as many samples as one process's buffer would; a buffer restored from a
+        checkpoint is split the same way.
+        """
+        self._check_open("synchronize")
+        if self._synchronized:
+            raise ArchgrowError("synchronize: this GrowingModel's collective was already set; wrap the model again")
+        self._collective = collective
+        self._synchronized = True
+        if self._buffer is not None and collective.distributed:
+            self._buffer.shard(collective.rank, collective.world_size)
+
+    @property
+    def collective(self) -> Collective:
+        """What growth decisions are combined over (one process unless :meth:`synchronize` was called)."""
+        return self._collective
 
     def grow_step(
         self, optimizer: torch.optim.Optimizer | None = None, *, loss_fn: Callable[[], torch.Tensor] | None = None
@@ -215,6 +267,7 @@ class GrowingModel(nn.Module):
             self._arm_bridges()
 
     def _grow_step(self, optimizer: torch.optim.Optimizer | None, loss_fn: Any) -> list[GrowthEvent]:
+        self._check_processes()
         due = [b for b in self._bindings if self._due(b, self.steps)]
         if not due:
             return []
@@ -230,14 +283,19 @@ class GrowingModel(nn.Module):
             spent = time.perf_counter() - t0
             self.timings["measure"] += spent
             share = spent / len(measured)
+        usable = [b for b in due if self._usable(b, measurements.get(b.name))]
         decisions = []
-        for b in due:
+        for b in usable:
             t0 = time.perf_counter()
             d = self._with_group(b, b.trigger.evaluate, b, self.steps, measurements.get(b.name))
             seconds = time.perf_counter() - t0
             self.timings["trigger"] += seconds
             decisions.append((b, d, seconds + (share if b.trigger.needs_activations else 0.0)))
             self.evaluations.append(TriggerEvaluation(self.steps, b.name, float(d.score), float(d.threshold), int(d.add)))
+        plan = [(b, d, seconds, self._units_to_add(b, d.add)) for b, d, seconds in decisions]
+        self._collective.check_same(
+            f"how many units to add at step {self.steps}", [b.name for b, *_ in plan], [k for *_, k in plan]
+        )
         cache = {name: (m, 0) for name, m in measurements.items()}
         generation = 0
 
@@ -249,21 +307,12 @@ class GrowingModel(nn.Module):
             cache[b.name] = (m, generation)
             return m
 
-        ctx = InitContext(self.model, self._generator, measurement_for, loss_fn, self._trial_loss)
+        ctx = InitContext(self.model, self._generator, measurement_for, loss_fn, self._trial_loss, self._collective.mean)
         events = []
-        for b, d, trigger_seconds in decisions:
-            cap = b.max_width
-            own_cap = b.trigger.cap(b)
-            if own_cap is not None:
-                cap = min(cap, own_cap)
-            old = b.width
-            k = min(d.add, cap - old)
-            if k > 0:
-                most = self._with_group(b, b.initializer.max_units, b)
-                k = min(k, most) if most is not None else k
-            k -= k % b.group.step
+        for b, d, trigger_seconds, k in plan:
             if k <= 0:
                 continue
+            old = b.width
             t0 = time.perf_counter()
             units = self._with_group(b, b.initializer.units, b, k, ctx)
             t1 = time.perf_counter()
@@ -285,11 +334,86 @@ class GrowingModel(nn.Module):
                 initializer_seconds=t2 - t0,
             )
             events.append(event)
+        if events and self._collective.distributed:
+            checksums = [float(p.detach().double().sum()) for p in self.model.parameters()]
+            self._collective.check_same(
+                f"the parameters after growth at step {self.steps}",
+                [name for name, _ in self.model.named_parameters()],
+                checksums,
+                rtol=1e-6,
+            )
         self.history.extend(events)
         return events
 
+    def _units_to_add(self, b: GroupBinding, add: int) -> int:
+        """What the trigger asked for, within ``max_width``, the trigger's and the initializer's limits,
+        rounded down to the group's step."""
+        k = min(add, self._cap(b) - b.width)
+        if k > 0:
+            most = self._with_group(b, b.initializer.max_units, b)
+            k = min(k, most) if most is not None else k
+        return max(0, k - k % b.group.step)
+
+    def _cap(self, b: GroupBinding) -> int:
+        own = b.trigger.cap(b)
+        return b.max_width if own is None else min(b.max_width, own)
+
+    def _usable(self, b: GroupBinding, m: Measurement | None) -> bool:
+        """Combine the group's auxiliary gradient across ranks; refuse non-finite inputs to a decision.
+
+        A NaN or infinite measurement or ``G`` never becomes a baseline and never decides: the group
+        skips this step (with a warning) and its baseline waits for a finite measurement."""
+        problem = None
+        if m is not None and not _finite(m):
+            problem = "its activation measurement holds NaN or infinite values"
+        elif (
+            b.bridge is not None
+            and (b.trigger.needs_gradient or b.initializer.needs_gradient)
+            and self._collective.all_true(b.bridge.captured)  # else the rule that reads G says what is missing
+        ):
+            g = self._with_group(b, b.bridge.combine, self._collective.mean)
+            if not torch.isfinite(g).all():
+                problem = "its auxiliary gradient G holds NaN or infinite values"
+        if problem is not None:
+            warnings.warn(f"group '{b.name}', step {self.steps}: {problem}; it neither grows nor updates its "
+                          "baseline this step", stacklevel=4)
+            return False
+        if m is not None and b.name in self._unstarted:  # phi(f_0): the first finite measurement
+            if not _from_step(b) and self.steps > 1:
+                warnings.warn(f"group '{b.name}': baseline phi(f_0) taken at step {self.steps}, the first finite "
+                              "measurement", stacklevel=4)
+            b.trigger.start(b, m)
+            self._unstarted.discard(b.name)
+        return True
+
+    def _check_processes(self) -> None:
+        """Several processes that each grow alone would continue apart: refuse, and say what to use."""
+        if self._synchronized or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return
+        if torch.distributed.get_world_size() > 1:
+            raise ArchgrowError(
+                f"grow_step: torch.distributed runs {torch.distributed.get_world_size()} processes but this "
+                "GrowingModel decides alone, so ranks would grow differently and continue apart: train through "
+                "ddp = archgrow.distribute(grown) (not DDP(grown)) and call ddp.grow_step(optimizer); for "
+                "deliberately independent models per process, call grown.synchronize(archgrow.distributed.Collective()) once"
+            )
+
     def _due(self, b: GroupBinding, step: int) -> bool:
-        return not b.settings.frozen and step % b.settings.every_n_steps == 0 and not b.trigger.never_fires
+        """The group's trigger runs at ``step``: not frozen, on its schedule, and able to widen.
+
+        A group at its cap (``max_width`` or its trigger's own) can never grow again, so it neither
+        measures, captures, nor evaluates: a run whose groups all reached their caps costs a plain
+        training step."""
+        return step % b.settings.every_n_steps == 0 and self._can_grow(b)
+
+    def _can_grow(self, b: GroupBinding) -> bool:
+        return not b.settings.frozen and not b.trigger.never_fires and self._cap(b) - b.width >= b.group.step
+
+    def _buffering(self) -> bool:
+        """Some group that can still grow measures activations on the buffer."""
+        return any(
+            (b.trigger.needs_activations or b.initializer.needs_activations) and self._can_grow(b) for b in self._bindings
+        )
 
     def _arm_bridges(self) -> None:
         """Capture the auxiliary gradient (and step activations) during the next training step only
@@ -354,6 +478,11 @@ class GrowingModel(nn.Module):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @property
+    def is_paused(self) -> bool:
+        """Inside :meth:`paused` (a trial of candidates on the loss, or the user's own)."""
+        return self._paused
 
     @property
     def closed(self) -> bool:
@@ -446,8 +575,18 @@ class GrowingModel(nn.Module):
                 )
         measurements = self._measure(measured) if measured else {}
         for b in self._bindings:
-            if b.name not in self._unstarted:
-                b.trigger.start(b, measurements.get(b.name))
+            if b.name in self._unstarted:
+                continue
+            m = measurements.get(b.name)
+            if m is not None and not _finite(m):
+                warnings.warn(
+                    f"group '{b.name}': the baseline measurement holds NaN or infinite values; the baseline waits "
+                    "for the first finite measurement",
+                    stacklevel=4,
+                )
+                self._unstarted.add(b.name)
+                continue
+            b.trigger.start(b, m)
         self._started = True
 
     def _captured(self, bindings: Sequence[GroupBinding]) -> dict[str, Measurement]:
@@ -461,10 +600,7 @@ class GrowingModel(nn.Module):
                     "forward of the wrapped model in training mode ran since the last grow_step: call grown(x) "
                     "with grad enabled, then backward and optimizer.step(), before grow_step"
                 )
-            if b.name in self._unstarted:  # phi(f_0): the first step's forward, before any update
-                b.trigger.start(b, m)
-                self._unstarted.discard(b.name)
-            out[b.name] = m
+            out[b.name] = self._gathered(m)
         self._warn_rows(out)
         return out
 
@@ -479,8 +615,16 @@ class GrowingModel(nn.Module):
         inputs = self._buffer.tensors()
         with measuring(self.model):
             out = measure(self.model, [b.probe for b in bindings], inputs, chunk=self.measure_chunk)
+        out = {name: self._gathered(m) for name, m in out.items()}
         self._warn_rows(out)
         return out
+
+    def _gathered(self, m: Measurement) -> Measurement:
+        """Every rank's rows of ``m`` (see :mod:`archgrow.growth.collective`): the same on every rank."""
+        if not self._collective.distributed:
+            return m
+        gather = self._collective.gather_rows
+        return Measurement(None if m.x is None else gather(m.x), gather(m.z), gather(m.h))
 
     def _warn_rows(self, out: dict[str, Measurement]) -> None:
         for b in self._bindings:
@@ -548,6 +692,10 @@ def _from_step(b: GroupBinding) -> bool:
 def _full_buffer_baseline(b: GroupBinding) -> bool:
     """The group's baseline phi(f_0) is meant to be measured on a full buffer (see ``prefill``)."""
     return b.trigger.full_buffer_baseline
+
+
+def _finite(m: Measurement) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in (m.x, m.z, m.h) if t is not None)
 
 
 def _as_tuple(x: Any) -> tuple[Any, ...]:

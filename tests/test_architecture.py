@@ -79,7 +79,7 @@ LAYERS = [
     {"growth"},
     {"triggers", "initializers"},
     {"binder"},
-    {"grower", "checkpoint"},
+    {"grower", "checkpoint", "distributed"},
     {"runner", "viz"},
     {"cli", "__init__", "__main__"},
 ]

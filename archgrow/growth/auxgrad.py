@@ -32,6 +32,7 @@ Geometry (one formulation for every case):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -185,6 +186,14 @@ class Bridge:
         self._cache = blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=0)
         self._sizes = ([b.shape[0] for b in blocks], cols)
         self._pairs.clear()
+        return self._cache
+
+    def combine(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """Replace this step's ``G`` by ``fn(G)`` before anything reads it (the mean over ranks under
+        DDP, as DDP averages the weights' gradients); returns the new ``G``."""
+        self._cache = fn(self.gradient())
+        self._svd = None
+        self._values = None
         return self._cache
 
     def conform(self, t: torch.Tensor, side: str) -> torch.Tensor:

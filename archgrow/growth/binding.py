@@ -62,12 +62,29 @@ class InitContext:
     """What an initializer may use: the seeded generator, (lazily re-measured) activations, and
     the step's loss for initializers that try candidates on the model (Firefly, conv NeST)."""
 
-    def __init__(self, model: nn.Module, generator: torch.Generator, measure_fn: Any, loss_fn: Any = None, trial_fn: Any = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        generator: torch.Generator,
+        measure_fn: Any,
+        loss_fn: Any = None,
+        trial_fn: Any = None,
+        mean_fn: Any = None,
+    ):
         self.model = model
         self.generator = generator
         self._measure_fn = measure_fn
         self._loss_fn = loss_fn
         self._trial_fn = trial_fn
+        self._mean_fn = mean_fn
+
+    def across_ranks(self, t: torch.Tensor) -> torch.Tensor:
+        """The mean of ``t`` over data-parallel ranks (``t`` itself in one process).
+
+        Losses and gradients of candidates are computed on each rank's own batch: an initializer
+        that ranks candidates by them must rank the mean, as DDP averages gradients, or ranks would
+        keep different candidates."""
+        return t if self._mean_fn is None else self._mean_fn(t)
 
     def measurement(self, binding: GroupBinding) -> Measurement:
         return self._measure_fn(binding)

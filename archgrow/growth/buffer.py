@@ -24,14 +24,28 @@ class InputBuffer:
         self._chunks: list[tuple[torch.Tensor, ...]] = []
         self.size = 0
 
-    def push(self, inputs: Sequence[torch.Tensor]) -> None:
+    def push(self, inputs: Sequence[torch.Tensor]) -> int:
+        """Buffer the samples of ``inputs`` whose values are all finite; return how many were not.
+
+        One NaN row would otherwise sit in every measurement until it leaves the FIFO: it sets a
+        baseline wrong or depresses later scores (an SVD of rows with NaN is meaningless)."""
+        n = inputs[0].shape[0]
+        if any(t.shape[0] != n for t in inputs):
+            raise ArgumentError("all buffered inputs must share the batch dimension")
+        finite = torch.ones(n, dtype=torch.bool, device=inputs[0].device)
+        for t in inputs:
+            if (t.is_floating_point() or t.is_complex()) and t.numel():
+                finite &= torch.isfinite(t.detach().reshape(n, -1)).all(dim=1).to(finite.device)
+        dropped = n - int(finite.sum())
+        if dropped:
+            inputs = [t[finite.to(t.device)] for t in inputs]
+            if dropped == n:
+                return dropped
         batch = tuple(t.detach()[: self.capacity].clone() for t in inputs)
         n = batch[0].shape[0]
-        if any(t.shape[0] != n for t in batch):
-            raise ArgumentError("all buffered inputs must share the batch dimension")
         if self.capacity is None:
             self._chunks, self.size = [batch], n
-            return
+            return dropped
         self._chunks.insert(0, batch)
         self.size += n
         while self.size > self.capacity:
@@ -43,6 +57,20 @@ class InputBuffer:
             else:
                 self._chunks[-1] = tuple(t[: t.shape[0] - excess] for t in last)
                 self.size -= excess
+        return dropped
+
+    def shard(self, rank: int, world_size: int) -> None:
+        """Keep this rank's share of the buffer: capacity and contents split into ``world_size``
+        contiguous parts, so the parts gathered in rank order are the buffer again."""
+        if self.capacity is not None:
+            self.capacity = -(-self.capacity // world_size)
+        inputs = self.tensors()
+        if not inputs:
+            return
+        per = -(-inputs[0].shape[0] // world_size)
+        part = tuple(t[rank * per : (rank + 1) * per] for t in inputs)
+        self._chunks = [part] if part[0].shape[0] else []
+        self.size = part[0].shape[0]
 
     def tensors(self) -> tuple[torch.Tensor, ...]:
         if not self._chunks:

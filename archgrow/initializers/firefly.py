@@ -77,7 +77,7 @@ class FireflyRule(InitRule):
             apply_units(binding, n, make(range(len(splits)), range(fresh)))
             weights = {name: m.weight for name, m in bridge.producers}
             loss = ctx.loss(binding, grad=True)
-            grads = dict(zip(weights, torch.autograd.grad(loss, list(weights.values())), strict=True))
+            grads = dict(zip(weights, map(ctx.across_ranks, torch.autograd.grad(loss, list(weights.values()))), strict=True))
             per = read_channels(graph, group, list(range(width, width + n)), FAN_IN, grads)
             scores = sum(g.double().pow(2).reshape(n, -1).sum(dim=1) for g in per.values())
         keep = torch.topk(scores, k).indices.sort().values.tolist()

@@ -76,5 +76,6 @@ class NestRule(InitRule):
             with trial(graph, binding.group, ctx.model):
                 apply_units(binding, 1, Units(bridge.split_fan_in(win[c : c + 1]), bridge.split_fan_out(wout[c : c + 1])))
                 losses[c] = float(ctx.loss(binding, grad=False))
+        losses = ctx.across_ranks(losses)
         best = torch.topk(losses, k, largest=False).indices.sort().values.to(device)
         return Units(fan_in=bridge.split_fan_in(win[best]), fan_out=bridge.split_fan_out(wout[best]))

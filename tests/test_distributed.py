@@ -1,0 +1,108 @@
+"""Growth under DDP (gloo, two processes on 127.0.0.1): every rank decides and grows alike.
+
+One two-process job (tests/ddp_cases.py) runs every case once for the whole module; the tests
+compare what the ranks saved.  The NaN-free parts of each case must be bit-identical across
+ranks; the strategies decided by sums and means over samples must also match one process
+training on the whole batch.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import ddp_cases
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+import archgrow
+from archgrow.distributed import distribute
+
+pytestmark = [
+    pytest.mark.xdist_group("distributed"),
+    pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available in this torch build"),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory) -> dict[str, tuple[dict, dict]]:
+    out = tmp_path_factory.mktemp("ddp")
+    cases = list(ddp_cases.CASES)
+    mp.start_processes(ddp_cases.worker, args=(2, _free_port(), str(out), cases), nprocs=2, start_method="spawn")
+    return {name: tuple(torch.load(Path(out) / f"{name}.{r}.pt") for r in (0, 1)) for name in [*cases, "checks"]}
+
+
+@pytest.mark.parametrize("case", list(ddp_cases.CASES))
+def test_ranks_grow_identically(ranks, case):
+    a, b = ranks[case]
+    assert a["events"], f"{case} never grew: the case proves nothing"
+    assert a["events"] == b["events"] and a["widths"] == b["widths"]
+    assert a["rebuilds"] >= 1
+    names = set(a["optimizer"])  # parameters (buffers follow DDP's broadcast from rank 0 at each forward)
+    for name in names:
+        assert torch.equal(a["parameters"][name], b["parameters"][name]), name
+        for key, value in a["optimizer"][name].items():
+            assert torch.equal(value, b["optimizer"][name][key]), (name, key)
+
+
+@pytest.mark.parametrize("case", ddp_cases.DETERMINISTIC)
+def test_two_ranks_match_one_process_with_the_whole_batch(ranks, case):
+    a, _ = ranks[case]
+    single = ddp_cases.run(case)
+    assert single["widths"] == a["widths"] and single["events"] == a["events"]
+    for name, value in single["parameters"].items():
+        torch.testing.assert_close(a["parameters"][name], value, rtol=1e-5, atol=1e-6)
+
+
+def test_ddp_around_the_wrapped_model_is_refused(ranks):
+    for checks in ranks["checks"]:
+        message = checks["plain_ddp"]
+        assert message.startswith("ArchgrowError") and "archgrow.distribute(grown)" in message, message
+
+
+def test_ranks_that_would_continue_apart_raise(ranks):
+    for checks in ranks["checks"]:
+        message = checks["seed_divergence"]
+        assert message.startswith("DivergenceError") and "rank 0:" in message and "rank 1:" in message, message
+
+
+def test_rows_gather_in_rank_order(ranks):
+    expected = torch.tensor([[0.0, 0.0], [1.0, 1.0], [1.0, 1.0]])
+    for checks in ranks["checks"]:
+        assert torch.equal(checks["gathered"], expected)
+
+
+def test_nonfinite_input_on_one_rank_is_not_buffered(ranks):
+    a, b = (checks["nonfinite"] for checks in ranks["checks"])
+    assert a["widths"] == b["widths"]
+    assert (a["count"], b["count"]) == (0, 1)
+    assert b["buffered"] == a["buffered"] - 1  # the NaN sample left out, the rest kept
+    assert b["warnings"] and "rank 1" in b["warnings"][0] and not a["warnings"]
+
+
+def test_wrap_of_a_ddp_model_says_which_order_to_use(tmp_path):
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        ddp = nn.parallel.DistributedDataParallel(nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)))
+        with pytest.raises(archgrow.ArchgrowError, match=r"wrap the plain model first.*archgrow\.distribute"):
+            archgrow.wrap(ddp, {"rules": []}, torch.randn(1, 4))
+        with pytest.raises(archgrow.ArchgrowError, match="GrowingModel that archgrow.wrap returned"):
+            distribute(nn.Linear(2, 2))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_distribute_needs_an_initialized_process_group():
+    grown = archgrow.wrap(nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)), {"rules": []}, torch.randn(1, 4))
+    with pytest.raises(archgrow.ArchgrowError, match="init_process_group"):
+        distribute(grown)
