@@ -7,7 +7,7 @@ from archgrow.grower import GrowingModel, GrowthEvent, wrap  # noqa: E402
 from archgrow.initializers import register_initializer  # noqa: E402
 from archgrow.ops import register_layer, register_op  # noqa: E402
 from archgrow.spec import Spec, load_spec  # noqa: E402
-from archgrow.surgery import grow  # noqa: E402
+from archgrow.surgery import grow, register_optimizer_state  # noqa: E402
 from archgrow.triggers import register_trigger  # noqa: E402
 from archgrow.version import __version__  # noqa: E402,F401
 
@@ -30,6 +30,7 @@ __all__ = [
     "register_initializer",
     "register_layer",
     "register_op",
+    "register_optimizer_state",
     "register_trigger",
     "save",
     "trace",

@@ -20,7 +20,7 @@ from torch import nn
 from archgrow.errors import GrowthError
 from archgrow.graph.widthgraph import BoundTensor, WidthGraph, WidthGroup
 from archgrow.ir.roles import FAN_IN, FAN_OUT, MEAN, ONE, ZERO
-from archgrow.surgery.optim import pad_state
+from archgrow.surgery.optim import check_state, pad_state, warn_zero_filled
 from archgrow.surgery.tensors import Expansion, expand, mean_units, new_shape, plan, random_units
 
 TensorOrMap = torch.Tensor | Mapping[str, torch.Tensor] | None
@@ -42,7 +42,8 @@ def grow(
     producer name to tensor; each is the producer's weight with its output dim replaced by ``k``.
     ``fan_out``: new outgoing weights, likewise keyed by consumer, with the consumer's input dim
     replaced by the number of new input positions (``k`` times the flatten block, per slot).
-    ``optimizer``: its state for the grown parameters is padded with zeros.
+    ``optimizer``: its state for the grown parameters is padded, new entries where the optimizer
+    starts a new parameter's state (see :func:`archgrow.register_optimizer_state`).
     ``generator``: seeds the default random fan-in.
     """
     g = graph.group(group) if isinstance(group, str) else group
@@ -66,6 +67,10 @@ def grow(
         steps.sort(key=lambda be: be[0].role == FAN_IN)
 
     _validate(per_tensor, explicit_in, explicit_out)
+    if optimizer is not None:
+        tensors = [getattr(steps[0][0].module, tensor_name) for (_, tensor_name), steps in per_tensor.items()]
+        check_state(optimizer, [t for t in tensors if isinstance(t, nn.Parameter)])
+    zero_filled: set[str] = set()
     for (module_name, tensor_name), steps in per_tensor.items():
         module = steps[0][0].module
         current = getattr(module, tensor_name)
@@ -74,8 +79,10 @@ def grow(
         for b, e in steps:
             fill = _fill(b, data, e, module, module_name, explicit_in, explicit_out, generator)
             data = expand(data, e, fill)
-        _assign(module, tensor_name, current, data, [e for _, e in steps], optimizer, old_shape)
+        zero_filled.update(_assign(module, tensor_name, current, data, [e for _, e in steps], optimizer, old_shape))
     graph.commit_growth(g, k)
+    if optimizer is not None:
+        warn_zero_filled(optimizer, zero_filled)
     return g
 
 
@@ -170,8 +177,11 @@ def _assign(
     expansions: list[Expansion],
     optimizer: torch.optim.Optimizer | None,
     old_shape: torch.Size,
-) -> None:
-    """Swap grown data in, keeping the Parameter object (and so optimizer references) alive."""
+) -> list[str]:
+    """Swap grown data in, keeping the Parameter object (and so optimizer references) alive.
+
+    Returns the optimizer state keys padded with zeros for want of a fill (see ``pad_state``).
+    """
     if isinstance(current, nn.Parameter):
         reset_grad_accumulator(current, data)
         current.data = data
@@ -181,11 +191,12 @@ def _assign(
                 grad = expand(grad, e, grad.new_zeros(new_shape(grad, e.dim, len(e.new_pos))))
             current.grad = grad
         if optimizer is not None:
-            pad_state(optimizer, current, old_shape, expansions)
+            return pad_state(optimizer, current, old_shape, expansions)
     elif name in module._buffers:
         module._buffers[name] = data
     else:
         setattr(module, name, data)
+    return []
 
 
 def reset_grad_accumulator(param: nn.Parameter, data: torch.Tensor) -> None:
