@@ -1,6 +1,7 @@
 """archgrow: grow any PyTorch model's layers while it trains (NORTH* neurogenesis)."""
 
 from archgrow.checkpoint import load, save  # noqa: E402
+from archgrow.distributed import DistributedGrowingModel, distribute  # noqa: E402
 from archgrow.errors import ArchgrowError, GrowthError, SpecError, TraceError, UnknownGroupError  # noqa: E402
 from archgrow.graph import Member, Slot, WidthGraph, WidthGroup, trace  # noqa: E402
 from archgrow.grower import GrowingModel, GrowthEvent, wrap  # noqa: E402
@@ -13,6 +14,7 @@ from archgrow.version import __version__  # noqa: E402,F401
 
 __all__ = [
     "ArchgrowError",
+    "DistributedGrowingModel",
     "GrowingModel",
     "GrowthError",
     "GrowthEvent",
@@ -24,6 +26,7 @@ __all__ = [
     "UnknownGroupError",
     "WidthGraph",
     "WidthGroup",
+    "distribute",
     "grow",
     "load",
     "load_spec",

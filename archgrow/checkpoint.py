@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from archgrow.distributed import DistributedGrowingModel
 from archgrow.errors import ArchgrowError
 from archgrow.grower import GrowingModel, base_identity
 from archgrow.spec.io import parse_spec
@@ -45,11 +46,21 @@ class CheckpointError(ArchgrowError):
     """A checkpoint that cannot be read, is damaged, or does not fit the model or optimizer given."""
 
 
-def save(path: str | os.PathLike, grown: GrowingModel, optimizer: torch.optim.Optimizer | None = None) -> None:
+def save(
+    path: str | os.PathLike,
+    grown: GrowingModel | DistributedGrowingModel,
+    optimizer: torch.optim.Optimizer | None = None,
+) -> None:
     """Write weights, group widths, spec, history, grower state and (optionally) optimizer state.
 
     The file is replaced atomically: until the new one is complete, the previous one stays.
+    Under DDP (a :class:`~archgrow.distributed.DistributedGrowingModel`) call it on every rank:
+    the activation buffer is gathered from all ranks and rank 0 alone writes; every rank returns
+    once the file is complete.  Load it on every rank, then ``archgrow.distribute`` again.
     """
+    if isinstance(grown, DistributedGrowingModel):
+        grown = grown.grown
+    collective = grown.collective
     graph = grown.graph
     payload: dict[str, Any] = {
         "format": FORMAT,
@@ -65,6 +76,19 @@ def save(path: str | os.PathLike, grown: GrowingModel, optimizer: torch.optim.Op
         "optimizer_layout": _optimizer_layout(optimizer) if optimizer is not None else None,
         "grower": grown.grower_state(),
     }
+    failure: BaseException | None = None
+    if collective.rank == 0:
+        try:
+            _write(path, payload)
+        except Exception as exc:  # every rank must hear of it, or the others would wait forever
+            failure = exc
+    if not collective.all_true(failure is None):  # also a barrier: the file is complete when any rank returns
+        if failure is not None:
+            raise failure
+        raise CheckpointError(f"{path}: rank 0 failed to write the checkpoint (its error says why)")
+
+
+def _write(path: str | os.PathLike, payload: dict[str, Any]) -> None:
     payload["digests"] = _digests(payload)
     target = Path(path)
     handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or ".")

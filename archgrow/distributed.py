@@ -12,6 +12,7 @@ keep working and optimizer state is padded exactly as in one process.
 from __future__ import annotations
 
 import gc
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -84,8 +85,10 @@ class DistributedGrowingModel(nn.Module):
         old = self.ddp
         del self.ddp
         old.module = nn.Identity()  # drop the old wrapper's hold on the model before it is collected
+        alive = weakref.ref(old)
         del old
-        gc.collect()  # DDP's wrapper can sit in reference cycles; its reducer's hooks go with it
+        if alive() is not None:  # held by a reference cycle: collect it now (costly, hence only then)
+            gc.collect()
         self.ddp = DistributedDataParallel(grown, **self._options)
         self.rebuilds += 1
 

@@ -106,6 +106,7 @@ class GrowingModel(nn.Module):
         self._warned: set[str] = set()
         self._collective = Collective()  # one process until distribute() says otherwise
         self._synchronized = False
+        self._full_capacity: int | None = None  # the buffer's capacity over all ranks
         self._nonfinite_inputs = 0
         if example_inputs is not None:
             self._bind(_as_tuple(example_inputs))
@@ -237,6 +238,7 @@ class GrowingModel(nn.Module):
             raise ArchgrowError("synchronize: this GrowingModel's collective was already set; wrap the model again")
         self._collective = collective
         self._synchronized = True
+        self._full_capacity = self._buffer.capacity if self._buffer is not None else None
         if self._buffer is not None and collective.distributed:
             self._buffer.shard(collective.rank, collective.world_size)
 
@@ -648,9 +650,21 @@ class GrowingModel(nn.Module):
             "started": self._started,
             "unstarted": sorted(self._unstarted),
             "generator": self._generator.get_state(),
-            "buffer": self._buffer.state_dict() if self._buffer is not None else None,
+            "buffer": self._buffer_state(),
             "timings": dict(self.timings),
         }
+
+    def _buffer_state(self) -> dict[str, Any] | None:
+        """The whole buffer: under DDP every rank's share, gathered in rank order (a collective call)."""
+        if self._buffer is None:
+            return None
+        state = self._buffer.state_dict()
+        if self._collective.distributed:
+            state = {
+                "capacity": self._full_capacity,
+                "inputs": [self._collective.gather_rows(t) for t in state["inputs"]],
+            }
+        return state
 
     def load_grower_state(self, state: dict[str, Any]) -> None:
         self.steps = state["steps"]

@@ -90,20 +90,27 @@ def run(case: str, rank: int = 0, world: int = 1) -> dict[str, Any]:
         grown = archgrow.wrap(model, spec, x[:1])
         trained = distribute(grown) if world > 1 else grown
         optimizer = torch.optim.Adam(trained.parameters(), lr=0.01)
-        events = []
-        for step in range(STEPS):
-            lo = step * BATCH + rank * share
-            xb, yb = x[lo : lo + share], y[lo : lo + share]
-            trained.train()
-            optimizer.zero_grad()
-            loss = F.cross_entropy(trained(xb), yb)
-            loss.backward()
-            optimizer.step()
-            events += trained.grow_step(optimizer, loss_fn=lambda xb=xb, yb=yb: F.cross_entropy(trained(xb), yb))
+        _train(trained, optimizer, x, y, range(STEPS), rank, world)
         trained.train()  # one more step after the last growth: DDP must reduce the new shapes
         optimizer.zero_grad()
         F.cross_entropy(trained(x[rank * share : (rank + 1) * share]), y[rank * share : (rank + 1) * share]).backward()
         optimizer.step()
+    return _result(grown, optimizer, trained)
+
+
+def _train(trained: nn.Module, optimizer: Any, x: torch.Tensor, y: torch.Tensor, steps: range, rank: int, world: int) -> None:
+    share = BATCH // world
+    for step in steps:
+        lo = step * BATCH + rank * share
+        xb, yb = x[lo : lo + share], y[lo : lo + share]
+        trained.train()
+        optimizer.zero_grad()
+        F.cross_entropy(trained(xb), yb).backward()
+        optimizer.step()
+        trained.grow_step(optimizer, loss_fn=lambda xb=xb, yb=yb: F.cross_entropy(trained(xb), yb))
+
+
+def _result(grown: archgrow.GrowingModel, optimizer: Any, trained: nn.Module) -> dict[str, Any]:
     state = {
         name: {k: v.clone() for k, v in optimizer.state[p].items() if isinstance(v, torch.Tensor)}
         for name, p in grown.model.named_parameters()
@@ -187,6 +194,35 @@ def checks(rank: int, world: int) -> dict[str, Any]:
     return out
 
 
+def resumed(rank: int, world: int, out: str) -> dict[str, Any]:
+    """Save after 3 of 6 steps (every rank calls save; rank 0 writes), load on every rank into a fresh
+    model, distribute again and finish; returns the uninterrupted run and the resumed one."""
+    settings = CASES["activation_buffer-select"]
+    spec = {"seed": 3, "defaults": {"max_width": 24}, "rules": [{"match": "*", **{k: settings[k] for k in ("trigger", "initializer")}}]}
+    x, y = _data(False)
+    results = []
+    path = Path(out) / "resume.ckpt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for interrupted in (False, True):
+            grown = archgrow.wrap(_model(False), spec, x[:1])
+            trained = distribute(grown)
+            optimizer = torch.optim.Adam(trained.parameters(), lr=0.01)
+            if interrupted:
+                _train(trained, optimizer, x, y, range(3), rank, world)
+                archgrow.save(path, trained, optimizer)
+                fresh = _model(False)
+                optimizer = torch.optim.Adam(fresh.parameters(), lr=0.01)
+                grown = archgrow.load(path, fresh, optimizer)
+                trained = distribute(grown)
+                _train(trained, optimizer, x, y, range(3, STEPS), rank, world)
+            else:
+                _train(trained, optimizer, x, y, range(STEPS), rank, world)
+            results.append(_result(grown, optimizer, trained))
+    single = archgrow.load(path, _model(False))  # the checkpoint holds every rank's buffer
+    return {"runs": results, "single_buffer": single.buffered_samples, "buffer": grown.buffered_samples}
+
+
 def worker(rank: int, world: int, port: int, out: str, cases: list[str]) -> None:
     """One gloo rank: run every case (and the misuse checks) and save results to ``out/NAME.RANK.pt``."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -196,5 +232,6 @@ def worker(rank: int, world: int, port: int, out: str, cases: list[str]) -> None
         for case in cases:
             torch.save(run(case, rank, world), Path(out) / f"{case}.{rank}.pt")
         torch.save(checks(rank, world), Path(out) / f"checks.{rank}.pt")
+        torch.save(resumed(rank, world, out), Path(out) / f"resumed.{rank}.pt")
     finally:
         dist.destroy_process_group()

@@ -38,7 +38,7 @@ def ranks(tmp_path_factory) -> dict[str, tuple[dict, dict]]:
     out = tmp_path_factory.mktemp("ddp")
     cases = list(ddp_cases.CASES)
     mp.start_processes(ddp_cases.worker, args=(2, _free_port(), str(out), cases), nprocs=2, start_method="spawn")
-    return {name: tuple(torch.load(Path(out) / f"{name}.{r}.pt") for r in (0, 1)) for name in [*cases, "checks"]}
+    return {name: tuple(torch.load(Path(out) / f"{name}.{r}.pt") for r in (0, 1)) for name in [*cases, "checks", "resumed"]}
 
 
 @pytest.mark.parametrize("case", list(ddp_cases.CASES))
@@ -106,3 +106,13 @@ def test_distribute_needs_an_initialized_process_group():
     grown = archgrow.wrap(nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)), {"rules": []}, torch.randn(1, 4))
     with pytest.raises(archgrow.ArchgrowError, match="init_process_group"):
         distribute(grown)
+
+
+def test_checkpoint_under_ddp_resumes_exactly(ranks):
+    for rank in ranks["resumed"]:
+        straight, resumed = rank["runs"]
+        assert resumed["events"] == straight["events"] and resumed["widths"] == straight["widths"]
+        assert straight["events"], "the run never grew: the check proves nothing"
+        for name, value in straight["parameters"].items():
+            assert torch.equal(resumed["parameters"][name], value), name
+        assert rank["single_buffer"] == 2 * rank["buffer"]  # saved: both ranks' shares; loaded: this rank's
