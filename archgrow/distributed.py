@@ -63,13 +63,17 @@ class DistributedGrowingModel(nn.Module):
         return self.ddp(*args, **kwargs)
 
     def grow_step(
-        self, optimizer: torch.optim.Optimizer | None = None, *, loss_fn: Callable[[], torch.Tensor] | None = None
+        self,
+        optimizer: torch.optim.Optimizer | None = None,
+        *,
+        loss_fn: Callable[[], torch.Tensor] | None = None,
+        scaler: torch.amp.GradScaler | None = None,
     ) -> list[GrowthEvent]:
         """Grow as every rank decides together, then rebuild DDP for the new shapes if anything grew.
 
         Call it on every rank, after ``optimizer.step()``, as ``GrowingModel.grow_step``.
         """
-        events = self.grown.grow_step(optimizer, loss_fn=loss_fn)
+        events = self.grown.grow_step(optimizer, loss_fn=loss_fn, scaler=scaler)
         if events:
             self.rebuild()
         return events

@@ -12,6 +12,7 @@ group grew in the same call (their layer input changed size).
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -248,14 +249,21 @@ class GrowingModel(nn.Module):
         return self._collective
 
     def grow_step(
-        self, optimizer: torch.optim.Optimizer | None = None, *, loss_fn: Callable[[], torch.Tensor] | None = None
+        self,
+        optimizer: torch.optim.Optimizer | None = None,
+        *,
+        loss_fn: Callable[[], torch.Tensor] | None = None,
+        scaler: torch.amp.GradScaler | None = None,
     ) -> list[GrowthEvent]:
         """Evaluate the due triggers and grow; pass the optimizer so its state is padded in place.
 
         Call it after ``loss.backward()`` and ``optimizer.step()``, before ``zero_grad``: gradient
         triggers read the step's gradients.  ``loss_fn`` (no arguments, returns the loss of the
         step's batch through the wrapped model, without calling backward) is needed by initializers
-        that try candidates on the loss (Firefly, NeST on conv groups).
+        that try candidates on the loss (Firefly, NeST on conv groups).  With mixed precision, pass
+        the ``GradScaler`` and call this after ``scaler.step(optimizer)`` and before
+        ``scaler.update()``: the auxiliary gradient was captured from the scaled loss and is divided
+        by the scale that loss used, as ``scaler.step`` unscales the weights' ``.grad``.
         """
         if self._graph is None:
             raise ArchgrowError("the model has not been traced yet: pass example_inputs to wrap() or call it once")
@@ -263,12 +271,12 @@ class GrowingModel(nn.Module):
         self.steps += 1
         self.evaluations = []
         try:
-            return self._grow_step(optimizer, loss_fn)
+            return self._grow_step(optimizer, loss_fn, _grad_scale(scaler))
         finally:
             self._step_begun = False
             self._arm_bridges()
 
-    def _grow_step(self, optimizer: torch.optim.Optimizer | None, loss_fn: Any) -> list[GrowthEvent]:
+    def _grow_step(self, optimizer: torch.optim.Optimizer | None, loss_fn: Any, scale: float) -> list[GrowthEvent]:
         self._check_processes()
         due = [b for b in self._bindings if self._due(b, self.steps)]
         if not due:
@@ -285,7 +293,7 @@ class GrowingModel(nn.Module):
             spent = time.perf_counter() - t0
             self.timings["measure"] += spent
             share = spent / len(measured)
-        usable = [b for b in due if self._usable(b, measurements.get(b.name))]
+        usable = [b for b in due if self._usable(b, measurements.get(b.name), scale)]
         decisions = []
         for b in usable:
             t0 = time.perf_counter()
@@ -360,7 +368,7 @@ class GrowingModel(nn.Module):
         own = b.trigger.cap(b)
         return b.max_width if own is None else min(b.max_width, own)
 
-    def _usable(self, b: GroupBinding, m: Measurement | None) -> bool:
+    def _usable(self, b: GroupBinding, m: Measurement | None, scale: float = 1.0) -> bool:
         """Combine the group's auxiliary gradient across ranks; refuse non-finite inputs to a decision.
 
         A NaN or infinite measurement or ``G`` never becomes a baseline and never decides: the group
@@ -373,7 +381,8 @@ class GrowingModel(nn.Module):
             and (b.trigger.needs_gradient or b.initializer.needs_gradient)
             and self._collective.all_true(b.bridge.captured)  # else the rule that reads G says what is missing
         ):
-            g = self._with_group(b, b.bridge.combine, self._collective.mean)
+            mean = self._collective.mean
+            g = self._with_group(b, b.bridge.combine, mean if scale == 1.0 else lambda g: mean(g) / scale)
             if not torch.isfinite(g).all():
                 problem = "its auxiliary gradient G holds NaN or infinite values"
         if problem is not None:
@@ -675,7 +684,11 @@ class GrowingModel(nn.Module):
         self._unstarted = set(state.get("unstarted", sorted(self._unstarted)))
         self._generator.set_state(state["generator"])
         if self._buffer is not None and state["buffer"] is not None:
-            self._buffer.load_state_dict(state["buffer"])
+            param = next(self.model.parameters(), None)  # checkpoints load on the CPU; the model may not be
+            buffered = dict(state["buffer"])
+            if param is not None:
+                buffered["inputs"] = [t.to(param.device) for t in buffered["inputs"]]
+            self._buffer.load_state_dict(buffered)
         self.timings = dict(state["timings"])
         self._arm_bridges()
 
@@ -706,6 +719,16 @@ def _from_step(b: GroupBinding) -> bool:
 def _full_buffer_baseline(b: GroupBinding) -> bool:
     """The group's baseline phi(f_0) is meant to be measured on a full buffer (see ``prefill``)."""
     return b.trigger.full_buffer_baseline
+
+
+def _grad_scale(scaler: torch.amp.GradScaler | None) -> float:
+    """The loss scale of the step's backward (1 without a scaler, or with a disabled one)."""
+    if scaler is None or not scaler.is_enabled():
+        return 1.0
+    scale = float(scaler.get_scale())
+    if not (scale > 0 and math.isfinite(scale)):
+        raise ArchgrowError(f"grow_step: the GradScaler's scale is {scale}; pass the scaler that scaled this step's loss")
+    return scale
 
 
 def _finite(m: Measurement) -> bool:

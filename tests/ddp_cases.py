@@ -22,6 +22,8 @@ import archgrow
 from archgrow.distributed import distribute
 
 STEPS = 6
+# tools/gpu-check runs the same cases with CUDA tensors (gloo moves them; nccl needs a GPU per rank)
+DEVICE = os.environ.get("ARCHGROW_TEST_DEVICE", "cpu")
 BATCH = 32  # the global batch: each of 2 ranks trains on 16 samples
 
 # trigger family x initializer; every case must grow within STEPS steps
@@ -77,8 +79,8 @@ def run(case: str, rank: int = 0, world: int = 1) -> dict[str, Any]:
     """Train ``case`` on this rank's share of every batch; returns what the ranks must agree on."""
     settings = CASES[case]
     conv = settings.get("conv", False)
-    model = _model(conv)
-    x, y = _data(conv)
+    model = _model(conv).to(DEVICE)
+    x, y = (t.to(DEVICE) for t in _data(conv))
     spec = {
         "seed": 3,
         "defaults": {"max_width": 24},
@@ -118,8 +120,8 @@ def _result(grown: archgrow.GrowingModel, optimizer: Any, trained: nn.Module) ->
     return {
         "widths": grown.widths(),
         "events": [(e.step, e.group, e.old_width, e.new_width) for e in grown.history],
-        "parameters": {k: v.detach().clone() for k, v in grown.model.state_dict().items()},
-        "optimizer": state,
+        "parameters": {k: v.detach().cpu().clone() for k, v in grown.model.state_dict().items()},
+        "optimizer": {name: {k: v.cpu() for k, v in entries.items()} for name, entries in state.items()},
         "rebuilds": getattr(trained, "rebuilds", 0),
     }
 

@@ -541,3 +541,35 @@ def test_non_finite_auxiliary_gradient_never_decides():
     with pytest.warns(UserWarning, match="group 'hidden1', step 1: its auxiliary gradient G holds NaN or infinite"):
         assert grown.grow_step(opt) == []
     assert grown.widths()["hidden1"] == 8 and not grown.evaluations  # skipped: no decision, no growth
+
+
+def _scaled_step(scaler_scale: float | None, pass_scaler: bool) -> list:
+    torch.manual_seed(0)
+    model = mlp(6, (5,), 3)
+    x, y = torch.randn(16, 6, generator=torch.Generator().manual_seed(1)), torch.randint(0, 3, (16,))
+    grown = wrap(model, gradient_spec(), x[:1])
+    opt = torch.optim.SGD(grown.parameters(), lr=0.1)
+    loss = F.cross_entropy(grown(x), y)
+    if scaler_scale is None:
+        loss.backward()
+        opt.step()
+        grown.grow_step(opt)
+    else:
+        scaler = torch.amp.GradScaler("cpu", init_scale=scaler_scale)
+        scaler.scale(loss).backward()
+        scaler.step(opt)  # unscales .grad: the unit norms are the true ones
+        grown.grow_step(opt, scaler=scaler if pass_scaler else None)
+        scaler.update()
+    return [(e.score, e.threshold) for e in grown.evaluations]
+
+
+def test_gradient_trigger_divides_g_by_the_grad_scalers_scale():
+    """Mixed precision: G is captured from the scaled loss, .grad is unscaled by scaler.step; with
+    the scaler passed, T_grad scores what it would without scaling."""
+    plain = _scaled_step(None, False)
+    scaled = _scaled_step(1024.0, True)
+    assert plain and len(plain) == len(scaled)
+    for (s0, t0), (s1, t1) in zip(plain, scaled, strict=True):
+        assert s1 == pytest.approx(s0, rel=1e-4) and t1 == pytest.approx(t0, rel=1e-4)
+    unscaled = _scaled_step(1024.0, False)  # the scaler not passed: G is 1024 times too large
+    assert unscaled[0][0] > 500 * plain[0][0]
