@@ -1,6 +1,7 @@
 """Per-step cost of each growth strategy against the static network, like the paper's Table 3.
 
     .venv/bin/python benchmarks/bench_step_cost.py [--steps 40] [--reps 3] [--models mlp vgg11 mlp-paper vgg11-paper]
+    .venv/bin/python benchmarks/bench_step_cost.py --capped [--cap-add 4] [--grow-steps 40] [--steps 20] [--reps 3]
 
 For each model, every strategy trains from the same seed on the same fixed batches with its
 trigger evaluated on every step (``every_n_steps: 1``).  A step is forward + backward + Adam step
@@ -34,6 +35,34 @@ Small width, 1/4, batch 128): fixed per-step costs (Python, small factorisations
 against a bigger step.  Every model grows to at most 2x its widths.  Data are fixed random
 tensors: the cost of a step does not depend on the values.  Activation triggers use a buffer of
 one batch on VGG (the paper's GPU setting) and 2 x max width on the MLP (its CPU setting).
+
+``--capped`` (strategies: ``--strategies`` from ``CAPPED_STRATEGIES`` by default) measures what a
+run costs once every growing group has reached its cap, where the grower skips buffering,
+measurement, auxiliary-gradient capture and trigger evaluation for the group.  Each strategy is
+first grown to caps ``--cap-add`` steps of each group above its width (``max_width`` per group;
+a schedule gets that as its own cap, ``final_width``, over ``SCHEDULE_STEPS`` steps, and keeps
+``max_width: 2x``) for at most ``--grow-steps`` steps, stopping when every group is capped.  A
+strategy whose trigger does not reach a cap in that window (GradMax's threshold rarely fires on
+random data) is re-run from the same seed with each cap lowered to the width its group reached,
+so that every group still grows by its own trigger and then stops (a group that never grew is
+capped from the start).  Then, per repetition, a plain step of an identical unwrapped copy (same
+widths and weights, no hooks), ``--steps`` steps of the capped wrapped model and ``--steps``
+steps of the same strategy wrapped *uncapped* around another copy (``max_width: 2x`` from the
+capped widths, trigger due every step) are timed in turn.  Columns:
+
+* ``capped widths``: the groups' widths in the order listed above the table; ``capped``: ``yes``
+  when every group is at its cap, else which are not;
+* ``step ms``: mean wall time of a step of the capped wrapped model (forward, backward, Adam,
+  ``grow_step``), median over repetitions; ``plain ms``: the plain copy's step;
+* ``x plain``: the two's ratio, taken within each repetition, median over repetitions;
+* ``grow_step ms``: mean time inside the capped model's ``grow_step``;
+* ``evals``: trigger evaluations during the capped model's timed steps (all repetitions; 0 when
+  the grower skips every capped group);
+* ``uncapped ms`` / ``uncapped x plain``: the uncapped model's mean step (growth events
+  included) and its ratio to the plain step (same pairing); ``uncapped no-growth x``: the same
+  ratio over its steps where nothing grew (trigger evaluation only; ``-`` when every step grew);
+  ``uncapped events``: its growth events over the timed steps, summed over repetitions (the
+  uncapped network is larger by whatever it grew in the window).
 """
 
 from __future__ import annotations
@@ -65,6 +94,9 @@ STRATEGIES = (
     "firefly",
     "nest",
 )
+# --capped: strategies grown to their caps, then timed at them
+CAPPED_STRATEGIES = ("north-select", "north-select@step", "gradmax", "gradmax-authors", "linear-schedule")
+SCHEDULE_STEPS = 10  # --capped: a schedule's total_steps, so that it reaches its final width in a few steps
 
 
 # model name -> (builder, input shape of one sample, batch size)
@@ -114,6 +146,16 @@ def plain_steps(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps:
     return statistics.fmean(times)
 
 
+def plain_copy(grown: archgrow.GrowingModel) -> torch.nn.Module:
+    """The wrapped network as it is now, without wrapper or hooks (a copy would keep archgrow's
+    hooks, which still capture into the wrapper's state: they are dropped)."""
+    plain = copy.deepcopy(grown.model)
+    for module in plain.modules():
+        module._forward_hooks.clear()
+        module._forward_pre_hooks.clear()
+    return plain
+
+
 def run(model_name: str, strategy: str, steps: int, warmup: int = 3) -> dict[str, float]:
     base, x, y, batch = setup(model_name)
     model = copy.deepcopy(base)
@@ -144,12 +186,8 @@ def run(model_name: str, strategy: str, steps: int, warmup: int = 3) -> dict[str
         grew = grown.grow_step(optimizer, loss_fn=lambda: F.cross_entropy(grown(x), y))
     step_flops = None if grew else counter.get_total_flops()
     widths = grown.widths()
-    # the grown network trained plainly: what its size alone costs per step (its copy would keep
-    # archgrow's hooks, which still capture into the wrapper's state: drop them)
-    plain = copy.deepcopy(grown.model)
-    for module in plain.modules():
-        module._forward_hooks.clear()
-        module._forward_pre_hooks.clear()
+    # the grown network trained plainly: what its size alone costs per step
+    plain = plain_copy(grown)
     final = plain_steps(plain, x, y, steps, warmup)
     with FlopCounterMode(display=False) as counter:
         train_step(plain, torch.optim.Adam(plain.parameters(), lr=1e-3), x, y)
@@ -165,15 +203,158 @@ def run(model_name: str, strategy: str, steps: int, warmup: int = 3) -> dict[str
     }
 
 
+def growable_groups(model_name: str) -> list[str]:
+    """The groups a preset grows in ``model_name``, in graph order."""
+    base, x, _, batch = setup(model_name)
+    probe = archgrow.wrap(base, spec_for("gradmax", model_name, batch), x[:1])
+    probe.close()
+    return list(probe.growing)
+
+
+def capped_spec(strategy: str, model_name: str, batch: int, caps: dict[str, int]) -> archgrow.Spec:
+    """``strategy`` with each group capped at ``caps[group]``: its ``max_width``, or a schedule's own
+    ``final_width`` (reached within ``SCHEDULE_STEPS`` steps)."""
+    data = spec_for(strategy, model_name, batch).model_dump(mode="json")
+    trigger = next((r["trigger"] for r in reversed(data["rules"]) if r.get("trigger")), data["defaults"]["trigger"])
+    schedule = trigger["kind"].endswith("_schedule")
+    for group, cap in caps.items():
+        if schedule:
+            data["rules"].append({"match": group, "trigger": {**trigger, "final_width": cap, "total_steps": SCHEDULE_STEPS}})
+        else:
+            data["rules"].append({"match": group, "max_width": cap})
+    return archgrow.spec.parse_spec(data, source=f"{strategy}.yaml (benchmark, capped)")
+
+
+def loss_of(grown: torch.nn.Module, x: torch.Tensor, y: torch.Tensor):
+    return lambda: F.cross_entropy(grown(x), y)
+
+
+def grow_to_caps(model_name: str, strategy: str, cap_add: int, grow_steps: int, passes: int = 4):
+    """A wrapped model grown by ``strategy`` until every group is at its cap (see the module doc).
+
+    Returns the model, its optimizer, the batch, the caps and the groups not at their cap."""
+    base, x, y, batch = setup(model_name)
+    probe = archgrow.wrap(copy.deepcopy(base), spec_for(strategy, model_name, batch), x[:1])
+    caps = {name: b.width + cap_add * b.group.step for name, b in probe.growing.items()}
+    probe.close()
+    for _ in range(passes):
+        torch.manual_seed(1)  # the same steps on every pass (dropout included)
+        grown = archgrow.wrap(copy.deepcopy(base), capped_spec(strategy, model_name, batch, caps), x[:1])
+        optimizer = torch.optim.Adam(grown.parameters(), lr=1e-3)
+        for _ in range(grow_steps):
+            train_step(grown, optimizer, x, y)
+            grown.grow_step(optimizer, loss_fn=loss_of(grown, x, y))
+            widths = grown.widths()
+            if all(widths[g] >= cap for g, cap in caps.items()):
+                return grown, optimizer, x, y, caps, {}
+        widths = grown.widths()
+        short = {g: (widths[g], cap) for g, cap in caps.items() if widths[g] < cap}
+        grown.close()
+        caps = {g: widths[g] for g in caps}  # the same run again, stopping where it got to
+    return grown, optimizer, x, y, caps, short
+
+
+def wrapped_steps(grown, optimizer, x: torch.Tensor, y: torch.Tensor, steps: int, warmup: int = 3) -> dict[str, float]:
+    """Mean seconds of a step (and of ``grow_step``) of a wrapped model over ``steps`` timed steps."""
+    times, quiet = [], []
+    grow_time, events, evaluations = 0.0, 0, 0
+    for step in range(warmup + steps):
+        start = time.perf_counter()
+        train_step(grown, optimizer, x, y)
+        g0 = time.perf_counter()
+        grew = len(grown.grow_step(optimizer, loss_fn=loss_of(grown, x, y)))
+        end = time.perf_counter()
+        if step >= warmup:
+            times.append(end - start)
+            grow_time += end - g0
+            events += grew
+            evaluations += len(grown.evaluations)
+            if not grew:
+                quiet.append(end - start)
+    return {
+        "step": statistics.fmean(times),
+        "quiet": statistics.fmean(quiet) if quiet else None,
+        "grow": grow_time / steps,
+        "events": events,
+        "evals": evaluations,
+    }
+
+
+def capped_row(model_name: str, strategy: str, args: argparse.Namespace) -> dict:
+    grown, optimizer, x, y, caps, short = grow_to_caps(model_name, strategy, args.cap_add, args.grow_steps)
+    _, _, batch = MODELS[model_name]
+    plain = plain_copy(grown)
+    reps = []
+    for _ in range(args.reps):
+        # in turn within a repetition, ratios taken within it: the machine's speed drifts between runs
+        base = plain_steps(plain, x, y, args.steps)
+        capped = wrapped_steps(grown, optimizer, x, y, args.steps)
+        uncapped_model = archgrow.wrap(plain_copy(grown), spec_for(strategy, model_name, batch), x[:1])
+        uncapped = wrapped_steps(uncapped_model, torch.optim.Adam(uncapped_model.parameters(), lr=1e-3), x, y, args.steps)
+        uncapped_model.close()
+        reps.append((base, capped, uncapped))
+    quiet = [(u["quiet"], b) for b, _, u in reps if u["quiet"] is not None]
+    return {
+        "widths": {g: grown.widths()[g] for g in caps},
+        "short": short,
+        "step": statistics.median(c["step"] for _, c, _ in reps),
+        "plain": statistics.median(b for b, _, _ in reps),
+        "ratio": statistics.median(c["step"] / b for b, c, _ in reps),
+        "grow": statistics.median(c["grow"] for _, c, _ in reps),
+        "evals": sum(c["evals"] for _, c, _ in reps),
+        "uncapped": statistics.median(u["step"] for _, _, u in reps),
+        "uncapped_ratio": statistics.median(u["step"] / b for b, _, u in reps),
+        "uncapped_quiet": statistics.median(q / b for q, b in quiet) if quiet else None,
+        "uncapped_events": sum(u["events"] for _, _, u in reps),
+    }
+
+
+def capped_main(args: argparse.Namespace) -> None:
+    strategies = args.strategies or list(CAPPED_STRATEGIES)
+    for model_name in args.models:
+        run(model_name, "static", args.steps)  # warm the allocator and thread pool before timing
+        print(f"## {model_name}, capped (+{args.cap_add} steps per group, grown in at most {args.grow_steps} steps)\n")
+        print(f"groups: {', '.join(growable_groups(model_name))}\n")
+        print("| strategy | capped widths | capped | step ms | plain ms | x plain | grow_step ms | evals | uncapped ms | uncapped x plain | "
+              "uncapped no-growth x | uncapped events |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        for strategy in strategies:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                r = capped_row(model_name, strategy, args)
+            widths = "/".join(str(w) for w in r["widths"].values())
+            capped = "yes" if not r["short"] else "no: " + ", ".join(f"{g} {w} < {c}" for g, (w, c) in r["short"].items())
+            quiet = f"{r['uncapped_quiet']:.2f}" if r["uncapped_quiet"] is not None else "-"
+            print(
+                f"| {strategy} | {widths} | {capped} | {1e3 * r['step']:.2f} | {1e3 * r['plain']:.2f} | {r['ratio']:.2f} | "
+                f"{1e3 * r['grow']:.3f} | {r['evals']} | {1e3 * r['uncapped']:.2f} | {r['uncapped_ratio']:.2f} | {quiet} | "
+                f"{r['uncapped_events']} |"
+            )
+            sys.stdout.flush()
+        print()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="*", default=["mlp", "vgg11"], choices=list(MODELS))
-    parser.add_argument("--strategies", nargs="*", default=list(STRATEGIES), choices=list(STRATEGIES))
-    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument(
+        "--strategies", nargs="*", default=None, choices=list(dict.fromkeys([*STRATEGIES, *CAPPED_STRATEGIES])),
+        help=f"default: {' '.join(STRATEGIES)}; with --capped: {' '.join(CAPPED_STRATEGIES)}",
+    )
+    parser.add_argument("--steps", type=int, default=None, help="timed steps (default 40; with --capped 20)")
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--capped", action="store_true", help="time steps once every group is at its cap (see the doc)")
+    parser.add_argument("--cap-add", type=int, default=4, help="--capped: caps this many steps above each group's width")
+    parser.add_argument("--grow-steps", type=int, default=40, help="--capped: most steps to reach the caps")
     args = parser.parse_args()
+    if args.steps is None:
+        args.steps = 20 if args.capped else 40
     torch.set_num_threads(max(1, torch.get_num_threads()))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.steps} timed steps, median of {args.reps} runs\n")
+    if args.capped:
+        capped_main(args)
+        return
+    args.strategies = args.strategies or list(STRATEGIES)
     for model_name in args.models:
         run(model_name, "static", args.steps)  # warm the allocator and thread pool before timing
         results = {}

@@ -43,3 +43,32 @@ def test_every_model_config_builds_with_its_batch(bench) -> None:
         model, x, y, b = bench.setup(name)
         assert b == batch and x.shape == (batch, *shape) and y.shape == (batch,), name
         assert model(x[:2]).shape == (2, 10), name
+
+
+def test_capped_table_has_every_group_capped_and_no_trigger_evaluated(bench, monkeypatch, capsys) -> None:
+    strategies = ["north-select", "north-select@step", "gradmax", "linear-schedule"]
+    argv = ["bench_step_cost.py", "--capped", "--models", "mlp", "--steps", "2", "--reps", "1", "--strategies", *strategies]
+    monkeypatch.setattr(sys, "argv", argv)
+    bench.main()
+    out = capsys.readouterr().out
+    assert "groups: hidden1, hidden2" in out
+    lines = [line for line in out.splitlines() if line.startswith("| ") and "---" not in line]
+    header, *rows = lines
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    assert columns == [
+        "strategy", "capped widths", "capped", "step ms", "plain ms", "x plain", "grow_step ms", "evals",
+        "uncapped ms", "uncapped x plain", "uncapped no-growth x", "uncapped events",
+    ]
+    table = {r.strip("|").split("|")[0].strip(): [c.strip() for c in r.strip("|").split("|")] for r in rows}
+    assert list(table) == strategies
+    for name, cells in table.items():
+        row = dict(zip(columns, cells, strict=True))
+        assert row["capped"] == "yes", name
+        assert row["evals"] == "0", name  # the grower skips every capped group's trigger
+        widths = [int(w) for w in row["capped widths"].split("/")]
+        assert len(widths) == 2 and all(w >= 64 for w in widths), name
+        for column in ("step ms", "plain ms", "x plain", "uncapped ms", "uncapped x plain"):
+            assert float(row[column]) > 0, (name, column)
+        assert int(row["uncapped events"]) >= 0, name
+    # the schedule's own cap (final_width 64 + 4) is where it stops
+    assert table["linear-schedule"][1] == "68/68"
