@@ -1,6 +1,6 @@
 """Per-step cost of each growth strategy against the static network, like the paper's Table 3.
 
-    .venv/bin/python benchmarks/bench_step_cost.py [--steps 40] [--reps 3] [--models mlp vgg11 mlp-paper vgg11-paper]
+    .venv/bin/python benchmarks/bench_step_cost.py [--steps 40] [--reps 3] [--models mlp vgg11 mlp-paper vgg11-paper] [--device cuda]
     .venv/bin/python benchmarks/bench_step_cost.py --capped [--cap-add 4] [--grow-steps 40] [--steps 20] [--reps 3]
 
 For each model, every strategy trains from the same seed on the same fixed batches with its
@@ -108,10 +108,22 @@ MODELS = {
 }
 
 
+# where the benchmark runs (--device); a CUDA step is timed after synchronizing
+DEVICE = torch.device("cpu")
+
+
+def now() -> float:
+    """Seconds, once the device's queued work is done (CUDA launches return before it is)."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+    return time.perf_counter()
+
+
 def setup(model_name: str) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor, int]:
     build, shape, batch = MODELS[model_name]
     torch.manual_seed(0)
-    return build(), torch.randn(batch, *shape), torch.randint(0, 10, (batch,)), batch
+    x, y = torch.randn(batch, *shape), torch.randint(0, 10, (batch,))
+    return build().to(DEVICE), x.to(DEVICE), y.to(DEVICE), batch
 
 
 def spec_for(strategy: str, model_name: str, batch: int) -> archgrow.Spec:
@@ -139,10 +151,10 @@ def plain_steps(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps:
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     times = []
     for step in range(warmup + steps):
-        start = time.perf_counter()
+        start = now()
         train_step(model, optimizer, x, y)
         if step >= warmup:
-            times.append(time.perf_counter() - start)
+            times.append(now() - start)
     return statistics.fmean(times)
 
 
@@ -169,14 +181,14 @@ def run(model_name: str, strategy: str, steps: int, warmup: int = 3) -> dict[str
     grow_time, times, quiet = 0.0, [], []
     events = 0
     for step in range(warmup + steps):
-        start = time.perf_counter()
+        start = now()
         train_step(grown, optimizer, x, y)
-        g0 = time.perf_counter()
+        g0 = now()
         grew = len(grown.grow_step(optimizer, loss_fn=lambda: F.cross_entropy(grown(x), y)))
         events += grew
         if step >= warmup:
-            grow_time += time.perf_counter() - g0
-            times.append(time.perf_counter() - start)
+            grow_time += now() - g0
+            times.append(now() - start)
             if not grew:
                 quiet.append(times[-1])
     # the arithmetic of one more step (matmul and conv FLOPs; factorisations are not counted),
@@ -259,11 +271,11 @@ def wrapped_steps(grown, optimizer, x: torch.Tensor, y: torch.Tensor, steps: int
     times, quiet = [], []
     grow_time, events, evaluations = 0.0, 0, 0
     for step in range(warmup + steps):
-        start = time.perf_counter()
+        start = now()
         train_step(grown, optimizer, x, y)
-        g0 = time.perf_counter()
+        g0 = now()
         grew = len(grown.grow_step(optimizer, loss_fn=loss_of(grown, x, y)))
-        end = time.perf_counter()
+        end = now()
         if step >= warmup:
             times.append(end - start)
             grow_time += end - g0
@@ -343,14 +355,20 @@ def main() -> None:
     )
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default 40; with --capped 20)")
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (CUDA steps are timed after a synchronize)")
     parser.add_argument("--capped", action="store_true", help="time steps once every group is at its cap (see the doc)")
     parser.add_argument("--cap-add", type=int, default=4, help="--capped: caps this many steps above each group's width")
     parser.add_argument("--grow-steps", type=int, default=40, help="--capped: most steps to reach the caps")
     args = parser.parse_args()
+    global DEVICE
+    DEVICE = torch.device(args.device)
+    if DEVICE.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: CUDA is not available here")
     if args.steps is None:
         args.steps = 20 if args.capped else 40
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.steps} timed steps, median of {args.reps} runs\n")
+    where = torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else f"{torch.get_num_threads()} threads"
+    print(f"torch {torch.__version__}, {DEVICE} ({where}), {args.steps} timed steps, median of {args.reps} runs\n")
     if args.capped:
         capped_main(args)
         return
