@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import shutil
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from torch.utils.data import Dataset, Subset, TensorDataset
 
-from archgrow.data import DataSplit, digits, generated, mnist, mnist_split
+from archgrow.data import ByteImages, DataSplit, MapInputs, digits, generated, mnist, mnist_split
+from archgrow.data.datasets import as_tensors, indexable_by_batch, labels_of
+from archgrow.data.mnist import read_idx_split
 
 MNIST_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 # Label counts of the official test split, from the README beside the files.
@@ -133,7 +137,7 @@ def test_generated_bad_arguments(kwargs: dict, match: str) -> None:
 
 def test_datasplit_rejects_length_mismatch() -> None:
     with pytest.raises(ValueError, match=r"x_train has 3 samples but y_train has 2"):
-        DataSplit(torch.zeros(3, 2), torch.zeros(2, dtype=torch.long), torch.zeros(1, 2), torch.zeros(1), "bad")
+        DataSplit.from_tensors(torch.zeros(3, 2), torch.zeros(2, dtype=torch.long), torch.zeros(1, 2), torch.zeros(1), "bad")
 
 
 # --- mnist -------------------------------------------------------------------------------------
@@ -292,3 +296,125 @@ def test_cifar_missing_files_say_where_and_what_to_do(tmp_path):
         cifar(tmp_path, "cifar100")
     with pytest.raises(ValueError, match="accepted: cifar10, cifar100"):
         cifar(tmp_path, "cifar20")
+
+
+# --------------------------------------------------------------------------- Datasets
+def _fingerprint(split: DataSplit) -> str:
+    digest = hashlib.sha256()
+    for t in (split.x_train, split.y_train, split.x_test, split.y_test):
+        digest.update(t.contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _check_halves(split: DataSplit, sample_shape: tuple[int, ...]) -> None:
+    """Both halves are map-style Datasets of (float32 input, int64 label); a list of indices (what
+    the runner's loader asks of batch-indexable halves) gives the per-sample values stacked."""
+    for half, (x_all, y_all) in ((split.train, (split.x_train, split.y_train)), (split.test, (split.x_test, split.y_test))):
+        assert isinstance(half, Dataset) and len(half) == len(y_all)
+        x, y = half[len(half) - 1]
+        assert x.shape == sample_shape and x.dtype == torch.float32 and y.dtype == torch.long
+        assert torch.equal(x, x_all[-1]) and int(y) == int(y_all[-1])
+        if indexable_by_batch(half):
+            xb, yb = half[[2, 0, 1]]
+            assert torch.equal(xb, torch.stack([half[i][0] for i in (2, 0, 1)])) and yb.tolist() == y_all[[2, 0, 1]].tolist()
+
+
+def test_loaders_return_datasets_with_the_samples_of_before() -> None:
+    # Fingerprints of the tensors the loaders returned before they returned Datasets (same seeds):
+    # the split, order and values are unchanged, so published runs stay reproducible.
+    g = generated(4, n_samples=200, n_features=16, seed=7)
+    assert isinstance(g.train, TensorDataset) and _fingerprint(g) == "87b7a84ee14c573e"
+    _check_halves(g, (16,))
+    pytest.importorskip("sklearn")
+    d = digits(seed=3)
+    assert isinstance(d.train, Subset) and _fingerprint(d) == "56b7fe70e1a6fe98"
+    _check_halves(d, (64,))
+
+
+def test_mnist_loaders_return_datasets_with_the_samples_of_before(mnist_test: tuple[torch.Tensor, torch.Tensor]) -> None:
+    m = mnist_split(MNIST_DIR, limit=300, seed=1)
+    assert isinstance(m.train.dataset, ByteImages) and _fingerprint(m) == "cb2fcb593f854e2b"
+    _check_halves(m, (784,))
+    images = read_idx_split(MNIST_DIR, split="test", flatten=False, limit=None, dataset="MNIST", caller="t")
+    assert images.pixels.dtype == torch.uint8  # the bytes, a quarter of the float size
+    x, y = images[3]
+    assert x.shape == (1, 28, 28) and torch.equal(x.reshape(784), mnist_test[0][3]) and y == mnist_test[1][3]
+    assert torch.equal(labels_of(m.train), m.y_train) and m.num_classes == 10
+
+
+def test_fashion_mnist_returns_datasets() -> None:
+    from archgrow.data.fashion_mnist import available, fashion_mnist
+
+    if not available():
+        pytest.skip("Fashion-MNIST IDX files not installed (apt-get install dataset-fashion-mnist)")
+    split = fashion_mnist(limit=100, test_limit=50)
+    assert isinstance(split.train, ByteImages) and (len(split.train), len(split.test)) == (100, 50)
+    _check_halves(split, (784,))
+
+
+def test_uncompressed_idx_files_are_memory_mapped_not_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mnist_test: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    for stem in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        with gzip.open(MNIST_DIR / f"{stem}.gz", "rb") as src, open(tmp_path / stem, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    monkeypatch.setattr(Path, "read_bytes", lambda self: pytest.fail(f"{self} read whole"))
+    images = read_idx_split(tmp_path, split="test", flatten=True, limit=None, dataset="MNIST", caller="t")
+    assert torch.equal(images[[7, 9998]][0], mnist_test[0][[7, 9998]])
+
+
+def test_cifar_layout_bytes_give_the_values_of_before() -> None:
+    # CIFAR's torchvision arrays are (N, H, W, C) bytes; samples are converted as the whole array was.
+    data = torch.randint(0, 256, (5, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    images = ByteImages(data.permute(0, 3, 1, 2), torch.arange(5))
+    before = data.permute(0, 3, 1, 2).float() / 255.0
+    assert torch.equal(images[4][0], before[4]) and torch.equal(images[[4, 1]][0], before[[4, 1]])
+    assert torch.equal(as_tensors(images)[0], before)
+
+
+def test_cifar_returns_datasets(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    datasets = pytest.importorskip("torchvision.datasets")
+    from archgrow.data import cifar
+
+    class FakeCifar:  # torchvision's attributes, without the files
+        def __init__(self, root: str, train: bool, download: bool):
+            n = 30 if train else 10
+            self.data = torch.arange(n * 32 * 32 * 3).remainder(256).to(torch.uint8).reshape(n, 32, 32, 3).numpy()
+            self.targets = [i % 10 for i in range(n)]
+
+    monkeypatch.setattr(datasets, "CIFAR10", FakeCifar)
+    split = cifar(tmp_path, limit=20)
+    assert isinstance(split.train, ByteImages) and (len(split.train), len(split.test)) == (20, 10)
+    _check_halves(split, (3, 32, 32))
+    assert split.num_classes == 10
+
+
+def test_datasplit_refuses_what_is_not_a_dataset_and_empty_halves() -> None:
+    ok = TensorDataset(torch.zeros(2, 3), torch.zeros(2, dtype=torch.long))
+    with pytest.raises(TypeError, match=r"DataSplit 'x': test is a Tensor; it must be a map-style .*from_tensors"):
+        DataSplit(ok, torch.zeros(2, 3), "x")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"DataSplit 'x': the train half is empty"):
+        DataSplit(TensorDataset(torch.zeros(0, 3), torch.zeros(0)), ok, "x")
+
+
+def test_tensor_accessors_stack_any_dataset_and_labels_are_read_without_inputs() -> None:
+    class Squares(Dataset):
+        def __init__(self, n: int):
+            self.n, self.reads = n, 0
+
+        def __len__(self) -> int:
+            return self.n
+
+        def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+            self.reads += 1
+            return torch.full((2,), float(i * i)), i % 3
+
+    train, test = Squares(5), Squares(2)
+    split = DataSplit(train, test, "squares")
+    assert split.input_shape == (2,) and split.n_features == 2 and split.example().shape == (1, 2)
+    assert split.num_classes == 3  # read by scanning: no targets attribute
+    assert split.x_train[:, 0].tolist() == [0, 1, 4, 9, 16] and split.y_train.tolist() == [0, 1, 2, 0, 1]
+    reads = train.reads
+    assert split.x_train is split.x_train and train.reads == reads  # stacked once
+    images = ByteImages(torch.zeros(4, 2, 2, dtype=torch.uint8), torch.tensor([0, 3, 1, 1]))
+    assert labels_of(Subset(MapInputs(images, torch.flatten), [3, 1])).tolist() == [1, 3]

@@ -229,6 +229,8 @@ def test_unavailable_cuda_is_refused():
         ({"strategies": {}, "baselines": {}}, "nothing to run"),
         ({"strategies": {"a b": "x.yaml"}}, "name 'a b' is not accepted"),
         ({"device": "gpu"}, "device 'gpu' is not accepted"),
+        ({"train": {"workers": -1}}, "train.workers: input should be greater than or equal to 0"),
+        ({"train": {"pin_memory": "yes"}}, "train.pin_memory: pin_memory='yes' is not accepted; use true, false or auto"),
     ],
 )
 def test_broken_experiments_are_rejected_with_field_paths(change, expected):
@@ -332,7 +334,7 @@ def test_torchvision_model_builds_and_scales_as_a_static_baseline():
 
     g = torch.Generator().manual_seed(0)
     x, y = torch.rand(12, 3, 32, 32, generator=g), torch.arange(12) % 5
-    split = DataSplit(x[:8], y[:8], x[8:], y[8:], "random images")
+    split = DataSplit.from_tensors(x[:8], y[:8], x[8:], y[8:], "random images")
     model = build_model(ModelConfig(name="resnet18"), split, seed=0)
     assert model.fc.out_features == 5  # num_classes from the data
     graph = trace(model, x[:1])
@@ -377,7 +379,7 @@ def test_recalibrated_batch_norm_is_put_back_exactly() -> None:
     before = {k: v.clone() for k, v in model.state_dict().items()}
     model.eval()
     first = model.stem  # the first batch norm normalises the stem's output
-    with recalibrated_batch_norm(model, x, batch_size=16):
+    with recalibrated_batch_norm(model, x.split(16)):
         expected = first(x).transpose(0, 1).flatten(1).mean(1)
         torch.testing.assert_close(model.stage1[0].bn1.running_mean, expected, rtol=1e-4, atol=1e-5)
         assert not model.training  # modes as they were
@@ -403,3 +405,112 @@ def test_recalibrated_evaluation_changes_only_the_reported_accuracy(tmp_path) ->
     a, b = runs["running"], runs["recalibrated"]
     assert a["final_widths"] == b["final_widths"] and a["final_widths"]["stage3.0.conv1"] > 16  # it grew, the same
     assert a["params"] == b["params"] and a["test_acc"] != b["test_acc"]
+
+
+# --------------------------------------------------------------------------- batches from DataLoaders
+GROW_ON_ACTIVATIONS = {  # NORTH-Select's trigger: the buffer is prefilled from the training loader
+    "version": 1,
+    "defaults": {"max_width": 12},
+    "rules": [{"match": "hidden*", "trigger": {"kind": "activation"}, "initializer": {"kind": "random"}}],
+}
+
+
+def _recipe(exp, data, directory, strategy="grow", kind="growing", seed=0, **options):
+    from archgrow.runner.train import RunPlan, TrainRecipe
+
+    groups = ["hidden1", "hidden2"] if kind == "static" else []
+    plan = RunPlan(strategy, kind, seed, directory)
+    return TrainRecipe(exp, plan, data, baseline_groups=groups, progress=False, pictures=False, **options)
+
+
+class LazySamples(torch.utils.data.Dataset):
+    """Samples made from their index when read, never held together. Counts reads and refuses
+    anything but one integer index, which is what slicing or stacking the whole set would need."""
+
+    def __init__(self, n: int, offset: int):
+        self.n, self.offset, self.reads = n, offset, 0
+        self.targets = (torch.arange(n) + offset) % 2  # torchvision's convention: class count without reads
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index):
+        if not isinstance(index, int) or not 0 <= index < self.n:
+            raise TypeError(f"LazySamples takes one integer index in range, got {index!r}")
+        self.reads += 1
+        x = torch.randn(16, generator=torch.Generator().manual_seed(self.offset + index))
+        return x + self.targets[index], self.targets[index]
+
+
+def test_training_batches_are_those_of_the_slicing_loop(tmp_path):
+    exp = parse_experiment({**TINY, "seeds": [3]})
+    data = load_data(exp.data)
+    recipe = _recipe(exp, data, tmp_path, "big", "static", seed=3, writes_files=False)
+    recipe.setup()
+    generator = torch.Generator().manual_seed(3)
+    for _ in range(2):  # the loop this replaced: one permutation per epoch from the run's seed, sliced
+        order = torch.randperm(480, generator=generator)
+        got = list(recipe.train_loader)
+        assert len(got) == 8 and recipe.total_steps == 16
+        for i, (x, y) in enumerate(got):
+            idx = order[i * 64 : (i + 1) * 64]
+            assert torch.equal(x, data.x_train[idx]) and torch.equal(y, data.y_train[idx])
+
+
+def test_lazy_dataset_is_read_per_sample_and_trains_like_the_same_tensors(tmp_path, monkeypatch):
+    from archgrow.data import DataSplit
+
+    train_cfg = {**TINY["train"], "eval_train": False, "eval_batch_size": 50}
+    exp = parse_experiment({**TINY, "train": train_cfg, "strategies": {"grow": GROW_ON_ACTIVATIONS}, "baselines": {}})
+    train, test = LazySamples(300, 0), LazySamples(100, 300)
+    stacked = []
+    stack = torch.stack
+    monkeypatch.setattr(torch, "stack", lambda ts, *a, **k: stacked.append(len(ts)) or stack(ts, *a, **k))
+    rng = torch.random.get_rng_state()
+    lazy = _recipe(exp, DataSplit(train, test, "lazy"), tmp_path / "lazy").run()
+    assert torch.equal(torch.random.get_rng_state(), rng)  # shuffles and workers' seeds use their own generators
+    assert max(stacked) <= 64  # batches only: the set is never stacked whole
+    epochs = 2  # reads: each epoch's samples once, the evaluations and the buffer's prefill (one batch)
+    assert 3 * 300 <= train.reads <= 3 * 300 + 64 + 2 and test.reads == (epochs + 1) * 100
+    monkeypatch.setattr(torch, "stack", stack)
+    tensors = DataSplit.from_tensors(*(torch.stack([t[i][k] for i in range(len(t))]) for t in (train, test) for k in (0, 1)), name="same")
+    same = _recipe(exp, tensors, tmp_path / "tensors").run()
+    assert lazy["events"] > 0
+    for key in ("final_widths", "params", "test_acc", "test_loss", "events", "steps"):
+        assert lazy[key] == same[key], key
+
+
+def test_workers_give_the_same_run(tmp_path):
+    exp = parse_experiment({**TINY, "seeds": [0], "train": {**TINY["train"], "epochs": 1}}).restricted(strategies=["random"])
+    runs = {}
+    for workers in (0, 2):
+        e = exp.restricted(**{"train.workers": workers, "train.pin_memory": False})
+        runs[workers] = run_experiment(e, output=tmp_path / str(workers), progress=False, pictures=False).runs[0]
+    for key in ("final_widths", "params", "test_acc", "test_loss", "train_acc", "events", "steps"):
+        assert runs[0][key] == runs[2][key], key
+    config = json.loads((tmp_path / "2" / "random" / "seed0" / "config.json").read_text())
+    assert config["train"]["workers"] == 2 and config["train"]["pin_memory"] is False
+
+
+def test_sampler_factory_shards_the_data_and_only_the_writing_rank_writes(tmp_path):
+    from torch.utils.data.distributed import DistributedSampler
+
+    epochs = []
+
+    class Recording(DistributedSampler):
+        def set_epoch(self, epoch: int) -> None:
+            epochs.append((self.rank, epoch))
+            super().set_epoch(epoch)
+
+    exp = parse_experiment({**TINY, "seeds": [0]})
+    data = load_data(exp.data)
+    runs = []
+    for rank in (0, 1):
+        def shard(dataset, seed, rank=rank):
+            return Recording(dataset, num_replicas=2, rank=rank, seed=seed)
+
+        runs.append(_recipe(exp, data, tmp_path / f"rank{rank}", "random", sampler=shard, writes_files=rank == 0).run())
+    assert [r["steps"] for r in runs] == [2 * 4, 2 * 4]  # 480 samples, 240 per rank, 64 per batch, 2 epochs
+    assert epochs == [(0, 1), (0, 2), (1, 1), (1, 2)]
+    assert (tmp_path / "rank0" / "summary.json").is_file() and (tmp_path / "rank0" / "metrics.csv").is_file()
+    assert not (tmp_path / "rank1").exists()

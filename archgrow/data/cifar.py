@@ -2,8 +2,9 @@
 
 Nothing is downloaded unless asked (``download=True``); a missing directory, missing files or a
 failed download raise an error that says where the files were looked for and what to do.
-Images become float tensors in [0, 1], shape ``(N, 3, 32, 32)``; the official train/test split
-is kept (``limit`` takes the first samples of each half, for quick runs).
+Images become float tensors in [0, 1], shape ``(3, 32, 32)``, one sample at a time (the bytes stay
+as torchvision read them: a quarter of the float size); the official train/test split is kept
+(``limit`` takes the first samples of each half, for quick runs).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from archgrow.data.datasets import ByteImages
 from archgrow.data.split import DataSplit
 from archgrow.errors import ArchgrowError
 
@@ -41,7 +43,6 @@ def cifar(root: str | Path, name: str = "cifar10", *, download: bool = False, li
             ) from None
         except OSError as exc:
             raise ArchgrowError(f"{name}: download into {root} failed ({exc}); copy the files there instead") from None
-        x = torch.from_numpy(ds.data[:limit]).permute(0, 3, 1, 2).float() / 255.0
-        y = torch.tensor(ds.targets[:limit], dtype=torch.long)
-        halves += [x, y]
+        pixels = torch.from_numpy(ds.data[:limit]).permute(0, 3, 1, 2)
+        halves.append(ByteImages(pixels, torch.tensor(ds.targets[:limit], dtype=torch.long)))
     return DataSplit(*halves, name=f"{name} official train/test" + (f", first {limit} of each" if limit else ""))

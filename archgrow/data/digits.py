@@ -7,6 +7,7 @@ and trains in seconds on a CPU: a quick stand-in for MNIST where MNIST files are
 from __future__ import annotations
 
 import torch
+from torch.utils.data import TensorDataset
 
 from archgrow.data.split import DataSplit, permutation_split
 
@@ -26,4 +27,4 @@ def digits(*, test_frac: float = 0.2, seed: int = 0) -> DataSplit:
     x = torch.as_tensor(features, dtype=torch.float32) / 16.0
     y = torch.as_tensor(labels, dtype=torch.long)
     name = f"digits(sklearn 8x8, test_frac={test_frac}, seed={seed})"
-    return permutation_split(x, y, test_frac=test_frac, seed=seed, name=name)
+    return permutation_split(TensorDataset(x, y), test_frac=test_frac, seed=seed, name=name)

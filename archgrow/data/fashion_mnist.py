@@ -22,7 +22,8 @@ CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shi
 def fashion_mnist(
     root: str | os.PathLike = DEBIAN_ROOT, *, limit: int | None = None, test_limit: int | None = None
 ) -> DataSplit:
-    """The official Fashion-MNIST split as flat ``(N, 784)`` features in [0, 1] (no normalisation).
+    """The official Fashion-MNIST split as flat 784 features in [0, 1] (no normalisation), converted
+    per sample as batches read them (:func:`archgrow.data.mnist.read_idx_split`).
 
     ``limit`` / ``test_limit`` keep the first images of each split (the files' own order), for
     reduced runs. A missing folder says how to get the files.
@@ -36,10 +37,9 @@ def fashion_mnist(
             "t10k-labels-idx1-ubyte[.gz]"
         )
     common = {"flatten": True, "dataset": "Fashion-MNIST", "caller": "fashion_mnist()"}
-    x_train, y_train = read_idx_split(root, split="train", limit=limit, **common)
-    x_test, y_test = read_idx_split(root, split="test", limit=test_limit, **common)
-    name = f"fashion_mnist(official split, {len(y_train)} train / {len(y_test)} test)"
-    return DataSplit(x_train, y_train, x_test, y_test, name)
+    train = read_idx_split(root, split="train", limit=limit, **common)
+    test = read_idx_split(root, split="test", limit=test_limit, **common)
+    return DataSplit(train, test, f"fashion_mnist(official split, {len(train)} train / {len(test)} test)")
 
 
 def available(root: str | os.PathLike = DEBIAN_ROOT) -> bool:

@@ -69,4 +69,4 @@ def generated(
 
     n_train = n_samples - n_test
     name = f"generated(n_independent={n_independent}, n_features={n_features}, n_samples={n_samples}, seed={seed})"
-    return DataSplit(x[:n_train], y[:n_train], x[n_train:], y[n_train:], name)
+    return DataSplit.from_tensors(x[:n_train], y[:n_train], x[n_train:], y[n_train:], name)

@@ -2,17 +2,20 @@
 
 Parsing the IDX format here, rather than going through torchvision, keeps the data path free of
 downloads and of optional dependencies, so tests and experiments run offline from a directory of
-the original files (gzipped or not).
+the original files (gzipped or not). Uncompressed image files are memory-mapped, so a split is
+read page by page as batches need it; gzipped ones are decompressed once and kept as bytes.
 """
 
 from __future__ import annotations
 
 import gzip
+import math
 import os
 from pathlib import Path
 
 import torch
 
+from archgrow.data.datasets import ByteImages, as_tensors
 from archgrow.data.split import DataSplit, permutation_split
 
 __all__ = ["has_split", "mnist", "mnist_split", "read_idx_split"]
@@ -38,31 +41,41 @@ def has_split(root: str | os.PathLike, split: str) -> bool:
 
 
 def _read_idx(path: Path, magic: int) -> tuple[list[int], torch.Tensor]:
-    """Return the dimensions and the flat uint8 payload, after checking the header against the file size."""
+    """Return the dimensions and the flat uint8 payload, after checking the header against the file size.
+
+    An uncompressed payload is a memory-mapped view of the file (nothing is read until used).
+    """
+    gzipped = path.suffix == ".gz"
     try:
-        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        if gzipped:
+            raw = gzip.decompress(path.read_bytes())
+            head, total = raw[: 4 + 4 * 3], len(raw)
+        else:
+            with path.open("rb") as f:
+                head = f.read(4 + 4 * 3)
+            total = path.stat().st_size
     except (OSError, EOFError) as err:  # gzip.BadGzipFile is an OSError
-        raise ValueError(f"{path}: cannot be read as {'gzip' if path.suffix == '.gz' else 'IDX'} ({err})") from err
+        raise ValueError(f"{path}: cannot be read as {'gzip' if gzipped else 'IDX'} ({err})") from err
     ndim = magic & 0xFF
     header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise ValueError(f"{path}: {len(raw)} bytes is shorter than the {header}-byte IDX header expected")
-    found = int.from_bytes(raw[:4], "big")
+    if total < header:
+        raise ValueError(f"{path}: {total} bytes is shorter than the {header}-byte IDX header expected")
+    found = int.from_bytes(head[:4], "big")
     if found != magic:
         raise ValueError(
             f"{path}: IDX magic number 0x{found:08x}, expected 0x{magic:08x} (unsigned bytes, {ndim} dimension(s))"
         )
-    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    size = 1
-    for d in dims:
-        size *= d
-    if len(raw) != header + size:
+    dims = [int.from_bytes(head[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    size = math.prod(dims)
+    if total != header + size:
         raise ValueError(
-            f"{path}: header declares dimensions {dims} ({header + size} bytes in all) but the file holds {len(raw)} bytes"
+            f"{path}: header declares dimensions {dims} ({header + size} bytes in all) but the file holds {total} bytes"
         )
     if size == 0:  # torch.frombuffer rejects an empty buffer
         return dims, torch.empty(0, dtype=torch.uint8)
-    return dims, torch.frombuffer(bytearray(raw[header:]), dtype=torch.uint8)
+    if gzipped:
+        return dims, torch.frombuffer(bytearray(raw[header:]), dtype=torch.uint8)
+    return dims, torch.from_file(str(path), shared=False, size=total, dtype=torch.uint8)[header:]
 
 
 def mnist(
@@ -73,15 +86,17 @@ def mnist(
     Pixels are scaled to [0, 1] float32 without mean/std normalisation, as the NORTH* authors' code
     does, so results stay comparable with theirs. ``flatten`` gives ``(N, 784)`` for MLPs, otherwise
     ``(N, 1, 28, 28)``; labels are int64. ``limit`` keeps the first ``limit`` samples, for fast tests.
+    For data that need not fit in memory, :func:`read_idx_split` gives the same samples as a Dataset.
     """
-    return read_idx_split(root, split=split, flatten=flatten, limit=limit, dataset="MNIST", caller="mnist()")
+    return as_tensors(read_idx_split(root, split=split, flatten=flatten, limit=limit, dataset="MNIST", caller="mnist()"))
 
 
 def read_idx_split(
     root: str | os.PathLike, *, split: str, flatten: bool, limit: int | None, dataset: str, caller: str
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> ByteImages:
     """One split of an MNIST-format dataset (28x28 unsigned-byte images, labels 0..9) from IDX files
-    named ``train-*`` / ``t10k-*``, as MNIST and Fashion-MNIST ship them."""
+    named ``train-*`` / ``t10k-*``, as MNIST and Fashion-MNIST ship them: samples are ``(784,)``
+    (``flatten``) or ``(1, 28, 28)`` float32 in [0, 1], converted as they are read."""
     if split not in _PREFIX:
         raise ValueError(f"{caller}: split={split!r} is not accepted; it must be one of {sorted(_PREFIX)}")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
@@ -103,9 +118,8 @@ def read_idx_split(
         raise ValueError(f"{labels_path}: label {int(labels.max())} found, expected classes 0..9")
 
     n = dims[0] if limit is None else min(limit, dims[0])
-    x = pixels[: n * _SIDE * _SIDE].to(torch.float32).div_(255.0)
-    x = x.reshape(n, _SIDE * _SIDE) if flatten else x.reshape(n, 1, _SIDE, _SIDE)
-    return x, labels[:n].long()
+    shape = (_SIDE * _SIDE,) if flatten else (1, _SIDE, _SIDE)
+    return ByteImages(pixels[: n * _SIDE * _SIDE].reshape(n, _SIDE, _SIDE), labels[:n].long(), shape)
 
 
 def mnist_split(
@@ -120,6 +134,6 @@ def mnist_split(
     """
     root = Path(root)
     source = "train" if has_split(root, "train") else "test"
-    x, y = mnist(root, split=source, flatten=True, limit=limit)
-    name = f"mnist({source} split, {len(y)} samples, test_frac={test_frac}, seed={seed})"
-    return permutation_split(x, y, test_frac=test_frac, seed=seed, name=name)
+    images = read_idx_split(root, split=source, flatten=True, limit=limit, dataset="MNIST", caller="mnist_split()")
+    name = f"mnist({source} split, {len(images)} samples, test_frac={test_frac}, seed={seed})"
+    return permutation_split(images, test_frac=test_frac, seed=seed, name=name)

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from functools import partial
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from archgrow import models
-from archgrow.data import DataSplit, cifar, digits, fashion_mnist, generated, mnist_split
+from archgrow.data import DataSplit, MapInputs, cifar, digits, fashion_mnist, generated, mnist_split
 from archgrow.errors import ArchgrowError
 from archgrow.graph.widthgraph import WidthGraph
 from archgrow.runner.experiment import (
@@ -66,15 +67,19 @@ def load_data(cfg: DataConfig) -> DataSplit:
 
 
 def _as_images(split: DataSplit, side: int, pad_to: int | None) -> DataSplit:
-    def image(x: torch.Tensor) -> torch.Tensor:
-        x = x.reshape(x.shape[0], 1, side, side)
-        if pad_to is not None and pad_to > side:
-            before = (pad_to - side) // 2
-            after = pad_to - side - before
-            x = nn.functional.pad(x, (before, after, before, after))
-        return x
+    image = partial(_image, side=side, pad_to=pad_to)  # picklable, for worker processes
+    train, test = (MapInputs(half, image, batched=True) for half in (split.train, split.test))
+    return DataSplit(train, test, split.name)
 
-    return DataSplit(image(split.x_train), split.y_train, image(split.x_test), split.y_test, split.name)
+
+def _image(x: torch.Tensor, *, side: int, pad_to: int | None) -> torch.Tensor:
+    """Flat samples (one, or a batch) as ``(1, side, side)`` images, zero-padded to ``pad_to`` (centred)."""
+    x = x.reshape(*x.shape[:-1], 1, side, side)
+    if pad_to is not None and pad_to > side:
+        before = (pad_to - side) // 2
+        after = pad_to - side - before
+        x = nn.functional.pad(x, (before, after, before, after))
+    return x
 
 
 def base_init(cfg: ModelConfig) -> str:
@@ -93,7 +98,7 @@ def build_model(cfg: ModelConfig, data: DataSplit, seed: int) -> nn.Module:
     Built-in models take ``init`` (default ``paper``); other models keep their constructor's init
     unless the model section sets ``init``.
     """
-    shape = tuple(data.x_train.shape[1:])
+    shape = data.input_shape
     builtin = models.MODELS.get(cfg.name)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

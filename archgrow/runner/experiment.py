@@ -19,6 +19,7 @@ from pydantic import (
     ConfigDict,
     Field,
     NonNegativeFloat,
+    NonNegativeInt,
     PositiveFloat,
     PositiveInt,
     PrivateAttr,
@@ -183,6 +184,19 @@ class TrainConfig(_Strict):
         "usual protocol) or recalibrated (recomputed as a plain average over the training inputs at the current "
         "weights before each evaluation, then put back, so training and growth are unchanged)",
     )
+    workers: NonNegativeInt = Field(
+        0, description="DataLoader worker processes that read batches (num_workers); 0: read in the training process"
+    )
+    pin_memory: bool | Literal["auto"] = Field(
+        "auto", description="page-locked batches for faster copies to a GPU; auto: true when the run's device is CUDA"
+    )
+
+    @field_validator("pin_memory", mode="before")
+    @classmethod
+    def _pin_memory(cls, value: Any) -> Any:
+        if value == "auto" or isinstance(value, bool):
+            return value
+        raise ValueError(f"pin_memory={value!r} is not accepted; use true, false or auto")
 
 
 # --------------------------------------------------------------------------- strategies

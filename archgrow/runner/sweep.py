@@ -83,7 +83,7 @@ def run_experiment(
 def _baseline_groups(exp: Experiment, data: Any) -> list[str]:
     """The groups any strategy grows (every growable group when the experiment has no strategy)."""
     model = build_model(exp.model, data, exp.seeds[0])
-    example = data.x_train[:1].to(next(model.parameters()).dtype)
+    example = data.example().to(next(model.parameters()).dtype)
     graph = trace(model, example)
     if not exp.strategies:
         return [g.name for g in graph.groups if g.growable]

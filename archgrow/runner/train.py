@@ -3,6 +3,10 @@
 Everything a run produces goes to its directory as it happens (growth events, trigger
 evaluations, per-epoch metrics), in the plain formats of ``docs/run-directory.md``, so a run that
 is stopped half-way still leaves readable files and the pictures can be redrawn from them.
+
+Batches come from ``torch.utils.data.DataLoader``s over the split's datasets, so the data need not
+fit in memory; shuffling draws from generators seeded by the run's seed, one permutation per epoch,
+which gives the same batches as the earlier loop that sliced whole in-memory tensors.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import math
 import platform
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +26,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, SequentialSampler
 
 from archgrow.data import DataSplit
+from archgrow.data.datasets import indexable_by_batch
 from archgrow.errors import ArchgrowError
 from archgrow.graph.widthgraph import trace
 from archgrow.grower import GrowingModel, wrap
@@ -33,6 +39,29 @@ from archgrow.runner.progress import Progress
 from archgrow.spec import Spec, parse_spec
 
 SCHEDULES = ("linear_schedule", "batched_schedule")
+
+SamplerFactory = Callable[[Dataset[Any], int], Sampler[int]]
+"""Makes the training sampler from the training set and the run's seed. The hook for a distributed
+run: ``lambda data, seed: DistributedSampler(data, num_replicas=world_size, rank=rank, seed=seed)``
+gives each process its shard (the recipe calls ``set_epoch`` on samplers that have it)."""
+
+
+class SeededShuffle(Sampler[int]):
+    """A fresh permutation of the ``n`` indices each epoch, all drawn from one generator seeded once.
+
+    Not torch's ``RandomSampler``: that draws one permutation more than it yields each epoch, so
+    from the second epoch on its batches would differ from those of the published runs.
+    """
+
+    def __init__(self, n: int, seed: int):
+        self.n = n
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(torch.randperm(self.n, generator=self.generator).tolist())
+
+    def __len__(self) -> int:
+        return self.n
 
 
 @dataclass(frozen=True)
@@ -68,36 +97,66 @@ def fit_schedules(spec: Spec, total_steps: int) -> Spec:
 
 
 class RunLog:
-    """The run's three streamed files (``metrics.csv``, ``history.jsonl``, ``triggers.csv``),
-    flushed as they grow so a run stopped half-way still leaves readable data."""
+    """Every file a run writes goes through here: ``config.json``, ``summary.json``, the pictures
+    and the three streamed files (``metrics.csv``, ``history.jsonl``, ``triggers.csv``, flushed as
+    they grow so a run stopped half-way still leaves readable data).
 
-    def __init__(self, directory: Path, groups: list[str]):
-        self._metrics_file = (directory / "metrics.csv").open("w", newline="")
+    With ``enabled=False`` nothing is written and the run is otherwise the same: what the processes
+    of a distributed run other than rank 0 need.
+    """
+
+    def __init__(self, directory: Path, *, enabled: bool = True, pictures: bool = True):
+        self.directory, self.enabled, self.pictures = directory, enabled, pictures
+        self._streams: list[Any] = []
+        if enabled:
+            directory.mkdir(parents=True, exist_ok=True)
+
+    def json(self, name: str, data: Any) -> None:
+        if self.enabled:
+            _write_json(self.directory / name, data)
+
+    def picture(self, draw: Callable[[Path], Any]) -> None:
+        """``draw(directory)``; skipped when pictures are off, and with a warning without matplotlib."""
+        if self.enabled and self.pictures:
+            _picture(lambda: draw(self.directory))
+
+    def open(self, groups: list[str]) -> None:
+        if not self.enabled:
+            return
+        self._metrics_file = (self.directory / "metrics.csv").open("w", newline="")
         self._metrics = csv.writer(self._metrics_file)
         widths = [f"width:{g}" for g in groups]
         self._metrics.writerow(["epoch", "step", "train_loss", "train_acc", "test_loss", "test_acc", "params", "seconds", *widths])
-        self._history = (directory / "history.jsonl").open("w")
-        self._triggers_file = (directory / "triggers.csv").open("w", newline="")
+        self._history = (self.directory / "history.jsonl").open("w")
+        self._triggers_file = (self.directory / "triggers.csv").open("w", newline="")
         self._triggers = csv.writer(self._triggers_file)
         self._triggers.writerow(["step", "group", "score", "threshold", "add"])
+        self._streams = [self._metrics_file, self._history, self._triggers_file]
 
     def epoch(self, epoch: int, step: int, row: dict[str, float], params: int, seconds: float, widths: list[int]) -> None:
+        if not self._streams:
+            return
         self._metrics.writerow([epoch, step, *(_num(v) for v in row.values()), params, f"{seconds:.3f}", *widths])
         self._metrics_file.flush()
         self._triggers_file.flush()
 
     def evaluations(self, evaluations: list[Any]) -> None:
+        if not self._streams:
+            return
         for e in evaluations:
             self._triggers.writerow([e.step, e.group, _num(e.score), _num(e.threshold), e.add])
 
     def events(self, events: list[Any], epoch: int, params: int) -> None:
+        if not self._streams:
+            return
         for event in events:
             self._history.write(json.dumps({**event.to_dict(), "epoch": epoch, "params": params}) + "\n")
         self._history.flush()
 
     def close(self) -> None:
-        for f in (self._metrics_file, self._history, self._triggers_file):
+        for f in self._streams:
             f.close()
+        self._streams = []
 
 
 class TrainRecipe:
@@ -107,6 +166,10 @@ class TrainRecipe:
     Setup builds the seeded model on the experiment's device and dtype, and either wraps it with
     the strategy's spec (schedules fitted to the run's length, the buffer prefilled from a seeded
     draw of the training inputs) or widens it to the static baseline's widths.
+
+    ``sampler`` replaces the seeded shuffle of the training set (see :data:`SamplerFactory`);
+    the buffer's prefill and the evaluations still read the whole sets, in the same order on
+    every process. ``writes_files=False`` makes the run write nothing (see :class:`RunLog`).
     """
 
     def __init__(
@@ -119,12 +182,15 @@ class TrainRecipe:
         progress: bool = True,
         pictures: bool = True,
         label: str = "",
+        sampler: SamplerFactory | None = None,
+        writes_files: bool = True,
     ):
         self.exp, self.plan, self.data = exp, plan, data
         self.baseline_groups = baseline_groups
-        self.progress, self.pictures, self.label = progress, pictures, label
+        self.progress, self.label = progress, label
+        self.sampler_factory = sampler
         self.started = time.perf_counter()
-        self.out = plan.directory
+        self.log = RunLog(plan.directory, enabled=writes_files, pictures=pictures)
         self.grower: GrowingModel | None = None
         self.step = 0
         self.train_seconds = 0.0
@@ -132,23 +198,24 @@ class TrainRecipe:
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
         exp, plan, data, cfg = self.exp, self.plan, self.data, self.exp.train
-        self.out.mkdir(parents=True, exist_ok=True)
         self.device = device = resolve_device(exp.device)
         self.dtype = dtype = getattr(torch, exp.dtype)
-        self.x_train, self.y_train = data.x_train.to(device, dtype), data.y_train.to(device)
-        self.x_test, self.y_test = data.x_test.to(device, dtype), data.y_test.to(device)
-        n_train = self.x_train.shape[0]
-        self.total_steps = -(-n_train // cfg.batch_size) * cfg.epochs
+        self.pin_memory = device.type == "cuda" if cfg.pin_memory == "auto" else cfg.pin_memory
+        n_train = len(data.train)  # type: ignore[arg-type]
+        factory = self.sampler_factory
+        self.sampler = factory(data.train, plan.seed) if factory is not None else SeededShuffle(n_train, plan.seed)
+        self.train_loader = self._loader(data.train, cfg.batch_size, self.sampler)
+        self.test_loader = self._loader(data.test, cfg.eval_batch_size)
+        self.train_eval_loader = self._loader(data.train, cfg.eval_batch_size)
+        self.total_steps = len(self.train_loader) * cfg.epochs
         self.model = build_model(exp.model, data, plan.seed).to(device, dtype)
-        example = self.x_train[:1]
+        example = data.example().to(device, dtype)
         if plan.kind == "growing":
             spec = fit_schedules(exp.spec(plan.strategy), self.total_steps).model_copy(update={"seed": plan.seed})
             self.grower = grower = wrap(self.model, spec, example)
             if grower.wants_prefill:  # phi(f_0) on a full buffer, from a seeded draw of training inputs
-                order = torch.randperm(n_train, generator=torch.Generator().manual_seed(plan.seed + 10_000))
-                grower.prefill(
-                    self.x_train[order[i : i + cfg.batch_size].to(device)] for i in range(0, n_train, cfg.batch_size)
-                )
+                draw = self._loader(data.train, cfg.batch_size, SeededShuffle(n_train, plan.seed + 10_000))
+                grower.prefill(x for x, _ in self._batches(draw))
             self.graph = grower.graph
             self.groups = [n for n, b in grower.growing.items() if not b.trigger.never_fires]
             spec_dump = spec.model_dump(mode="json")
@@ -161,8 +228,8 @@ class TrainRecipe:
         self.net: nn.Module = self.grower if self.grower is not None else self.model
         self.initial_widths = self.widths()
         self.initial_params = _params(self.model)
-        _write_json(
-            self.out / "config.json",
+        self.log.json(
+            "config.json",
             {
                 "name": exp.title,
                 "strategy": plan.strategy,
@@ -180,8 +247,8 @@ class TrainRecipe:
                 "python": platform.python_version(),
             },
         )
-        if self.pictures:
-            _picture(lambda: _render_graph(self.graph, self.out / "graph_before", None, self.groups, f"{plan.strategy}: start"))
+        graph, groups = self.graph, self.groups
+        self.log.picture(lambda out: _render_graph(graph, out / "graph_before", None, groups, f"{plan.strategy}: start"))
         self.optimizer = _optimizer(cfg, self.net)
         cosine = cfg.scheduler == "cosine"
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, self.total_steps) if cosine else None
@@ -189,15 +256,46 @@ class TrainRecipe:
     def widths(self) -> dict[str, int]:
         return {g: self.graph.group(g).width for g in self.groups}
 
+    def _loader(self, dataset: Dataset[Any], batch_size: int, sampler: Sampler[int] | None = None) -> DataLoader[Any]:
+        """Batches in ``sampler``'s order (in order without one). The loader's own generator only
+        seeds worker processes; passing it keeps the global RNG untouched."""
+        workers = self.exp.train.workers
+        order: Sampler[Any] | None = sampler
+        batch: int | None = batch_size
+        if indexable_by_batch(dataset):  # one call per batch: the same values as per sample, several times faster
+            order = BatchSampler(sampler if sampler is not None else SequentialSampler(dataset), batch_size, False)
+            batch = None
+        return DataLoader(
+            dataset,
+            batch_size=batch,
+            sampler=order,
+            num_workers=workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=workers > 0,
+            generator=torch.Generator().manual_seed(self.plan.seed),
+        )
+
+    def _batches(self, loader: DataLoader[Any]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The loader's batches on the run's device, inputs in the run's dtype."""
+        for x, y in loader:
+            yield (
+                x.to(self.device, self.dtype, non_blocking=self.pin_memory),
+                y.to(self.device, non_blocking=self.pin_memory),
+            )
+
     # ------------------------------------------------------------------ train / evaluate
     def evaluate(self, train_loss: float | None) -> dict[str, float]:
         """Test loss and accuracy (and train accuracy when asked), in eval mode."""
         cfg = self.exp.train
-        recalibrate = cfg.bn_statistics == "recalibrated"
-        with recalibrated_batch_norm(self.model, self.x_train, cfg.eval_batch_size) if recalibrate else nullcontext():
-            test_loss, test_acc = _evaluate(self.net, self.x_test, self.y_test, cfg.eval_batch_size)
+        if cfg.bn_statistics == "recalibrated":
+            inputs = (x for x, _ in self._batches(self.train_eval_loader))
+            context: Any = recalibrated_batch_norm(self.model, inputs)
+        else:
+            context = nullcontext()
+        with context:
+            test_loss, test_acc = _evaluate(self.net, self._batches(self.test_loader))
             if cfg.eval_train or train_loss is None:
-                loss_all, train_acc = _evaluate(self.net, self.x_train, self.y_train, cfg.eval_batch_size)
+                loss_all, train_acc = _evaluate(self.net, self._batches(self.train_eval_loader))
                 train_loss = train_loss if train_loss is not None else loss_all
             else:
                 train_acc = float("nan")
@@ -206,10 +304,10 @@ class TrainRecipe:
     def train(self) -> dict[str, float]:
         """Every epoch: the training steps, growth after each, then an evaluation; returns the last one."""
         cfg, plan, grower = self.exp.train, self.plan, self.grower
-        generator = torch.Generator().manual_seed(plan.seed)
-        log = RunLog(self.out, self.groups)
+        log = self.log
+        log.open(self.groups)
         bar = Progress(self.label or f"{plan.strategy} seed {plan.seed}", self.total_steps, enabled=self.progress)
-        n_train = self.x_train.shape[0]
+        set_epoch = getattr(self.sampler, "set_epoch", None)
 
         def record(epoch: int, train_loss: float | None) -> dict[str, float]:
             row = self.evaluate(train_loss)
@@ -221,13 +319,12 @@ class TrainRecipe:
             last = record(0, None)
             for epoch in range(1, cfg.epochs + 1):
                 self.net.train()
-                order = torch.randperm(n_train, generator=generator).to(self.device)
+                if set_epoch is not None:  # a DistributedSampler's shuffle depends on it
+                    set_epoch(epoch)
                 loss_sum = torch.zeros((), dtype=self.dtype, device=self.device)  # summed on device: no sync per step
                 batches = 0
                 t0 = time.perf_counter()
-                for i in range(0, n_train, cfg.batch_size):
-                    idx = order[i : i + cfg.batch_size]
-                    xb, yb = self.x_train[idx], self.y_train[idx]
+                for xb, yb in self._batches(self.train_loader):
                     self.optimizer.zero_grad(set_to_none=True)
                     loss = F.cross_entropy(self.net(xb), yb)
                     loss.backward()
@@ -284,13 +381,12 @@ class TrainRecipe:
             "device": str(self.device),
             "dtype": exp.dtype,
         }
-        if self.pictures and plan.kind == "growing":
-            initial = self.initial_widths
-            _picture(lambda: _render_graph(self.graph, self.out / "graph_after", initial, self.groups, f"{plan.strategy}: end"))
+        if plan.kind == "growing":
+            graph, groups, initial = self.graph, self.groups, self.initial_widths
+            self.log.picture(lambda out: _render_graph(graph, out / "graph_after", initial, groups, f"{plan.strategy}: end"))
         summary["wall_seconds"] = time.perf_counter() - self.started
-        _write_json(self.out / "summary.json", summary)
-        if self.pictures:
-            _picture(lambda: _draw_run(self.out))
+        self.log.json("summary.json", summary)
+        self.log.picture(_draw_run)
         return summary
 
     def run(self) -> dict[str, Any]:
@@ -299,9 +395,10 @@ class TrainRecipe:
 
 
 @contextmanager
-def recalibrated_batch_norm(model: nn.Module, x: torch.Tensor, batch_size: int) -> Iterator[None]:
-    """Inside, every batch norm's running statistics are the plain average over ``x`` at the current
-    weights; on exit the running averages (and momentum, step count) are put back exactly.
+def recalibrated_batch_norm(model: nn.Module, batches: Iterable[torch.Tensor]) -> Iterator[None]:
+    """Inside, every batch norm's running statistics are the plain average over the input
+    ``batches`` at the current weights; on exit the running averages (and momentum, step count)
+    are put back exactly.
 
     After a short budget the exponential running averages still carry the large activations of the
     first steps (measured on WRN-28: experiments/wrn_bn_check.py), so eval-mode accuracy says more
@@ -316,9 +413,10 @@ def recalibrated_batch_norm(model: nn.Module, x: torch.Tensor, batch_size: int) 
             m.momentum = None  # cumulative average
         model.train()
         try:
-            with torch.no_grad(), torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
-                for i in range(0, x.shape[0], batch_size):
-                    model(x[i : i + batch_size])
+            cuda = sorted({p.device for p in model.parameters() if p.device.type == "cuda"}, key=str)
+            with torch.no_grad(), torch.random.fork_rng(devices=cuda):
+                for x in batches:
+                    model(x)
         finally:
             for m, flag in modes:
                 m.training = flag
@@ -345,18 +443,19 @@ def _loss_fn(net: nn.Module, xb: torch.Tensor, yb: torch.Tensor) -> Callable[[],
 
 
 @torch.no_grad()
-def _evaluate(net: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int) -> tuple[float, float]:
+def _evaluate(net: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, float]:
     was_training = net.training
     net.eval()
-    total_loss, correct = 0.0, 0
+    total_loss, correct, n = 0.0, 0, 0
     try:
-        for i in range(0, x.shape[0], batch):
-            logits = net(x[i : i + batch])
-            total_loss += F.cross_entropy(logits, y[i : i + batch], reduction="sum").item()
-            correct += int((logits.argmax(1) == y[i : i + batch]).sum())
+        for x, y in batches:
+            logits = net(x)
+            total_loss += F.cross_entropy(logits, y, reduction="sum").item()
+            correct += int((logits.argmax(1) == y).sum())
+            n += y.shape[0]
     finally:
         net.train(was_training)
-    n = max(1, x.shape[0])
+    n = max(1, n)
     return total_loss / n, correct / n
 
 
