@@ -103,9 +103,13 @@ def test_growing_run_files_are_consistent(sweep, strategy):
     assert float(last["test_acc"]) == pytest.approx(summary["test_acc"], abs=1e-6)
     assert all(0 < float(r["train_loss"]) < 10 for r in rows)  # epoch 0: evaluated; later: mean batch loss
     assert int(last["step"]) == summary["steps"] == 2 * 8  # 480 train samples / 64 per batch
-    # every step evaluates both groups' triggers
+    # every step evaluates each group's trigger until the growth that brings it to its cap
     evaluations = read_csv(run / "triggers.csv")
-    assert len(evaluations) == summary["steps"] * 2
+    for g in groups:
+        steps = [int(r["step"]) for r in evaluations if r["group"] == g]
+        assert steps == list(range(1, len(steps) + 1)), g
+        if len(steps) < summary["steps"]:
+            assert steps[-1] == max(e["step"] for e in events if e["group"] == g), g
     grew = {(int(r["step"]), r["group"]) for r in evaluations if int(r["add"]) > 0}
     assert {(e["step"], e["group"]) for e in events} <= grew
     config = json.loads((run / "config.json").read_text())
