@@ -19,7 +19,7 @@ from archgrow.binder import bind
 from archgrow.errors import ArchgrowError, SpecError
 from archgrow.graph import trace
 from archgrow.grower import wrap
-from archgrow.runner import load_experiment, markdown_table, run_experiment
+from archgrow.runner import load_experiment, markdown_table, processes, run_experiment
 from archgrow.runner.sweep import output_dir
 from archgrow.spec import json_schema, load_spec
 from archgrow.viz import plot_run, plot_sweep, render_width_graph, write_run_report, write_sweep_report
@@ -90,16 +90,43 @@ def cmd_run(args: argparse.Namespace) -> int:
         exp = exp.restricted(strategies=args.strategy, seeds=args.seeds, **changes)
     runs = exp.runs()
     out = output_dir(exp, args.out)
+    launching = (args.nproc > 1 or (args.nnodes not in (None, "1"))) and not processes.in_torchrun_worker()
+    if launching and not args.dry_run:
+        options = {dest: getattr(args, dest) for _, dest in processes.LAUNCH_OPTIONS}
+        return processes.launch(_worker_args(args), args.nproc, options)
     if args.dry_run:
         print(f"{exp.source}: ok; {len(runs)} runs into {out}")
         for name, kind, seed in runs:
             print(f"  {name} ({kind}) seed {seed}")
         return 0
-    result = run_experiment(exp, output=out, progress=not args.quiet, pictures=not args.no_pictures)
+    procs = processes.join(exp.device) if processes.in_torchrun_worker() else None
+    try:
+        result = run_experiment(exp, output=out, progress=not args.quiet, pictures=not args.no_pictures, processes=procs)
+    finally:
+        processes.leave()
+    if procs is not None and not procs.main:
+        return 0  # rank 0 prints the table and writes the files
     print(markdown_table(result.table), end="")
     where = result.report if result.report.exists() else result.directory
     print(f"report: {where}")
     return 0
+
+
+def _worker_args(args: argparse.Namespace) -> list[str]:
+    """``archgrow run`` as every torchrun worker runs it: the same file and options, no launch flags."""
+    argv = ["run", args.experiment]
+    if args.out:
+        argv += ["--out", args.out]
+    for name in args.strategy or []:
+        argv += ["--strategy", name]
+    if args.seeds:
+        argv += ["--seeds", *map(str, args.seeds)]
+    if args.epochs is not None:
+        argv += ["--epochs", str(args.epochs)]
+    if args.device:
+        argv += ["--device", args.device]
+    argv += [flag for flag, on in (("--quiet", args.quiet), ("--no-pictures", args.no_pictures)) if on]
+    return argv
 
 
 def cmd_visualize(args: argparse.Namespace) -> int:
@@ -136,6 +163,13 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="archgrow", description="Grow any PyTorch model while it trains.")
     parser.add_argument("--version", action="version", version=f"archgrow {__version__}")
@@ -165,6 +199,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--no-pictures", action="store_true", help="write the data files only")
     p.add_argument("--dry-run", action="store_true", help="validate and list the runs, train nothing")
+    p.add_argument(
+        "--nproc",
+        type=_positive,
+        default=1,
+        help="processes per node, launched through torch.distributed.run (torchrun); DDP with gloo on the CPU, "
+        "nccl on CUDA; train.batch_size is the global batch",
+    )
+    for flag, dest in processes.LAUNCH_OPTIONS:
+        p.add_argument(flag, dest=dest, help=f"passed to torchrun's {flag} (multi-node runs)")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("visualize", help="redraw run/sweep pictures and reports, or draw a model's width groups")
     p.add_argument("dirs", nargs="*", help="run or sweep directories written by `archgrow run`")

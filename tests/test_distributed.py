@@ -116,3 +116,67 @@ def test_checkpoint_under_ddp_resumes_exactly(ranks):
         for name, value in straight["parameters"].items():
             assert torch.equal(resumed["parameters"][name], value), name
         assert rank["single_buffer"] == 2 * rank["buffer"]  # saved: both ranks' shares; loaded: this rank's
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_archgrow_run_nproc_2_gives_one_runs_results(tmp_path):
+    """`archgrow run --nproc 2` (torchrun, gloo): each rank trains its half of every global batch and
+    rank 0 writes one run's files; they match one process training on the whole batch."""
+    pytest.importorskip("sklearn", reason="the digits data come from scikit-learn")
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from archgrow.runner import load_experiment, run_experiment
+
+    experiment = tmp_path / "exp.yaml"
+    experiment.write_text(
+        f"""version: 1
+name: nproc
+model: {{name: mlp, hidden: [4, 4]}}
+data: {{kind: digits, test_frac: 0.2, seed: 0}}
+train: {{optimizer: adam, lr: 0.003, batch_size: 64, epochs: 2, eval_train: false}}
+strategies:
+  north-select: {{spec: {ROOT / "specs" / "north-select.yaml"}, defaults: {{max_width: 8x}}}}
+  gradmax-authors: {{spec: {ROOT / "specs" / "gradmax-authors.yaml"}, defaults: {{max_width: 8x}}}}
+baselines: {{small-static: 1}}
+seeds: [0]
+"""
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-m", "archgrow", "run", str(experiment), "--nproc", "2", "--out", str(tmp_path / "two"),
+         "--no-pictures", "--quiet"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("| strategy |") == 1  # rank 0 alone prints the table
+    one = run_experiment(load_experiment(experiment), output=tmp_path / "one", progress=False, pictures=False)
+    for run in one.runs:
+        two = json.loads((tmp_path / "two" / run["strategy"] / "seed0" / "summary.json").read_text())
+        assert (two["steps"], two["final_widths"], two["events"]) == (run["steps"], run["final_widths"], run["events"])
+        assert two["test_acc"] == pytest.approx(run["test_acc"], abs=0.01)
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
+
+
+def test_nproc_needs_a_global_batch_that_divides(tmp_path):
+    from archgrow.runner.processes import Processes
+
+    procs = Processes(rank=0, world_size=3, local_rank=0, device=torch.device("cpu"))
+    assert procs.local_batch(63) == 21
+    with pytest.raises(archgrow.ArchgrowError, match="train.batch_size: 64 is the global batch .* multiple of 3"):
+        procs.local_batch(64)
+
+
+def test_sharded_order_makes_the_global_batches():
+    from archgrow.runner.sampling import SeededShuffle, ShardedShuffle
+
+    data = list(range(20))
+    single = list(SeededShuffle(20, seed=5))
+    shards = [list(ShardedShuffle(data, 5, rank, 2)) for rank in (0, 1)]
+    for k in range(2):  # global batch k of 8 = rank 0's and rank 1's local batches k of 4
+        union = sorted(shards[0][4 * k : 4 * k + 4] + shards[1][4 * k : 4 * k + 4])
+        assert union == sorted(single[8 * k : 8 * k + 8])

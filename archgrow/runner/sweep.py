@@ -22,6 +22,7 @@ from archgrow.binder import bind
 from archgrow.graph.widthgraph import trace
 from archgrow.runner.build import build_model, load_data
 from archgrow.runner.experiment import Experiment
+from archgrow.runner.processes import Processes
 from archgrow.runner.train import RunPlan, TrainRecipe, resolve_device
 
 
@@ -47,24 +48,44 @@ def run_experiment(
     progress: bool = True,
     pictures: bool = True,
     stream: TextIO | None = None,
+    processes: Processes | None = None,
 ) -> SweepResult:
-    """Run everything the experiment lists; returns the per-run summaries and the combined table."""
+    """Run everything the experiment lists; returns the per-run summaries and the combined table.
+
+    ``processes``: this torchrun worker's place (see :mod:`archgrow.runner.processes`); every rank
+    trains every run on its share of each batch, and rank 0 alone writes files and progress.
+    """
     stream = stream if stream is not None else sys.stderr
     out = output_dir(exp, output)
-    out.mkdir(parents=True, exist_ok=True)
+    writes = processes is None or processes.main
+    progress = progress and writes
+    if writes:
+        out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     data = load_data(exp.data)
     resolve_device(exp.device)  # fail before the first run, not after it
-    (out / "experiment.json").write_text(json.dumps(exp.model_dump(mode="json"), indent=2) + "\n")
+    if writes:
+        (out / "experiment.json").write_text(json.dumps(exp.model_dump(mode="json"), indent=2) + "\n")
     baseline_groups = _baseline_groups(exp, data) if exp.baselines else []
     plans = [RunPlan(name, kind, seed, out / name / f"seed{seed}") for name, kind, seed in exp.runs()]
     runs = []
     for i, plan in enumerate(plans, start=1):
         label = f"[{i}/{len(plans)}] {plan.strategy} seed {plan.seed}"
         runs.append(
-            TrainRecipe(exp, plan, data, baseline_groups=baseline_groups, progress=progress, pictures=pictures, label=label).run()
+            TrainRecipe(
+                exp,
+                plan,
+                data,
+                baseline_groups=baseline_groups,
+                progress=progress,
+                pictures=pictures,
+                label=label,
+                processes=processes,
+            ).run()
         )
     table = aggregate(runs)
+    if not writes:
+        return SweepResult(out, runs, table)
     write_summaries(out, exp.title, runs, table)
     if pictures:
         try:

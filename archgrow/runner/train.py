@@ -26,16 +26,20 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, SequentialSampler
 
 from archgrow.data import DataSplit
 from archgrow.data.datasets import indexable_by_batch
+from archgrow.distributed import distribute
 from archgrow.errors import ArchgrowError
 from archgrow.graph.widthgraph import trace
 from archgrow.grower import GrowingModel, wrap
 from archgrow.runner.build import base_init, build_model, scale_groups
 from archgrow.runner.experiment import Experiment
+from archgrow.runner.processes import Processes
 from archgrow.runner.progress import Progress
+from archgrow.runner.sampling import SeededShuffle
 from archgrow.spec import Spec, parse_spec
 
 SCHEDULES = ("linear_schedule", "batched_schedule")
@@ -44,24 +48,6 @@ SamplerFactory = Callable[[Dataset[Any], int], Sampler[int]]
 """Makes the training sampler from the training set and the run's seed. The hook for a distributed
 run: ``lambda data, seed: DistributedSampler(data, num_replicas=world_size, rank=rank, seed=seed)``
 gives each process its shard (the recipe calls ``set_epoch`` on samplers that have it)."""
-
-
-class SeededShuffle(Sampler[int]):
-    """A fresh permutation of the ``n`` indices each epoch, all drawn from one generator seeded once.
-
-    Not torch's ``RandomSampler``: that draws one permutation more than it yields each epoch, so
-    from the second epoch on its batches would differ from those of the published runs.
-    """
-
-    def __init__(self, n: int, seed: int):
-        self.n = n
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(torch.randperm(self.n, generator=self.generator).tolist())
-
-    def __len__(self) -> int:
-        return self.n
 
 
 @dataclass(frozen=True)
@@ -170,6 +156,9 @@ class TrainRecipe:
     ``sampler`` replaces the seeded shuffle of the training set (see :data:`SamplerFactory`);
     the buffer's prefill and the evaluations still read the whole sets, in the same order on
     every process. ``writes_files=False`` makes the run write nothing (see :class:`RunLog`).
+    ``processes`` (a torchrun worker's, :mod:`archgrow.runner.processes`) trains this rank's
+    share of every global batch under DDP (``archgrow.distribute`` for growing runs), prefills
+    this rank's share of the buffer, and writes files and progress on rank 0 only.
     """
 
     def __init__(
@@ -184,10 +173,16 @@ class TrainRecipe:
         label: str = "",
         sampler: SamplerFactory | None = None,
         writes_files: bool = True,
+        processes: Processes | None = None,
     ):
         self.exp, self.plan, self.data = exp, plan, data
         self.baseline_groups = baseline_groups
         self.progress, self.label = progress, label
+        self.processes = processes
+        if processes is not None:  # a torchrun worker: its share of every batch, DDP, files on rank 0
+            sampler = sampler or processes.sampler
+            writes_files = writes_files and processes.main
+            self.progress = progress and processes.main
         self.sampler_factory = sampler
         self.started = time.perf_counter()
         self.log = RunLog(plan.directory, enabled=writes_files, pictures=pictures)
@@ -204,7 +199,9 @@ class TrainRecipe:
         n_train = len(data.train)  # type: ignore[arg-type]
         factory = self.sampler_factory
         self.sampler = factory(data.train, plan.seed) if factory is not None else SeededShuffle(n_train, plan.seed)
-        self.train_loader = self._loader(data.train, cfg.batch_size, self.sampler)
+        procs = self.processes
+        batch = procs.local_batch(cfg.batch_size) if procs is not None else cfg.batch_size
+        self.train_loader = self._loader(data.train, batch, self.sampler)
         self.test_loader = self._loader(data.test, cfg.eval_batch_size)
         self.train_eval_loader = self._loader(data.train, cfg.eval_batch_size)
         self.total_steps = len(self.train_loader) * cfg.epochs
@@ -213,8 +210,12 @@ class TrainRecipe:
         if plan.kind == "growing":
             spec = fit_schedules(exp.spec(plan.strategy), self.total_steps).model_copy(update={"seed": plan.seed})
             self.grower = grower = wrap(self.model, spec, example)
+            self.trainer: Any = distribute(grower, **procs.ddp_options()) if procs is not None else grower
             if grower.wants_prefill:  # phi(f_0) on a full buffer, from a seeded draw of training inputs
-                draw = self._loader(data.train, cfg.batch_size, SeededShuffle(n_train, plan.seed + 10_000))
+                order: Sampler[int] = SeededShuffle(n_train, plan.seed + 10_000)
+                if procs is not None:
+                    order = procs.strided(order)  # each rank its share of the same draw
+                draw = self._loader(data.train, batch, order)
                 grower.prefill(x for x, _ in self._batches(draw))
             self.graph = grower.graph
             self.groups = [n for n, b in grower.growing.items() if not b.trigger.never_fires]
@@ -225,7 +226,9 @@ class TrainRecipe:
             scale_groups(self.graph, factor, self.baseline_groups, plan.seed, init=base_init(exp.model))
             self.groups = list(self.baseline_groups)
             spec_dump = {"version": 1, "seed": plan.seed, "rules": [{"match": "*", "trigger": {"kind": "static"}}]}
-        self.net: nn.Module = self.grower if self.grower is not None else self.model
+            self.trainer = DistributedDataParallel(self.model, **procs.ddp_options()) if procs is not None else self.model
+        self.net: nn.Module = self.trainer  # trains (through DDP in a torchrun worker)
+        self.local_net: nn.Module = self.grower if self.grower is not None else self.model  # evaluates
         self.initial_widths = self.widths()
         self.initial_params = _params(self.model)
         self.log.json(
@@ -293,9 +296,9 @@ class TrainRecipe:
         else:
             context = nullcontext()
         with context:
-            test_loss, test_acc = _evaluate(self.net, self._batches(self.test_loader))
+            test_loss, test_acc = _evaluate(self.local_net, self._batches(self.test_loader))
             if cfg.eval_train or train_loss is None:
-                loss_all, train_acc = _evaluate(self.net, self._batches(self.train_eval_loader))
+                loss_all, train_acc = _evaluate(self.local_net, self._batches(self.train_eval_loader))
                 train_loss = train_loss if train_loss is not None else loss_all
             else:
                 train_acc = float("nan")
@@ -331,7 +334,7 @@ class TrainRecipe:
                     self.optimizer.step()
                     self.step += 1
                     if grower is not None:
-                        events = grower.grow_step(self.optimizer, loss_fn=_loss_fn(grower, xb, yb))
+                        events = self.trainer.grow_step(self.optimizer, loss_fn=_loss_fn(grower, xb, yb))
                         log.evaluations(grower.evaluations)
                         if events:
                             log.events(events, epoch, _params(self.model))
@@ -342,7 +345,10 @@ class TrainRecipe:
                     if bar.live:  # formatting (and loss.item()'s sync) only where the bar is drawn
                         bar.update(self.step, loss=f"{loss.item():.3f}", test_acc=f"{last['test_acc']:.2%}", width=self._short())
                 self.train_seconds += time.perf_counter() - t0
-                last = record(epoch, loss_sum.item() / batches)
+                total, count = loss_sum.item(), batches
+                if self.processes is not None:  # the mean over every rank's batches
+                    total, count = self.processes.sum(total), self.processes.sum(count)
+                last = record(epoch, total / count)
                 bar.update(self.step, force=True, test_acc=f"{last['test_acc']:.2%}", width=self._short())
                 bar.epoch_line(
                     f"epoch {epoch}/{cfg.epochs}: loss {last['train_loss']:.4f}, test acc {last['test_acc']:.2%}, "
