@@ -314,3 +314,16 @@ def test_lbfgs_is_refused_before_anything_changes() -> None:
     with pytest.raises(GrowthError, match="LBFGS"):
         archgrow.grow(g, "fc1", 2, optimizer=torch.optim.LBFGS(model.parameters()))
     assert model.fc1.weight.shape == (6, 4)
+
+
+def test_a_sparse_gradient_is_padded_and_stays_sparse() -> None:
+    emb = nn.Embedding(10, 4, sparse=True)
+    model = nn.Sequential(emb, nn.Linear(4, 3))
+    x = torch.randint(0, 10, (5, 2))
+    graph = archgrow.trace(model, x[:1])
+    model(x).sum().backward()  # grow before zero_grad: the gradient is kept, padded
+    dense = emb.weight.grad.to_dense()
+    archgrow.grow(graph, "0", 2)
+    assert emb.weight.grad.is_sparse and emb.weight.grad.shape == (10, 6)
+    padded = emb.weight.grad.to_dense()
+    assert torch.equal(padded[:, :4], dense) and not padded[:, 4:].any()

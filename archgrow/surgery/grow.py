@@ -187,9 +187,12 @@ def _assign(
         current.data = data
         if current.grad is not None:
             grad = current.grad
+            sparse = grad.is_sparse  # nn.Embedding(sparse=True): pad the dense form, keep the layout
+            if sparse:
+                grad = grad.to_dense()
             for e in expansions:
                 grad = expand(grad, e, grad.new_zeros(new_shape(grad, e.dim, len(e.new_pos))))
-            current.grad = grad
+            current.grad = grad.to_sparse() if sparse else grad
         if optimizer is not None:
             return pad_state(optimizer, current, old_shape, expansions)
     elif name in module._buffers:
