@@ -30,6 +30,7 @@ from archgrow.growth.binding import GroupBinding, InitContext
 from archgrow.growth.buffer import InputBuffer
 from archgrow.growth.capture import StepCapture
 from archgrow.growth.collective import Collective
+from archgrow.growth.compiled import TRACED_WRAPPER, CompileSupport, eager, traced
 from archgrow.growth.hooks import HookSet
 from archgrow.growth.measure import Measurement, measure, measuring
 from archgrow.growth.svd import BridgeError
@@ -100,6 +101,7 @@ class GrowingModel(nn.Module):
         self._paused = False
         self._closed = False
         self._hooks = HookSet()  # every hook on the user's modules, removed by unwrap() / close()
+        self._compile = CompileSupport(model, self._hooks, self._growing_dims)
         self._base: dict[str, Any] = {}
         self._n_inputs = 1  # positional inputs the model was traced with (prefill reads that many per batch)
         self._step_begun = False  # the current step's first training forward has run
@@ -114,6 +116,7 @@ class GrowingModel(nn.Module):
 
     # ------------------------------------------------------------------ public
     def forward(self, *args: Any, **kwargs: Any) -> Any:
+        torch._assert(not traced(), TRACED_WRAPPER)  # an error that dynamo raises, not one it falls back on
         if self._graph is None:
             self._bind(tuple(a[:1] if isinstance(a, torch.Tensor) else a for a in args))
         if self.training and not self._paused and not self._closed:
@@ -126,7 +129,24 @@ class GrowingModel(nn.Module):
                 self.observe(*args)
             if self._capture is not None:
                 self._capture.begin()
-        return self.model(*args, **kwargs)
+        with self._compile.scope(self.history[-1].step if self.history else 0):
+            return self.model(*args, **kwargs)
+
+    def compile(self, *args: Any, **kwargs: Any) -> None:
+        """``torch.compile`` the wrapped model in place (its ``nn.Module.compile``, same arguments).
+
+        The supported way to compile a growing model: the wrapper's per-step bookkeeping and
+        archgrow's hooks stay plain Python, archgrow's own forwards (measurement, trials) run
+        uncompiled, and the dims of growing groups compile as dynamic sizes, so growing dense
+        layers recompiles nothing (inductor still recompiles for each growth of a conv group).
+        ``recompile_limit`` defaults to dynamo's global cap for this model; a warning says when
+        growth may have used half of it.  See the guide's "torch.compile and memory formats"."""
+        self.model.compile(*args, **self._compile.options(kwargs))
+
+    def _growing_dims(self) -> Iterator[tuple[torch.Tensor, int]]:
+        for b in self._bindings:
+            for t in b.group.bindings():
+                yield getattr(t.module, t.tensor), t.dim
 
     def prefill(self, inputs: torch.Tensor | Iterable[Any]) -> int:
         """Fill the activation buffer before training and measure every baseline phi(f_0) on it.
@@ -445,7 +465,7 @@ class GrowingModel(nn.Module):
 
     def _trial_loss(self, loss_fn: Callable[[], torch.Tensor], grad: bool) -> torch.Tensor:
         """Run the user's loss without buffering inputs, capturing gradients or moving the RNG."""
-        with self.paused(), forked_rng(self.model), torch.set_grad_enabled(grad):
+        with self.paused(), forked_rng(self.model), torch.set_grad_enabled(grad), eager():
             loss = loss_fn()
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
             raise ArchgrowError(f"loss_fn must return the loss as a one-element tensor, got {type(loss).__name__}")

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from archgrow.growth.compiled import eager
 from archgrow.growth.hooks import HookSet
 from archgrow.growth.measure import Measurement, measuring, replay
 from archgrow.growth.probes import Probe
@@ -62,7 +63,7 @@ class StepCapture:
         if end is not None:
             return Measurement(x, z, end[1])
         if probe.stateless:  # element-wise functions only: no need to switch every module's mode
-            with torch.no_grad():
+            with torch.no_grad(), eager():
                 return Measurement(x, z, replay(self.model, probe, z))
         with measuring(self.model):
             return Measurement(x, z, replay(self.model, probe, z))

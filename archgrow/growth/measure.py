@@ -22,6 +22,7 @@ from torch import nn
 
 from archgrow.errors import MeasurementError
 from archgrow.graph.trace import forked_rng
+from archgrow.growth.compiled import eager
 from archgrow.growth.probes import Probe
 from archgrow.ops.tensor_ops import function_name
 
@@ -37,12 +38,13 @@ class Measurement:
 
 @contextlib.contextmanager
 def measuring(model: nn.Module) -> Iterator[None]:
-    """Eval mode, no autograd, forked RNG; every module's own training flag restored after."""
+    """Eval mode, no autograd, forked RNG, uncompiled (see :func:`eager`); every module's own
+    training flag restored after."""
     saved = [(m, m.training) for m in model.modules()]
     try:
         for m, _ in saved:
             m.training = False
-        with torch.no_grad(), forked_rng(model):
+        with torch.no_grad(), forked_rng(model), eager():
             yield
     finally:
         for m, flag in saved:

@@ -47,16 +47,41 @@ def plan(segments: Sequence[SegmentSize], k: int, dim: int) -> Expansion:
 
 
 def expand(t: torch.Tensor, e: Expansion, fill: torch.Tensor) -> torch.Tensor:
-    """``t`` grown along ``e.dim`` with ``fill`` (shaped like ``t`` but ``len(e.new_pos)`` there)."""
+    """``t`` grown along ``e.dim`` with ``fill`` (shaped like ``t`` but ``len(e.new_pos)`` there).
+
+    The result keeps ``t``'s memory format: ``torch.cat`` of a channels-last tensor with a
+    contiguous fill is contiguous, which would silently undo ``model.to(memory_format=...)``.
+    """
     fill = fill.to(device=t.device, dtype=t.dtype)
+    out = torch.empty(new_shape(t, e.dim, e.size), dtype=t.dtype, device=t.device, memory_format=memory_format(t))
     if e.appends:
-        return torch.cat([t, fill], dim=e.dim)
-    shape = list(t.shape)
-    shape[e.dim] = e.size
-    out = t.new_empty(shape)
+        n = len(e.old_pos)
+        out.narrow(e.dim, 0, n).copy_(t)
+        out.narrow(e.dim, n, e.size - n).copy_(fill)
+        return out
     out.index_copy_(e.dim, torch.tensor(e.old_pos, device=t.device), t)
     out.index_copy_(e.dim, torch.tensor(e.new_pos, device=t.device), fill)
     return out
+
+
+_CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
+
+
+def memory_format(t: torch.Tensor) -> torch.memory_format:
+    """The format ``t`` is laid out in (``Tensor.suggest_memory_format`` has no public spelling).
+
+    Size-1 dims make some tensors both contiguous and channels-last (a depthwise weight
+    ``(C, 1, k, k)``, a 1x1 kernel); their strides decide then, so that a later growth of that
+    dim still knows which layout the tensor had.
+    """
+    fmt = _CHANNELS_LAST.get(t.ndim)
+    if fmt is None or not t.is_contiguous(memory_format=fmt):
+        return torch.contiguous_format
+    if not t.is_contiguous():
+        return fmt
+    channels_last = torch.empty(t.shape, device="meta", memory_format=fmt).stride()
+    contiguous = torch.empty(t.shape, device="meta").stride()
+    return fmt if t.stride() == channels_last != contiguous else torch.contiguous_format
 
 
 def new_shape(t: torch.Tensor, dim: int, n: int) -> list[int]:
