@@ -146,7 +146,8 @@ baselines: {{small-static: 1}}
 seeds: [0]
 """
     )
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
     done = subprocess.run(
         [sys.executable, "-m", "archgrow", "run", str(experiment), "--nproc", "2", "--out", str(tmp_path / "two"),
          "--no-pictures", "--quiet"],
