@@ -41,7 +41,7 @@ class FireflyRule(InitRule):
         originals = read_channels(graph, group, splits, FAN_IN)
         own = torch.zeros(len(splits), dtype=torch.float64)
         for w in originals.values():
-            own += w.double().pow(2).reshape(len(splits), -1).sum(dim=1)
+            own += w.detach().double().cpu().pow(2).reshape(len(splits), -1).sum(dim=1)  # beside the CPU draws
         own = own.sqrt()
         deltas = {}
         for name, w in originals.items():

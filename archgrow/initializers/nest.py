@@ -52,7 +52,7 @@ class NestRule(InitRule):
         root = mag.sqrt() * kept
         fan_in, fan_out = [], []
         for _ in range(k):
-            signs = torch.randint(0, 2, g.shape, generator=ctx.generator, dtype=torch.float64) * 2 - 1
+            signs = (torch.randint(0, 2, g.shape, generator=ctx.generator, dtype=torch.float64) * 2 - 1).to(g.device)
             d = signs * root
             fan_in.append(d.sum(dim=0))
             fan_out.append(((-g.sign()) * d).sum(dim=1) if self.config.sign_aware else d.abs().sum(dim=1))
