@@ -139,6 +139,14 @@ def _bind_group(g, settings: Settings, origin: dict[str, str], graph: WidthGraph
                 f"groups=1; group '{g.name}' starts with '{producer_name}' ({module_type}){hint}"
             )
             continue
+        parts = len(g.producers[0].slots)
+        if rule.needs_candidate_producer and parts > 1:  # a unit is one row per part (an equal split)
+            hint = "; use 'random'" if field == "initializer" else ""
+            problems.append(
+                f"{where(field)}: '{kind}' needs the group's first producer to hold each unit in one row; "
+                f"'{producer_name}' holds group '{g.name}' in {parts} equal parts (split by chunk/tensor_split){hint}"
+            )
+            continue
         config = getattr(settings, field)
         for problem in rule.check(config, b):
             at = f"{where(field)}.{problem.field}" if problem.field else where(field)

@@ -312,12 +312,18 @@ class SplitConcat(nn.Module):
 
 @pytest.mark.parametrize("how", ["split", "chunk"])
 def test_split_then_concat(how: str) -> None:
+    """Equal chunks grow (each half at its own end); a split size written in the code does not."""
     g = trace(lambda: SplitConcat(how), IMG)
     c1 = g.group("c1")
-    assert not c1.growable and how in c1.reason
+    if how == "chunk":
+        assert c1.growable and c1.width == 4
+        assert member(c1.producers, "c1").slots == (Slot(0, 1), Slot(4, 1))
+        assert member(c1.consumers, "c2").slots == (Slot(0, 1), Slot(4, 1))
+    else:
+        assert not c1.growable and "split size 4" in c1.reason and "x.chunk(n, dim)" in c1.reason
     assert g.group("c2").growable
     assert not g.group("c3").growable
-    check_growth(lambda: SplitConcat(how), IMG, ["c2"])
+    check_growth(lambda: SplitConcat(how), IMG, ["c1", "c2"] if how == "chunk" else ["c2"])
 
 
 # --------------------------------------------------------------------------- 6. depthwise separable

@@ -11,10 +11,18 @@ out_channels, a parameter's dimension) and are merged by union-find whenever two
 stay equal (residual adds, a depthwise conv, a shared module).  Every reason a variable cannot grow,
 or grows without preserving the function, is recorded on the variable so that a group can explain
 itself.
+
+An equal split (``x.chunk(n, dim)`` along a width) *refines* a width into ``n`` equal parts laid
+end to end: one new variable repeated ``n`` times, so that each part's new channels go at the end of
+its own slice, as concatenation does for ``cat([x, x])``.  A split is met after the layer that made
+the width, so layouts recorded earlier still name the whole variable; :meth:`WidthVars.resolve`
+expands them, and the analysis rewrites every recorded layout with it once the graph is done.
 """
 
 from __future__ import annotations
 
+import math
+from collections import Counter
 from dataclasses import dataclass, field
 
 
@@ -52,6 +60,7 @@ class WidthVars:
     frozen: dict[int, list[str]] = field(default_factory=dict)
     not_preserving: dict[int, list[str]] = field(default_factory=dict)
     step: dict[int, list[tuple[int, str]]] = field(default_factory=dict)
+    parts: dict[int, Layout] = field(default_factory=dict)  # root -> its equal parts, end to end
 
     def new(self, width: int, origin: str) -> int:
         self.width.append(int(width))
@@ -75,6 +84,23 @@ class WidthVars:
             self.freeze(ra, f"{where} ties widths {self.width[ra]} and {self.width[rb]}")
             self.freeze(rb, f"{where} ties widths {self.width[rb]} and {self.width[ra]}")
         self.parent[max(ra, rb)] = min(ra, rb)
+        self._merge_parts(ra, rb, where)
+
+    def _merge_parts(self, ra: int, rb: int, where: str) -> None:
+        """Two tied widths lay out their channels alike: equal splits of either apply to both."""
+        pa, pb = self.parts.pop(ra, None), self.parts.pop(rb, None)
+        if pa is None and pb is None:
+            return
+        root = min(ra, rb)
+        self.parts[root] = pa if pa is not None else pb  # type: ignore[assignment]
+        if pa is None or pb is None:
+            return
+        if len(pa) != len(pb):
+            self.freeze(root, f"{where} ties a width split into {len(pa)} equal parts to one split into {len(pb)}")
+            return
+        for x, y in zip(pa, pb, strict=True):
+            if x.var is not None and y.var is not None:
+                self.union(x.var, y.var, where)
 
     def freeze(self, v: int, reason: str) -> None:
         reasons = self.frozen.setdefault(v, [])
@@ -89,6 +115,59 @@ class WidthVars:
     def require_step(self, v: int, multiple: int, reason: str) -> None:
         if multiple > 1:
             self.step.setdefault(v, []).append((multiple, reason))
+
+    def refine(self, v: int, n: int) -> Layout:
+        """Width ``v`` is ``n`` equal parts laid end to end (an equal split): its channels become one
+        new width repeated ``n`` times, so growth adds the same channels at the end of every part.
+        Refining again into as many parts returns the same parts."""
+        r = self.find(v)
+        found = self.parts.get(r)
+        if found is not None:
+            if len(found) != n:
+                raise ValueError(f"width '{self.origin[r]}' is already split into {len(found)} parts, not {n}")
+            return found
+        part = self.new(self.width[r] // n, f"{self.origin[r]}/{n}")
+        self.parts[r] = (Seg(part),) * n
+        return self.parts[r]
+
+    def resolve(self, layout: Layout) -> Layout:
+        """``layout`` with every refined width replaced by its parts (recursively)."""
+        if not self.parts:
+            return layout
+        out: list[Seg] = []
+        for seg in layout:
+            out.extend(self._resolve_seg(seg, frozenset()))
+        return tuple(out)
+
+    def _resolve_seg(self, seg: Seg, seen: frozenset[int]) -> list[Seg]:
+        if seg.var is None:
+            return [seg]
+        r = self.find(seg.var)
+        parts = self.parts.get(r)
+        if parts is None or r in seen:  # a width tied to its own part is frozen (sizes differ): stop
+            return [seg]
+        return [
+            Seg(x.var, x.inner * seg.inner, x.fixed * seg.inner)
+            for part in parts
+            for x in self._resolve_seg(part, seen | {r})
+        ]
+
+    def carry_to_parts(self) -> None:
+        """What was recorded on a refined width applies to its parts: reasons to freeze, reasons it
+        changes the function, and steps (a width of ``c`` parts grows ``c`` channels per unit, so a
+        step of ``m`` becomes ``m / gcd(m, c)``)."""
+        for v in range(len(self.parent)):
+            if self.find(v) not in self.parts:
+                continue
+            segs = self.resolve((Seg(v),))
+            counts = Counter(self.find(s.var) for s in segs if s.var is not None)
+            for root, c in counts.items():
+                for reason in self.frozen.get(v, []):
+                    self.freeze(root, reason)
+                for reason in self.not_preserving.get(v, []):
+                    self.mark_not_preserving(root, reason)
+                for multiple, reason in self.step.get(v, []):
+                    self.require_step(root, multiple // math.gcd(multiple, c), reason)
 
     def seg_size(self, seg: Seg) -> int:
         return seg.fixed if seg.var is None else self.width[self.find(seg.var)] * seg.inner

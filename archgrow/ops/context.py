@@ -183,6 +183,13 @@ class RuleContext:
         if a == b:
             return a
         if not self.same_structure(a, b):
+            # A width refined by an equal split after this layout was recorded: compare its parts.
+            ra, rb = self.vars.resolve(a), self.vars.resolve(b)
+            ra = self._split_like(ra, rb)
+            rb = self._split_like(rb, ra)
+            if (ra != a or rb != b) and self.same_structure(ra, rb):
+                a, b = ra, rb
+        if not self.same_structure(a, b):
             reason = (
                 f"{self.where} ties '{self.vars.describe(a)}' to '{self.vars.describe(b)}', "
                 "which are laid out differently"
@@ -194,6 +201,24 @@ class RuleContext:
             if x.var is not None:
                 self.vars.union(x.var, y.var, self.where)
         return a
+
+    def _split_like(self, whole: Layout, parts: Layout) -> Layout:
+        """``whole``, one width, refined into equal parts when it is tied to the equal parts of
+        another width (``cat(x.chunk(2)) + conv(y)``): the same positions must grow."""
+        vars_ = self.vars
+        if len(whole) != 1 or whole[0].var is None or len(parts) < 2:
+            return whole
+        seg = whole[0]
+        roots = {vars_.find(p.var) for p in parts if p.var is not None}
+        if (
+            len(roots) != 1
+            or vars_.find(seg.var) in roots
+            or vars_.find(seg.var) in vars_.parts  # only on a width tied to its own part (frozen)
+            or any(p.var is None or p.inner != seg.inner for p in parts)
+            or vars_.seg_size(seg) != vars_.layout_size(parts)
+        ):
+            return whole
+        return tuple(Seg(p.var, p.inner * seg.inner) for p in vars_.refine(seg.var, len(parts)))
 
     def unify_all(self, layouts: list[Layout | None]) -> Layout | None:
         if not layouts:

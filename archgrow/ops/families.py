@@ -74,7 +74,7 @@ def softmax(ctx: RuleContext, src: Any, dim: Any, name: str) -> Any:
 
 def cat(ctx: RuleContext, tensors: Any, dim: int) -> Any:
     """Concatenation joins layouts segment by segment (fixed runs merge)."""
-    metas = [ctx.meta(t) for t in tensors]
+    metas = [ctx.meta(t) for t in ctx.meta(tensors)]  # a list, or a node giving a tuple (parts[:2])
     out = ctx.out
     if not all(isinstance(t, TensorMeta) for t in metas) or not is_tensor(out):
         return ctx.unknown("torch.cat")
@@ -101,7 +101,7 @@ def cat(ctx: RuleContext, tensors: Any, dim: int) -> Any:
 
 
 def stack(ctx: RuleContext, tensors: Any, dim: int) -> Any:
-    metas = [ctx.meta(t) for t in tensors]
+    metas = [ctx.meta(t) for t in ctx.meta(tensors)]
     out = ctx.out
     if not all(isinstance(t, TensorMeta) for t in metas) or not is_tensor(out):
         return ctx.unknown("torch.stack")
@@ -112,8 +112,8 @@ def stack(ctx: RuleContext, tensors: Any, dim: int) -> Any:
 
 
 def split(ctx: RuleContext, src: Any, dim: Any, name: str) -> Any:
-    """Split sizes are fixed in the code: a split width dim freezes; the other dims pass."""
-    out = ctx.out
+    """Pieces at positions fixed in the code (narrow, select): a split width dim freezes; the other
+    dims pass.  Equal parts are :func:`equal_split`'s."""
     if not isinstance(src, TensorMeta) or not isinstance(dim, int):
         return ctx.unknown(name)
     d = norm_dim(dim, src.ndim)
@@ -122,6 +122,12 @@ def split(ctx: RuleContext, src: Any, dim: Any, name: str) -> Any:
         f"{name} along a width dim at {ctx.where} (the split sizes are fixed in the code, so "
         "new channels would land in the wrong part)",
     )
+    return cut(ctx, src, d)
+
+
+def cut(ctx: RuleContext, src: TensorMeta, d: int) -> Any:
+    """The pieces of ``src`` cut along dim ``d``: other dims pass, ``d`` carries no width."""
+    out = ctx.out
     kept = tuple(None if k == d else src.dims[k] for k in range(src.ndim))
 
     def fit(o: Any) -> Any:
@@ -136,6 +142,98 @@ def split(ctx: RuleContext, src: Any, dim: Any, name: str) -> Any:
     if is_tensor(out):
         return fit(out)
     return tuple(fit(o) for o in out) if isinstance(out, (tuple, list)) else fixed(out)
+
+
+EQUAL_SPLITS_HINT = (
+    "equal parts can grow: write x.chunk(n, dim), torch.tensor_split(x, n, dim) or "
+    "x.split(x.size(dim) // n, dim)"
+)
+
+
+def equal_split(ctx: RuleContext, src: Any, dim: Any, n: int | None, name: str, fixed_sizes: str = "") -> Any:
+    """``chunk`` / ``tensor_split`` / ``split`` into ``n`` equal parts: a width dim is refined into
+    its parts (each grows at the end of its own slice, all by the same amount); other dims pass.
+
+    ``n`` is None when the code fixes the parts' sizes (``split(4)``, ``split([3, 5])``): after
+    growth they would cut the channels in the wrong places, so the width freezes, with
+    ``fixed_sizes`` saying what was given.
+    """
+    out = ctx.out
+    if not isinstance(src, TensorMeta) or not isinstance(dim, int) or not isinstance(out, (tuple, list)):
+        return ctx.unknown(name)
+    d = norm_dim(dim, src.ndim)
+    lay = src.dims[d]
+    outs = [o for o in out if is_tensor(o) and len(o[1]) == src.ndim]
+    if lay is None or len(outs) != len(out):
+        return split(ctx, src, d, name) if lay is not None else cut(ctx, src, d)
+    sizes = [o[1][d] for o in outs]
+    if n is None:
+        ctx.freeze(
+            lay,
+            f"{name} at {ctx.where} fixes the sizes of a width dim's parts ({fixed_sizes}), so they would not "
+            f"follow growth; {EQUAL_SPLITS_HINT}",
+        )
+        return cut(ctx, src, d)
+    if len(sizes) != n or len(set(sizes)) != 1:
+        ctx.freeze(
+            lay,
+            f"{name} at {ctx.where} cuts a width dim into parts of sizes {sizes}, not {n} equal parts; only "
+            f"equal parts can grow ({EQUAL_SPLITS_HINT}, with the width a multiple of n)",
+        )
+        return cut(ctx, src, d)
+    parts = equal_parts(ctx, ctx.vars.resolve(lay), n)
+    if parts is None:
+        reason = f"{name} at {ctx.where} cuts '{ctx.vars.describe(lay)}' into {n} parts that are not whole equal widths"
+        ctx.freeze(lay, reason)
+        return cut(ctx, src, d)
+    return tuple(
+        TensorMeta(o[1], src.dims[:d] + (part,) + src.dims[d + 1 :]) for o, part in zip(outs, parts, strict=True)
+    )
+
+
+def equal_parts(ctx: RuleContext, lay: Layout, n: int) -> list[Layout] | None:
+    """``lay`` cut into ``n`` equal parts that stay equal as they grow, or None.
+
+    Whole segments per part (``cat([a, b]).chunk(2)``): the parts' widths are tied.  Otherwise each
+    segment, all of one size, is refined into equal parts (``linear(x).chunk(2)``).
+    """
+    m = len(lay)
+    if m % n == 0:
+        groups = [lay[i * (m // n) : (i + 1) * (m // n)] for i in range(n)]
+        if not all(ctx.same_structure(groups[0], g) for g in groups[1:]):
+            return None
+        for g in groups[1:]:
+            ctx.unify(groups[0], g)
+        return groups
+    vars_ = ctx.vars
+    r = n // m
+    if n % m or any(s.var is None or not ctx.same_structure((s,), lay[:1]) for s in lay):
+        return None
+    if any(vars_.width[vars_.find(s.var)] % r or vars_.find(s.var) in vars_.parts for s in lay):  # type: ignore[arg-type]
+        return None
+    parts: list[Layout] = [
+        (Seg(p.var, p.inner * s.inner),) for s in lay for p in vars_.refine(s.var, r)  # type: ignore[arg-type]
+    ]
+    for p in parts[1:]:
+        ctx.unify(parts[0], p)
+    return parts
+
+
+def gated(ctx: RuleContext, src: Any, dim: Any, name: str) -> Any:
+    """GLU, ``a * sigmoid(b)`` of the two halves of ``dim``: the halves are equal parts of the width
+    (as ``chunk(2)``), and the output is laid out like one of them."""
+    out = ctx.out
+    if not isinstance(src, TensorMeta) or not isinstance(dim, int) or not is_tensor(out):
+        return ctx.unknown(name)
+    d = norm_dim(dim, src.ndim)
+    lay = src.dims[d]
+    if lay is None:
+        return TensorMeta(out[1], src.dims)
+    parts = equal_parts(ctx, ctx.vars.resolve(lay), 2) if src.shape[d] % 2 == 0 else None
+    if parts is None:
+        what = ctx.vars.describe(lay)
+        ctx.freeze(lay, f"{name} at {ctx.where} cuts '{what}' into halves that are not whole equal widths")
+    return TensorMeta(out[1], src.dims[:d] + (None if parts is None else parts[0],) + src.dims[d + 1 :])
 
 
 def reshape(ctx: RuleContext, src: Any, shape_args: list[Any] | None, name: str) -> Any:

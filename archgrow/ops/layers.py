@@ -235,6 +235,15 @@ class ChannelFollowerLayer(TensorLayer):
         return TensorMeta(shape, src.dims)
 
 
+class GLULayer(TensorLayer):
+    """``a * sigmoid(b)`` of the two halves of ``dim``: an equal split of the width (see ``families.gated``)."""
+
+    mode_free = True
+
+    def layout(self, ctx: RuleContext, name: str, module: nn.GLU, src: TensorMeta, shape: tuple[int, ...]) -> Any:
+        return families.gated(ctx, src, module.dim, f"nn.GLU '{name}'")
+
+
 class PReLULayer(LayerRule):
     """One shared slope: element-wise; one per channel: a channel follower."""
 
@@ -353,6 +362,7 @@ def register_builtin_layers(table: OpTable) -> None:
         nn.modules.batchnorm._NormBase, ChannelFollowerLayer(norm_roles, "num_features", normalizes=True)
     )
     table.add_layer(nn.PReLU, PReLULayer())
+    table.add_layer(nn.GLU, GLULayer())
     table.add_layer(nn.GroupNorm, GroupNormLayer())
     for t in _nn("LayerNorm RMSNorm"):
         table.add_layer(t, LayerNormLayer())
@@ -366,6 +376,7 @@ __all__ = [
     "ConvTransposeLayer",
     "ElementwiseLayer",
     "EmbeddingLayer",
+    "GLULayer",
     "GroupNormLayer",
     "LayerNormLayer",
     "LinearLayer",

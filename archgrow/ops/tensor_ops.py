@@ -104,9 +104,81 @@ def stack_rule(ctx: RuleContext) -> Any:
     return families.stack(ctx, arg(node, 0, "tensors"), arg(node, 1, "dim", node.kwargs.get("axis", 0)))
 
 
+def chunk_rule(ctx: RuleContext) -> Any:
+    """``x.chunk(n, dim)``: ``n`` equal parts whatever the width (when it is a multiple of ``n``)."""
+    node = ctx.node
+    chunks = arg(node, 1, "chunks")
+    n = chunks if _is_int(chunks) else None
+    dim = arg(node, 2, "dim", 0)
+    return families.equal_split(ctx, _src(ctx), dim, n, op_name(ctx), "a chunk count computed in the forward")
+
+
+def tensor_split_rule(ctx: RuleContext) -> Any:
+    """``torch.tensor_split(x, n, dim)``: ``n`` equal parts; split points given as indices are fixed."""
+    node = ctx.node
+    kw = node.kwargs
+    named = kw.get("sections", kw.get("indices", kw.get("tensor_indices_or_sections")))
+    given = arg(node, 1, "indices_or_sections", named)
+    n = given if _is_int(given) else None
+    dim = arg(node, 2, "dim", 0)
+    return families.equal_split(ctx, _src(ctx), dim, n, op_name(ctx), f"split points {_shown(ctx, given)}")
+
+
 def split_rule(ctx: RuleContext) -> Any:
-    unbind = ctx.node.target in (torch.unbind, "unbind")
-    return families.split(ctx, _src(ctx), arg(ctx.node, 1 if unbind else 2, "dim", 0), op_name(ctx))
+    """``x.split(size, dim)`` / ``split_with_sizes``: equal parts that follow growth only when each size
+    is read from the split dim itself (``x.size(dim) // n``); a size written in the code stays fixed."""
+    node = ctx.node
+    kw = node.kwargs
+    sizes = arg(node, 1, "split_size_or_sections", kw.get("split_size", kw.get("split_sizes")))
+    src, dim = _src(ctx), arg(node, 2, "dim", 0)
+    n = None
+    if isinstance(src, TensorMeta) and isinstance(dim, int) and src.dims[norm_dim(dim, src.ndim)] is not None:
+        items = list(sizes) if isinstance(sizes, (tuple, list)) else [sizes]
+        counts = {_parts_of_size(ctx, size, src.dims[norm_dim(dim, src.ndim)]) for size in items}
+        if len(counts) == 1 and None not in counts and (len(items) == 1 or len(items) in counts):
+            n = counts.pop()
+    what = "sizes" if isinstance(sizes, (tuple, list)) else "size"
+    return families.equal_split(ctx, src, dim, n, op_name(ctx), f"split {what} {_shown(ctx, sizes)}")
+
+
+def unbind_rule(ctx: RuleContext) -> Any:
+    """One tensor per entry of ``dim``: along a width, the code takes a fixed number of them."""
+    src, dim = _src(ctx), arg(ctx.node, 1, "dim", 0)
+    if not isinstance(src, TensorMeta) or not isinstance(dim, int):
+        return ctx.unknown(op_name(ctx))
+    d = norm_dim(dim, src.ndim)
+    ctx.freeze(
+        src.dims[d],
+        f"{op_name(ctx)} at {ctx.where} returns one tensor per channel of a width dim, and the code uses a fixed "
+        f"number of them; {families.EQUAL_SPLITS_HINT}",
+    )
+    return families.cut(ctx, src, d)
+
+
+def glu_rule(ctx: RuleContext) -> Any:
+    return families.gated(ctx, _src(ctx), arg(ctx.node, 1, "dim", -1), op_name(ctx))
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _parts_of_size(ctx: RuleContext, size: Any, lay: Any) -> int | None:
+    """``n`` when ``size`` is ``x.size(dim) // n`` read from the dim being split (it follows growth)."""
+    if not (isinstance(size, fx.Node) and size.op == "call_function" and size.target is operator.floordiv):
+        return None
+    whole, n = size.args
+    if not _is_int(n) or n < 1 or not ctx.adaptive(whole, lay):
+        return None
+    ctx.consumed.add(size)
+    return n
+
+
+def _shown(ctx: RuleContext, given: Any) -> Any:
+    """A size argument as the numbers it had in the traced forward."""
+    if isinstance(given, (tuple, list)):
+        return [_shown(ctx, g) for g in given]
+    return ctx.state.values.get(given, given) if isinstance(given, fx.Node) else given
 
 
 def narrow_rule(ctx: RuleContext) -> Any:
@@ -342,7 +414,11 @@ def register_builtin_ops(table: OpTable) -> None:
     _functions(table, existing_attrs(torch, "softmax log_softmax") + existing_attrs(F, "softmax log_softmax softmin normalize"), softmax_rule)
     _functions(table, existing_attrs(torch, "cat concat concatenate"), cat_rule)
     _functions(table, existing_attrs(torch, "stack"), stack_rule)
-    _functions(table, existing_attrs(torch, "split chunk tensor_split unbind split_with_sizes"), split_rule)
+    _functions(table, existing_attrs(torch, "split split_with_sizes"), split_rule)
+    _functions(table, existing_attrs(torch, "chunk"), chunk_rule)
+    _functions(table, existing_attrs(torch, "tensor_split"), tensor_split_rule)
+    _functions(table, existing_attrs(torch, "unbind"), unbind_rule)
+    _functions(table, existing_attrs(F, "glu"), glu_rule)
     _functions(table, existing_attrs(torch, "narrow select index_select"), narrow_rule)
     _functions(table, existing_attrs(torch, "flatten squeeze unsqueeze"), flatten_rule)
     _functions(table, existing_attrs(torch, "reshape"), reshape_rule)
@@ -379,7 +455,10 @@ def register_builtin_ops(table: OpTable) -> None:
     _methods(table, ["t", "T", "mT"], matrix_transpose_rule)
     _methods(table, ["expand"], expand_rule)
     _methods(table, ["repeat", "tile"], repeat_rule)
-    _methods(table, ["split", "chunk", "tensor_split", "unbind", "split_with_sizes"], split_rule)
+    _methods(table, ["split", "split_with_sizes"], split_rule)
+    _methods(table, ["chunk"], chunk_rule)
+    _methods(table, ["tensor_split"], tensor_split_rule)
+    _methods(table, ["unbind"], unbind_rule)
     _methods(table, ["narrow", "select", "index_select"], narrow_rule)
     _methods(table, ["pixel_shuffle", "channel_shuffle"], shuffle_rule)
 

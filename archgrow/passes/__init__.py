@@ -4,7 +4,9 @@
    (checking, node by node, that sizes read from growing dims are only used where they follow
    growth: :mod:`~archgrow.passes.size_taint`);
 2. :mod:`~archgrow.passes.parameters` binds parameters used directly in the forward and freezes
-   parameters shared by two modules.
+   parameters shared by two modules;
+3. :mod:`~archgrow.passes.parts` rewrites every recorded layout with the equal parts that splits
+   (``chunk``, ``tensor_split``) cut widths into.
 
 Each node's analysed output is stored in ``node.meta["archgrow_layout"]``.  Passes that run later,
 per group, read the result through :class:`archgrow.WidthGraph`: where to measure a group
@@ -22,12 +24,14 @@ from archgrow.ops.context import LayoutState
 from archgrow.ops.registry import OpTable
 from archgrow.passes.layouts import LAYOUT_KEY, propagate_layouts
 from archgrow.passes.parameters import bind_direct_parameters, freeze_shared_parameters
+from archgrow.passes.parts import settle_parts
 
 
 def analyze(gm: fx.GraphModule, values: dict[fx.Node, Any], model: nn.Module, ops: OpTable) -> LayoutState:
     state = propagate_layouts(gm, values, model, ops)
     bind_direct_parameters(state)
     freeze_shared_parameters(state)
+    settle_parts(state)
     return state
 
 
