@@ -6,21 +6,28 @@ after the first growth event; archgrow never runs it after growing.
 
 Tracing happens in training mode (growth happens during training, and several torchvision models
 only call their auxiliary heads in training mode), shape recording in eval mode under ``no_grad``
-(BatchNorm statistics stay untouched, batch-1 inputs work).  Both restore every module's own
-``training`` flag and the global RNG state afterwards.
+(BatchNorm statistics stay untouched, batch-1 inputs work).  A function called inside a module
+traced in training mode keeps its training-mode arguments in the graph (timm's ``BatchNormAct2d``
+calls ``F.batch_norm(..., training=True)``): the recorder calls such an op as it runs in eval mode
+(the op registry's ``in_eval``), so the analysis never depends on batch statistics of the example
+input.  Both restore every module's own ``training`` flag, its buffers (a forward traced in
+training mode may count batches in place) and the global RNG state afterwards.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.fx as fx
 from torch import nn
 
 from archgrow.errors import TraceError
+
+if TYPE_CHECKING:
+    from archgrow.ops.registry import OpTable
 
 LeafSpec = type | nn.Module | str
 
@@ -65,6 +72,20 @@ class _Tracer(fx.Tracer):
 
 
 @contextlib.contextmanager
+def kept_buffers(model: nn.Module) -> Iterator[None]:
+    """Every buffer's values restored on exit: running code of the user's modules in training mode
+    (fx runs the Python of a traced forward; ``num_batches_tracked.add_(1)``) must leave no trace."""
+    saved = [(b, b.detach().clone()) for b in model.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, value in saved:
+                if b.shape == value.shape:
+                    b.copy_(value)
+
+
+@contextlib.contextmanager
 def _modes(model: nn.Module, training: bool) -> Iterator[None]:
     """Temporarily set every module's training flag, restoring each one's own flag after."""
     saved = [(m, m.training) for m in model.modules()]
@@ -88,7 +109,7 @@ def symbolic_trace(
     """fx-trace ``model`` in training mode; failures name the module and the way out."""
     tracer = _Tracer(leaf_modules, autowrap_functions, is_leaf)
     try:
-        with _modes(model, True):
+        with _modes(model, True), kept_buffers(model):
             graph = tracer.trace(model, concrete_args=concrete_args)
     except Exception as exc:  # fx raises many types; all are reported the same way
         where = tracer.failed_in
@@ -137,11 +158,19 @@ def _skeleton(value: Any) -> Any:
 
 
 class _Recorder(fx.Interpreter):
-    """Runs the traced graph once and keeps a shape skeleton of every node's value."""
+    """Runs the traced graph once and keeps a shape skeleton of every node's value; ops whose
+    traced arguments are their training-mode ones are called as in eval mode."""
 
-    def __init__(self, gm: fx.GraphModule):
+    def __init__(self, gm: fx.GraphModule, ops: OpTable | None = None):
         super().__init__(gm, garbage_collect_values=True)
         self.values: dict[fx.Node, Any] = {}
+        self.ops = ops
+
+    def call_function(self, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        info = self.ops.function(target) if self.ops is not None else None
+        if info is not None and info.in_eval is not None:
+            args, kwargs = info.in_eval(args, kwargs)
+        return super().call_function(target, args, kwargs)
 
     def run_node(self, n: fx.Node) -> Any:
         try:
@@ -162,10 +191,16 @@ def forked_rng(model: nn.Module) -> Any:
     return torch.random.fork_rng(devices=devices)
 
 
-def record_shapes(gm: fx.GraphModule, model: nn.Module, example_inputs: tuple[Any, ...]) -> dict[fx.Node, Any]:
-    """Run ``gm`` on ``example_inputs`` in eval mode, without autograd, RNG or statistics side effects."""
-    with _modes(model, False), torch.no_grad(), forked_rng(model):
-        recorder = _Recorder(gm)
+def record_shapes(
+    gm: fx.GraphModule, model: nn.Module, example_inputs: tuple[Any, ...], ops: OpTable | None = None
+) -> dict[fx.Node, Any]:
+    """Run ``gm`` on ``example_inputs`` in eval mode, without autograd, RNG or statistics side effects.
+
+    ``ops``: the op registry whose ``in_eval`` rewrites give the eval-mode call of ops traced with
+    training-mode arguments (without it, the graph runs as traced).
+    """
+    with _modes(model, False), torch.no_grad(), forked_rng(model), kept_buffers(model):
+        recorder = _Recorder(gm, ops)
         placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
         required = sum(1 for n in placeholders if not n.args)
         if not required <= len(example_inputs) <= len(placeholders):

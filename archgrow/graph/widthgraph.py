@@ -450,7 +450,7 @@ def trace(
         model, leaf_modules=options["leaf_modules"], autowrap_functions=options["autowrap_functions"],
         concrete_args=concrete_args, is_leaf=ops.is_leaf,
     )  # fmt: skip
-    values = record_shapes(gm, model, inputs)
+    values = record_shapes(gm, model, inputs, ops)
     analysis = analyze(gm, values, model, ops)
     return WidthGraph(model, inputs, analysis, options)
 

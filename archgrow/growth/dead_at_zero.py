@@ -19,6 +19,8 @@ def dead_at_zero(graph: WidthGraph, group: WidthGroup, limit: int = 256) -> list
     """
     nodes = {n.name: n for n in graph.fx.graph.nodes}
     consumers = {c.name for c in group.consumers}
+    # a consumer computing its output with a function (F.conv2d in timm's Conv2dSame)
+    consumer_nodes = {n for c in group.consumers if (n := graph.member_node(c.name, "consumer")) is not None}
     frontier = [nodes[n] for p in group.producers if (n := graph.member_node(p.name, "producer")) in nodes]
     seen: set[Any] = set(frontier)
     found: list[str] = []
@@ -28,7 +30,7 @@ def dead_at_zero(graph: WidthGraph, group: WidthGroup, limit: int = 256) -> list
             if user in seen:
                 continue
             seen.add(user)
-            if user.op == "call_module" and str(user.target) in consumers:
+            if (user.op == "call_module" and str(user.target) in consumers) or user.name in consumer_nodes:
                 continue
             if _is_dead_at_zero(graph, user):
                 found.append(user.name)

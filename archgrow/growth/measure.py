@@ -107,7 +107,9 @@ def replay(model: nn.Module, probe: Probe, z: torch.Tensor, *, candidates: bool 
 
     With ``candidates``, ``z`` holds only new channels: modules with parameters (norm layers,
     per-channel affine) act as the identity, which is what a new channel's reset state does
-    (weight 1, bias 0, running mean 0, running variance 1, up to ``1/sqrt(1 + eps)``).
+    (weight 1, bias 0, running mean 0, running variance 1, up to ``1/sqrt(1 + eps)``); so do
+    calls on a module's own tensors (``F.batch_norm(z, self.running_mean, ...)``).  Ops traced
+    with training-mode arguments are called as in eval mode (``Probe.in_eval``).
     """
     if not probe.chain:
         return z
@@ -122,16 +124,21 @@ def replay(model: nn.Module, probe: Probe, z: torch.Tensor, *, candidates: bool 
             return operator.attrgetter(str(n.target))(model)
         raise MeasurementError(f"probe of '{probe.group}' reads node '{n.name}' outside its chain")
 
+    in_eval = dict(probe.in_eval)
     out = z
     for node in probe.chain:
         args = fx.node.map_arg(node.args, value)
         kwargs = fx.node.map_arg(node.kwargs, value)
+        if node.name in in_eval:
+            args, kwargs = in_eval[node.name](args, kwargs)
         if node.op == "call_module":
             mod = model.get_submodule(str(node.target))
             if candidates and any(True for _ in mod.parameters(recurse=False)):
                 out = args[0]
             else:
                 out = mod(*args, **kwargs)
+        elif candidates and any(a.op == "get_attr" for a in node.all_input_nodes):
+            out = args[0]  # a module's own tensors, sized for the old channels: a new channel's identity
         elif node.op == "call_function":
             out = args[0] if node.name in probe.skipped_in_eval else node.target(*args, **kwargs)
         else:

@@ -14,7 +14,9 @@ stay on: archgrow cannot switch off skips in an arbitrary model.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch.fx as fx
 
@@ -40,6 +42,9 @@ class Probe:
     end_module: str | None = None  # hookable end of a mode-independent chain (see StepCapture)
     stateless: bool = False  # the chain computes the same in training and eval mode, with no RNG
     skipped_in_eval: frozenset[str] = frozenset()  # chain nodes that are the identity in eval mode (dropout)
+    # chain nodes traced with training-mode arguments (F.batch_norm in timm's BatchNormAct2d), with
+    # the op registry's rewrite into their eval-mode call
+    in_eval: tuple[tuple[str, Callable[..., Any]], ...] = ()
 
     @property
     def dense(self) -> bool:
@@ -58,6 +63,12 @@ def build_probe(graph: WidthGraph, group: WidthGroup) -> Probe:
     node_name = graph.member_node(first.name, "producer")
     nodes = {n.name: n for n in graph.fx.graph.nodes}
     node = nodes.get(node_name) if node_name else None
+    if node is not None and node.op == "call_function":
+        raise ProbeError(
+            f"its first producer '{first.name}' ({first.module_type}) computes its output with a function "
+            f"call inside its forward (node '{node.name}'), so its output cannot be hooked; trace with "
+            f"leaf_modules=[{first.module_type}] to measure it"
+        )
     if node is None or node.op != "call_module":
         raise ProbeError(
             f"its first producer '{first.name}' is a parameter used directly in a forward, not a module "
@@ -90,8 +101,13 @@ def build_probe(graph: WidthGraph, group: WidthGroup) -> Probe:
     skipped = frozenset(
         n.name for n in chain if (info := graph.ops.info(n.op, n.target)) is not None and info.identity_in_eval
     )
+    in_eval = tuple(
+        (n.name, info.in_eval)
+        for n in chain
+        if (info := graph.ops.info(n.op, n.target)) is not None and info.in_eval is not None
+    )
     end = _hookable_end(graph, chain, stateless)
-    return Probe(group.name, first.name, cd, meta.ndim, tuple(chain), end, stateless, skipped)
+    return Probe(group.name, first.name, cd, meta.ndim, tuple(chain), end, stateless, skipped, in_eval)
 
 
 def _hookable_end(graph: WidthGraph, chain: list[fx.Node], stateless: bool) -> str | None:
@@ -118,7 +134,10 @@ def _stateless(graph: WidthGraph, chain: list[fx.Node]) -> bool:
                 return False
         elif n.op in ("call_function", "call_method"):
             name = function_name(n.target) if n.op == "call_function" else str(n.target)
+            info = graph.ops.info(n.op, n.target)
             if graph.ops.is_random(n.op, n.target, name) or "training" in n.kwargs:
+                return False
+            if info is not None and info.in_eval is not None:  # depends on the mode (F.batch_norm)
                 return False
         else:
             return False
@@ -150,6 +169,8 @@ def _next_region(
             continue
         if n.op not in ("call_module", "call_function", "call_method"):
             return None
+        if n.op != "call_module" and any(graph.member_node(c, "consumer") == n.name for c in consumers):
+            return None  # a consumer computing with a function on its own tensors (timm's Conv2dSame)
         if n.op == "call_module":
             target = str(n.target)
             mod = graph.fx.get_submodule(target)

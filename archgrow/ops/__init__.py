@@ -2,16 +2,17 @@
 
 :mod:`~archgrow.ops.registry` holds one :class:`OpInfo` per function, method or operator and one
 :class:`LayerRule` per module type; :mod:`~archgrow.ops.families` the layout rule families;
-:mod:`~archgrow.ops.tensor_ops` and :mod:`~archgrow.ops.layers` register torch's own.  Describe
-your own with :func:`register_op` / :func:`register_layer` (or per trace, ``trace(...,
-rules=[op(...), layer(...)])``).
+:mod:`~archgrow.ops.tensor_ops` and :mod:`~archgrow.ops.layers` register torch's own, and
+:mod:`~archgrow.ops.functional` the layer functions (``F.batch_norm`` & co.) called on a module's
+own tensors.  Describe your own with :func:`register_op` / :func:`register_layer` (or per trace,
+``trace(..., rules=[op(...), layer(...)])``).
 """
 
 from archgrow.ops.context import NoRule, RuleContext
 from archgrow.ops.registry import OPS, LayerRule, OpInfo, OpTable, Registration, layer, op, register_layer, register_op
 
 # isort: off
-from archgrow.ops import tensor_ops, layers  # noqa: F401  (register torch's functions, methods and layers)
+from archgrow.ops import tensor_ops, layers, functional  # noqa: F401  (register torch's functions, methods and layers)
 from archgrow.ops.layers import ChannelFollowerLayer, ElementwiseLayer, TensorLayer
 # isort: on
 

@@ -82,6 +82,7 @@ class LayoutState:
     param_users: dict[str, set[Any]] = field(default_factory=dict)
     direct_params: dict[str, str] = field(default_factory=dict)  # parameter path -> node using it directly
     param_roles: dict[str, str] = field(default_factory=dict)  # parameter path -> role, when a rule knows it
+    bound_params: dict[str, str] = field(default_factory=dict)  # parameter path -> node whose rule bound it
 
 
 def bind_tensor(state: LayoutState, name: str, module: nn.Module, tensor: str, dim: int, layout: Layout | None, role: str) -> None:
@@ -230,8 +231,57 @@ class RuleContext:
 
     def unknown(self, what: str) -> Any:
         """No rule for this call: freeze every width reaching it; its outputs carry none."""
-        self.freeze_all(self.tensors(self.node.args, self.node.kwargs), f"{what} at {self.where}: no width rule")
+        reason = f"{what} at {self.where}: no width rule{self.leaf_hint()}"
+        self.freeze_all(self.tensors(self.node.args, self.node.kwargs), reason)
         return self.fixed()
+
+    def leaf_hint(self) -> str:
+        """The way out when the call sits inside a module a layer rule could describe whole.
+
+        fx traces into subclasses of torch layers that compute their own forward; where their ops
+        have no rule, tracing the module as a leaf hands it to the layer rule of its type or of a
+        base class.  A base's rule is right only if the subclass computes what the base does with
+        the same tensors (a weight-standardised conv does not), which the hint says.
+        """
+        node = self.node
+        if node.op not in ("call_function", "call_method"):
+            return ""
+        stack = node.meta.get("nn_module_stack") or {}
+        for path, _ in reversed(list(stack.values())):
+            module = self.state.modules.get(path)
+            base = self.ops.rule_type(module) if module is not None else None
+            if base is None:
+                continue
+            kind = type(module).__name__
+            if base is type(module):
+                return f" (inside '{path}': trace with leaf_modules=[{kind}] so that its layer rule describes it whole)"
+            return (
+                f" (inside '{path}', a {kind}: trace with leaf_modules=[{kind}] to describe it by the layer rule of "
+                f"{base.__name__}, if it computes what {base.__name__} does with the same tensors; otherwise "
+                f"describe {kind} with archgrow.register_layer)"
+            )
+        return ""
+
+    def tie_parameter(self, node: fx.Node, bound: dict[int, Layout], what: str) -> None:
+        """A parameter read through ``get_attr`` whose dims this node's rule bound (a functional
+        layer's weight, see :mod:`archgrow.ops.functional`).
+
+        Its own width variables (one per dim, from the ``get_attr``) follow the layouts they were
+        bound to, so any other use of the same parameter grows with them; a dim that cannot
+        follow one width whole freezes, which matters only if something else reads it.  The
+        parameters pass then leaves the parameter to this rule instead of binding it again.
+        """
+        target = str(node.target)
+        var_of = self.state.param_vars.get(target)
+        if var_of is None:
+            return  # a buffer: the layout pass gives buffers no width of their own
+        for d, v in var_of.items():
+            lay = bound.get(d)
+            if lay is not None and len(lay) == 1 and lay[0].var is not None and lay[0].inner == 1:
+                self.vars.union(v, lay[0].var, self.where)
+            else:
+                self.vars.freeze(v, f"dim {d} of '{target}' does not follow one width of {what} at {self.where}")
+        self.state.bound_params.setdefault(target, self.node.name)
 
     def adaptive(self, size: Any, layout: Layout) -> bool:
         """Does a size argument follow growth (-1, or read from a tensor with the same width)?"""

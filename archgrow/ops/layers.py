@@ -4,15 +4,22 @@ A layer with weights *produces* a new width (its output features), *consumes* it
 (its fan-in weights) and binds each tensor dimension to the width it changes with, with the role
 of new entries (fan-in, fan-out, zero, one, mean).  Norm layers, PReLU and depthwise convolutions
 *follow* their input's width.  Layers seen twice share their weights: their inputs are tied.
+
+Each rule's core takes an :class:`Owner` (the module answering for the tensors, and where it keeps
+them) and the layer's sizes, not the module itself: the same core describes the functional
+spelling of the layer (``F.batch_norm(x, self.running_mean, ...)`` inside timm's
+``BatchNormAct2d``; see :mod:`archgrow.ops.functional`), so both bind the same tensors, dims and
+roles.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from torch import nn
 
-from archgrow.ir.layout import TensorMeta
+from archgrow.ir.layout import Layout, TensorMeta
 from archgrow.ir.roles import FAN_IN, FAN_OUT, MEAN, ONE, ZERO
 from archgrow.ops import families
 from archgrow.ops.context import RuleContext, is_tensor
@@ -21,6 +28,66 @@ from archgrow.ops.registry import OPS, LayerRule, OpTable
 
 def _src(ctx: RuleContext) -> Any:
     return ctx.meta(ctx.node.args[0]) if ctx.node.args else None
+
+
+class Owner:
+    """The module whose tensors a layer rule binds, and where it keeps them.
+
+    Called as a layer, a module owns its tensors under their usual names (``weight``, ``bias``,
+    ``running_mean``...) and records its widths in attributes (``out_features``...).  A functional
+    call reads them through ``get_attr`` nodes, possibly under other names (``tensors``: the
+    rule's name -> the module's attribute; absent ones were not passed), and its width attributes
+    are only bound when the module really is the layer (``attrs``).  ``key`` recognises a second
+    call with the same tensors (shared weights).  ``bound`` records where each tensor dim went,
+    for the functional form to tie the ``get_attr`` values to.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        module: nn.Module | None,
+        *,
+        tensors: Mapping[str, str] | None = None,
+        key: str | None = None,
+        attrs: bool = True,
+        kind: str | None = None,
+    ):
+        self.name = name
+        self.module = module  # None: a functional call on no module's tensors (constraints only)
+        self.tensors = tensors
+        self.key = key if key is not None else name
+        self.attrs = attrs and module is not None
+        self.kind = kind or type(module).__name__  # for reasons
+        self.bound: dict[tuple[str, int], Layout] = {}
+
+    @property
+    def stateless(self) -> bool:
+        """No tensor of its own (InstanceNorm without affine or statistics): it only normalises."""
+        if self.tensors is not None:
+            return not self.tensors
+        module = self.module
+        return module is None or (not any(True for _ in module.parameters()) and not any(True for _ in module.buffers()))
+
+    def member(self, ctx: RuleContext, kind: str, layout: Layout) -> None:
+        if self.module is not None:
+            ctx.member(self.name, self.module, kind, layout)
+
+    def bind(self, ctx: RuleContext, tensor: str, dim: int, layout: Layout | None, role: str) -> None:
+        attr = tensor if self.tensors is None else self.tensors.get(tensor)
+        if attr is None or layout is None or self.module is None:
+            return
+        self.bound[(tensor, dim)] = layout
+        ctx.bind(self.name, self.module, attr, dim, layout, role)
+
+    def bind_attr(self, ctx: RuleContext, attr: str, layout: Layout, *, index: int | None = None, divisor: int = 1) -> None:
+        if self.attrs:
+            ctx.bind_attr(self.name, attr, layout, index=index, divisor=divisor)
+
+    def first_call(self, ctx: RuleContext, layout: Layout | None) -> tuple[bool, Any]:
+        return ctx.first_call(self.key, layout)
+
+    def remember_call(self, ctx: RuleContext, inputs: list[Layout | None], output: Any) -> None:
+        ctx.remember_call(self.key, inputs, output)
 
 
 class ElementwiseLayer(LayerRule):
@@ -101,21 +168,24 @@ class TensorLayer(LayerRule):
 
 class LinearLayer(TensorLayer):
     def layout(self, ctx: RuleContext, name: str, module: nn.Linear, src: TensorMeta, shape: tuple[int, ...]) -> Any:
+        return self.apply_to(ctx, Owner(name, module), src, shape, module.out_features)
+
+    def apply_to(self, ctx: RuleContext, owner: Owner, src: TensorMeta, shape: tuple[int, ...], out_features: int) -> Any:
         lay_in = src.dims[-1]
-        again, first_out = ctx.first_call(name, lay_in)
+        again, first_out = owner.first_call(ctx, lay_in)
         if again:
             lay_out = first_out
         else:
-            lay_out = ctx.new_width(module.out_features, name)
-            ctx.remember_call(name, [lay_in], lay_out)
-            ctx.member(name, module, "producer", lay_out)
-            ctx.bind(name, module, "weight", 0, lay_out, FAN_IN)
-            ctx.bind(name, module, "bias", 0, lay_out, ZERO)
-            ctx.bind_attr(name, "out_features", lay_out)
+            lay_out = ctx.new_width(out_features, owner.name)
+            owner.remember_call(ctx, [lay_in], lay_out)
+            owner.member(ctx, "producer", lay_out)
+            owner.bind(ctx, "weight", 0, lay_out, FAN_IN)
+            owner.bind(ctx, "bias", 0, lay_out, ZERO)
+            owner.bind_attr(ctx, "out_features", lay_out)
             if lay_in is not None:
-                ctx.member(name, module, "consumer", lay_in)
-                ctx.bind(name, module, "weight", 1, lay_in, FAN_OUT)
-                ctx.bind_attr(name, "in_features", lay_in)
+                owner.member(ctx, "consumer", lay_in)
+                owner.bind(ctx, "weight", 1, lay_in, FAN_OUT)
+                owner.bind_attr(ctx, "in_features", lay_in)
         return TensorMeta(shape, src.dims[:-1] + (lay_out,))
 
 
@@ -125,13 +195,20 @@ def _channels_out(src: TensorMeta, lay: Any, shape: tuple[int, ...]) -> TensorMe
 
 class ConvLayer(TensorLayer):
     def layout(self, ctx: RuleContext, name: str, module: nn.Module, src: TensorMeta, shape: tuple[int, ...]) -> Any:
+        owner = Owner(name, module)
+        return self.apply_to(ctx, owner, src, shape, module.groups, module.in_channels, module.out_channels)
+
+    def apply_to(
+        self, ctx: RuleContext, owner: Owner, src: TensorMeta, shape: tuple[int, ...], groups: int, in_channels: int,
+        out_channels: int,
+    ) -> Any:  # fmt: skip
+        name = owner.name
         lay_in = src.dims[1]
         for d in range(2, src.ndim):
             ctx.freeze(src.dims[d], f"conv '{name}' slides over a width dim")
-        groups = module.groups
-        cin_g = module.in_channels // groups
-        cout_g = module.out_channels // groups
-        again, first_out = ctx.first_call(name, lay_in)
+        cin_g = in_channels // groups
+        cout_g = out_channels // groups
+        again, first_out = owner.first_call(ctx, lay_in)
         if again:
             return _channels_out(src, first_out, shape)
         vars_ = ctx.vars
@@ -144,16 +221,16 @@ class ConvLayer(TensorLayer):
                 ctx.freeze(lay_in, f"grouped conv '{name}' (groups={groups}) does not align with its input parts")
             for v in vars_.layout_vars(lay_in):
                 vars_.require_step(v, cin_g, f"grouped conv '{name}' has {cin_g} channels per group")
-            ctx.remember_call(name, [lay_in], lay_in)
-            ctx.member(name, module, "follower", lay_in)
-            ctx.bind(name, module, "weight", 0, lay_in, FAN_IN)
-            ctx.bind(name, module, "bias", 0, lay_in, ZERO)
+            owner.remember_call(ctx, [lay_in], lay_in)
+            owner.member(ctx, "follower", lay_in)
+            owner.bind(ctx, "weight", 0, lay_in, FAN_IN)
+            owner.bind(ctx, "bias", 0, lay_in, ZERO)
             for attr in ("in_channels", "out_channels"):
-                ctx.bind_attr(name, attr, lay_in)
-            ctx.bind_attr(name, "groups", lay_in, divisor=cin_g)
+                owner.bind_attr(ctx, attr, lay_in)
+            owner.bind_attr(ctx, "groups", lay_in, divisor=cin_g)
             return _channels_out(src, lay_in, shape)
-        lay_out = ctx.new_width(module.out_channels, name)
-        ctx.remember_call(name, [lay_in], lay_out)
+        lay_out = ctx.new_width(out_channels, name)
+        owner.remember_call(ctx, [lay_in], lay_out)
         if groups > 1:
             reason = (
                 f"grouped conv '{name}' (groups={groups}, {cin_g} in / {cout_g} out per group) "
@@ -161,51 +238,60 @@ class ConvLayer(TensorLayer):
             )
             ctx.freeze(lay_in, reason)
             ctx.freeze(lay_out, reason)
-        ctx.member(name, module, "producer", lay_out)
-        ctx.bind(name, module, "weight", 0, lay_out, FAN_IN)
-        ctx.bind(name, module, "bias", 0, lay_out, ZERO)
-        ctx.bind_attr(name, "out_channels", lay_out)
+        owner.member(ctx, "producer", lay_out)
+        owner.bind(ctx, "weight", 0, lay_out, FAN_IN)
+        owner.bind(ctx, "bias", 0, lay_out, ZERO)
+        owner.bind_attr(ctx, "out_channels", lay_out)
         if lay_in is not None and groups == 1:
-            ctx.member(name, module, "consumer", lay_in)
-            ctx.bind(name, module, "weight", 1, lay_in, FAN_OUT)
-            ctx.bind_attr(name, "in_channels", lay_in)
+            owner.member(ctx, "consumer", lay_in)
+            owner.bind(ctx, "weight", 1, lay_in, FAN_OUT)
+            owner.bind_attr(ctx, "in_channels", lay_in)
         return _channels_out(src, lay_out, shape)
 
 
 class ConvTransposeLayer(TensorLayer):
     def layout(self, ctx: RuleContext, name: str, module: nn.Module, src: TensorMeta, shape: tuple[int, ...]) -> Any:
+        return self.apply_to(ctx, Owner(name, module), src, shape, module.groups, module.out_channels)
+
+    def apply_to(
+        self, ctx: RuleContext, owner: Owner, src: TensorMeta, shape: tuple[int, ...], groups: int, out_channels: int
+    ) -> Any:
+        name = owner.name
         lay_in = src.dims[1]
-        again, first_out = ctx.first_call(name, lay_in)
+        again, first_out = owner.first_call(ctx, lay_in)
         if again:
             return _channels_out(src, first_out, shape)
-        lay_out = ctx.new_width(module.out_channels, name)
-        ctx.remember_call(name, [lay_in], lay_out)
-        if module.groups > 1:
+        lay_out = ctx.new_width(out_channels, name)
+        owner.remember_call(ctx, [lay_in], lay_out)
+        if groups > 1:
             reason = f"grouped transposed conv '{name}' is not supported"
             ctx.freeze(lay_in, reason)
             ctx.freeze(lay_out, reason)
-        ctx.member(name, module, "producer", lay_out)
-        ctx.bind(name, module, "weight", 1, lay_out, FAN_IN)
-        ctx.bind(name, module, "bias", 0, lay_out, ZERO)
-        ctx.bind_attr(name, "out_channels", lay_out)
-        if lay_in is not None and module.groups == 1:
-            ctx.member(name, module, "consumer", lay_in)
-            ctx.bind(name, module, "weight", 0, lay_in, FAN_OUT)
-            ctx.bind_attr(name, "in_channels", lay_in)
+        owner.member(ctx, "producer", lay_out)
+        owner.bind(ctx, "weight", 1, lay_out, FAN_IN)
+        owner.bind(ctx, "bias", 0, lay_out, ZERO)
+        owner.bind_attr(ctx, "out_channels", lay_out)
+        if lay_in is not None and groups == 1:
+            owner.member(ctx, "consumer", lay_in)
+            owner.bind(ctx, "weight", 0, lay_in, FAN_OUT)
+            owner.bind_attr(ctx, "in_channels", lay_in)
         return _channels_out(src, lay_out, shape)
 
 
 class EmbeddingLayer(TensorLayer):
     def layout(self, ctx: RuleContext, name: str, module: nn.Embedding, src: TensorMeta, shape: tuple[int, ...]) -> Any:
-        again, first_out = ctx.first_call(name, None)
+        return self.apply_to(ctx, Owner(name, module), src, shape, module.embedding_dim)
+
+    def apply_to(self, ctx: RuleContext, owner: Owner, src: TensorMeta, shape: tuple[int, ...], embedding_dim: int) -> Any:
+        again, first_out = owner.first_call(ctx, None)
         if again:
             lay_out = first_out
         else:
-            lay_out = ctx.new_width(module.embedding_dim, name)
-            ctx.remember_call(name, [None], lay_out)
-            ctx.member(name, module, "producer", lay_out)
-            ctx.bind(name, module, "weight", 1, lay_out, FAN_IN)
-            ctx.bind_attr(name, "embedding_dim", lay_out)
+            lay_out = ctx.new_width(embedding_dim, owner.name)
+            owner.remember_call(ctx, [None], lay_out)
+            owner.member(ctx, "producer", lay_out)
+            owner.bind(ctx, "weight", 1, lay_out, FAN_IN)
+            owner.bind_attr(ctx, "embedding_dim", lay_out)
         return TensorMeta(shape, src.dims + (lay_out,))
 
 
@@ -220,18 +306,20 @@ class ChannelFollowerLayer(TensorLayer):
     def layout(self, ctx: RuleContext, name: str, module: nn.Module, src: TensorMeta, shape: tuple[int, ...]) -> Any:
         if src.ndim < 2:
             return ctx.unknown(f"{type(module).__name__} '{name}' on a 1-d input")
+        return self.apply_to(ctx, Owner(name, module), src, shape)
+
+    def apply_to(self, ctx: RuleContext, owner: Owner, src: TensorMeta, shape: tuple[int, ...]) -> Any:
         lay = src.dims[1]
-        stateless = not any(True for _ in module.parameters()) and not any(True for _ in module.buffers())
-        if stateless:
+        if owner.stateless:
             return TensorMeta(shape, src.dims)  # e.g. InstanceNorm without affine: per channel
-        again, _ = ctx.first_call(name, lay)
+        again, _ = owner.first_call(ctx, lay)
         if not again:
-            ctx.remember_call(name, [lay], None)
+            owner.remember_call(ctx, [lay], None)
             if lay is not None:
-                ctx.member(name, module, "follower", lay)
+                owner.member(ctx, "follower", lay)
                 for tensor, role in self.roles.items():
-                    ctx.bind(name, module, tensor, 0, lay, role)
-                ctx.bind_attr(name, self.attr, lay)
+                    owner.bind(ctx, tensor, 0, lay, role)
+                owner.bind_attr(ctx, self.attr, lay)
         return TensorMeta(shape, src.dims)
 
 
@@ -259,17 +347,23 @@ class GroupNormLayer(TensorLayer):
     normalizes = True
 
     def layout(self, ctx: RuleContext, name: str, module: nn.GroupNorm, src: TensorMeta, shape: tuple[int, ...]) -> Any:
+        return self.apply_to(ctx, Owner(name, module), src, shape, module.num_groups, module.num_channels)
+
+    def apply_to(
+        self, ctx: RuleContext, owner: Owner, src: TensorMeta, shape: tuple[int, ...], num_groups: int, num_channels: int
+    ) -> Any:
+        name = owner.name
         lay = src.dims[1]
-        again, _ = ctx.first_call(name, lay)
+        again, _ = owner.first_call(ctx, lay)
         if not again:
-            ctx.remember_call(name, [lay], None)
+            owner.remember_call(ctx, [lay], None)
             if lay is not None:
-                ctx.member(name, module, "follower", lay)
-                ctx.bind(name, module, "weight", 0, lay, ONE)
-                ctx.bind(name, module, "bias", 0, lay, ZERO)
-                ctx.bind_attr(name, "num_channels", lay)
-                cpg = module.num_channels // module.num_groups
-                if module.num_groups == 1:
+                owner.member(ctx, "follower", lay)
+                owner.bind(ctx, "weight", 0, lay, ONE)
+                owner.bind(ctx, "bias", 0, lay, ZERO)
+                owner.bind_attr(ctx, "num_channels", lay)
+                cpg = num_channels // num_groups
+                if num_groups == 1:
                     ctx.not_preserving(lay, f"GroupNorm '{name}' with one group normalises over it")
                 else:
                     # New channels form new groups of the same size: old groups are untouched.
@@ -279,7 +373,7 @@ class GroupNormLayer(TensorLayer):
                         ctx.freeze(lay, f"GroupNorm '{name}' groups straddle its input parts")
                     for v in vars_.layout_vars(lay):
                         vars_.require_step(v, cpg, f"GroupNorm '{name}' has {cpg} channels per group")
-                    ctx.bind_attr(name, "num_groups", lay, divisor=cpg)
+                    owner.bind_attr(ctx, "num_groups", lay, divisor=cpg)
         return TensorMeta(shape, src.dims)
 
 
@@ -287,22 +381,25 @@ class LayerNormLayer(TensorLayer):
     normalizes = True
 
     def layout(self, ctx: RuleContext, name: str, module: nn.Module, src: TensorMeta, shape: tuple[int, ...]) -> Any:
-        n_norm = len(module.normalized_shape)
+        return self.apply_to(ctx, Owner(name, module), src, shape, len(module.normalized_shape))
+
+    def apply_to(self, ctx: RuleContext, owner: Owner, src: TensorMeta, shape: tuple[int, ...], n_norm: int) -> Any:
+        name = owner.name
         lay = src.dims[-1]
-        kind = type(module).__name__
+        kind = owner.kind
         for d in range(src.ndim - n_norm, src.ndim - 1):
             ctx.freeze(src.dims[d], f"{kind} '{name}' normalises over several dims including a width")
-        again, _ = ctx.first_call(name, lay)
+        again, _ = owner.first_call(ctx, lay)
         if not again:
-            ctx.remember_call(name, [lay], None)
+            owner.remember_call(ctx, [lay], None)
             if lay is not None:
                 if n_norm > 1:
                     ctx.freeze(lay, f"{kind} '{name}' normalises over several dims")
                 ctx.not_preserving(lay, f"{kind} '{name}' normalises over it")
-                ctx.member(name, module, "follower", lay)
-                ctx.bind(name, module, "weight", n_norm - 1, lay, ONE)
-                ctx.bind(name, module, "bias", n_norm - 1, lay, ZERO)
-                ctx.bind_attr(name, "normalized_shape", lay, index=-1)
+                owner.member(ctx, "follower", lay)
+                owner.bind(ctx, "weight", n_norm - 1, lay, ONE)
+                owner.bind(ctx, "bias", n_norm - 1, lay, ZERO)
+                owner.bind_attr(ctx, "normalized_shape", lay, index=-1)
         return TensorMeta(shape, src.dims)
 
 
@@ -318,6 +415,11 @@ _MODE_FREE_POOLS = (
     nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd, nn.modules.pooling._AdaptiveAvgPoolNd,
     nn.modules.pooling._AdaptiveMaxPoolNd,
 )  # fmt: skip
+
+
+# What a new channel of a batch or instance norm starts from: the identity (scale 1, shift 0) and
+# statistics of a unit-variance, zero-mean channel.
+NORM_ROLES = {"weight": ONE, "bias": ZERO, "running_mean": ZERO, "running_var": ONE}
 
 
 def register_builtin_layers(table: OpTable) -> None:
@@ -357,9 +459,8 @@ def register_builtin_layers(table: OpTable) -> None:
     for t in (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d):
         table.add_layer(t, ConvTransposeLayer())
     table.add_layer(nn.Embedding, EmbeddingLayer())
-    norm_roles = {"weight": ONE, "bias": ZERO, "running_mean": ZERO, "running_var": ONE}
     table.add_layer(  # BatchNorm, SyncBatchNorm, InstanceNorm
-        nn.modules.batchnorm._NormBase, ChannelFollowerLayer(norm_roles, "num_features", normalizes=True)
+        nn.modules.batchnorm._NormBase, ChannelFollowerLayer(NORM_ROLES, "num_features", normalizes=True)
     )
     table.add_layer(nn.PReLU, PReLULayer())
     table.add_layer(nn.GLU, GLULayer())
@@ -371,6 +472,7 @@ def register_builtin_layers(table: OpTable) -> None:
 register_builtin_layers(OPS)
 
 __all__ = [
+    "NORM_ROLES",
     "ChannelFollowerLayer",
     "ConvLayer",
     "ConvTransposeLayer",
@@ -380,6 +482,7 @@ __all__ = [
     "GroupNormLayer",
     "LayerNormLayer",
     "LinearLayer",
+    "Owner",
     "SpatialLayer",
     "TensorLayer",
     "UnsupportedLayer",

@@ -30,6 +30,10 @@ if TYPE_CHECKING:
 RANDOM_WORDS = ("rand", "dropout", "bernoulli", "rrelu", "normal", "uniform", "stochastic", "multinomial")
 
 
+# (args, kwargs) of a traced call -> (args, kwargs) of the same call in eval mode (OpInfo.in_eval)
+InEval = Callable[[tuple[Any, ...], dict[str, Any]], tuple[tuple[Any, ...], dict[str, Any]]]
+
+
 @dataclass(frozen=True)
 class OpInfo:
     """What archgrow knows about one function, method or operator.
@@ -39,7 +43,12 @@ class OpInfo:
     input position), ``random`` (draws random numbers), ``identity_in_eval`` (dropout-like: the
     input itself in eval mode), ``dead_at_zero`` (gradient 0 at input 0, like ReLU),
     ``multiplicative`` (scales its input: a parameter used through it is a scale, so its new
-    entries take the mean of the old ones).
+    entries take the mean of the old ones).  ``in_eval(args, kwargs)`` rewrites a traced call's
+    arguments into what the op does in eval mode: fx records the training-mode arguments of a
+    function called inside a module traced in training mode (``F.batch_norm(..., training=True)``
+    in timm's ``BatchNormAct2d``), and shape recording and probe replays, which run in eval mode,
+    must neither need a batch of two nor touch running statistics.  An op with ``in_eval``
+    depends on the mode.
     """
 
     rule: Callable[[RuleContext], Any] | None = None
@@ -48,6 +57,7 @@ class OpInfo:
     identity_in_eval: bool = False
     dead_at_zero: bool = False
     multiplicative: bool = False
+    in_eval: InEval | None = None
 
 
 class LayerRule:
@@ -172,10 +182,14 @@ class OpTable:
         return found
 
     def layer(self, module: nn.Module) -> LayerRule | None:
+        klass = self.rule_type(module)
+        return None if klass is None else self._layers[klass]
+
+    def rule_type(self, module: nn.Module) -> type | None:
+        """The class along ``module``'s MRO whose layer rule describes it (its own, or a base's)."""
         for klass in type(module).__mro__:
-            rule = self._layers.get(klass)
-            if rule is not None:
-                return rule
+            if klass in self._layers:
+                return klass
         return None
 
     def is_leaf(self, module: nn.Module) -> bool:
@@ -233,13 +247,14 @@ def op(
     dead_at_zero: bool = False,
     multiplicative: bool = False,
     method: bool = False,
+    in_eval: InEval | None = None,
 ) -> Registration:
     """Describe an op (see :func:`register_op`) without registering it, e.g. for ``trace(rules=...)``."""
     from archgrow.ops.tensor_ops import elementwise_rule
 
     if rule is None and elementwise:
         rule = elementwise_rule
-    info = OpInfo(rule, elementwise, random, identity_in_eval, dead_at_zero, multiplicative)
+    info = OpInfo(rule, elementwise, random, identity_in_eval, dead_at_zero, multiplicative, in_eval)
     return Registration(target, info=info, method=method)
 
 
@@ -251,14 +266,15 @@ def layer(module_type: type, rule: LayerRule, *, leaf: bool = True) -> Registrat
 OPS = OpTable()  # what every trace starts from
 
 
-def register_op(target: OpTarget, rule: Callable[[RuleContext], Any] | None = None, **facts: bool) -> None:
+def register_op(target: OpTarget, rule: Callable[[RuleContext], Any] | None = None, **facts: Any) -> None:
     """Tell archgrow how a function (or ``Tensor`` method, with ``method=True``) treats widths.
 
     ``elementwise=True`` is enough for an activation: one output position per input position,
     with broadcasting.  Otherwise give ``rule(ctx)`` returning the node's analysed output (see
     :mod:`archgrow.ops.context`).  The other facts, as for :func:`op`: ``random``,
-    ``identity_in_eval``, ``dead_at_zero``, ``multiplicative``.  Functions that fx does not trace into are those
-    wrapped with ``torch.fx.wrap`` or passed as ``trace(..., autowrap_functions=...)``.
+    ``identity_in_eval``, ``dead_at_zero``, ``multiplicative``, ``in_eval`` (see :class:`OpInfo`).
+    Functions that fx does not trace into are those wrapped with ``torch.fx.wrap`` or passed as
+    ``trace(..., autowrap_functions=...)``.
     """
     op(target, rule, **facts).apply(OPS)
 
@@ -273,6 +289,7 @@ def register_layer(module_type: type, rule: LayerRule, *, leaf: bool = True) -> 
 
 __all__ = [
     "OPS",
+    "InEval",
     "LayerRule",
     "OpInfo",
     "OpTable",

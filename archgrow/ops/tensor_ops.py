@@ -17,11 +17,8 @@ from typing import Any
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
-from torch import nn
 
-from archgrow.ir.bindings import AttrBinding
 from archgrow.ir.layout import TensorMeta
-from archgrow.ir.roles import ONE
 from archgrow.ops import families
 from archgrow.ops.context import NoRule, RuleContext, arg, fixed, is_tensor, norm_dim
 from archgrow.ops.registry import OPS, OpInfo, OpTable
@@ -314,27 +311,6 @@ def getattr_rule(ctx: RuleContext) -> Any:
     return ctx.fixed()
 
 
-def layer_norm_function_rule(ctx: RuleContext) -> Any:
-    """F.layer_norm inside a traced-through LayerNorm subclass (torchvision's LayerNorm2d)."""
-    node, state = ctx.node, ctx.state
-    src = _src(ctx)
-    weight = arg(node, 2, "weight")
-    owner = None
-    if isinstance(weight, fx.Node) and weight.op == "get_attr":
-        owner_name = str(weight.target).rpartition(".")[0]
-        if isinstance(state.modules.get(owner_name), nn.LayerNorm):
-            owner = owner_name
-    shape = arg(node, 1, "normalized_shape")
-    if owner is None or not isinstance(src, TensorMeta) or len(shape) != 1:
-        return ctx.unknown("F.layer_norm")
-    lay = src.dims[-1]
-    if lay is not None:
-        ctx.not_preserving(lay, f"F.layer_norm normalises over it at {ctx.where}")
-        state.attr_bindings.append(AttrBinding(owner, "normalized_shape", lay, index=-1))
-        state.param_roles[f"{owner}.weight"] = ONE
-    return families.elementwise(ctx, ctx.tensors(node.args[0], weight, arg(node, 3, "bias")))
-
-
 # --------------------------------------------------------------------------- names by family
 _UNARY_MATH = (
     "abs neg exp exp2 expm1 log log1p log2 log10 sqrt rsqrt sigmoid tanh relu sin cos tan erf erfc "
@@ -437,7 +413,6 @@ def register_builtin_ops(table: OpTable) -> None:
     _functions(table, shuffles + existing_attrs(F, "channel_shuffle pixel_shuffle pixel_unshuffle"), shuffle_rule)
     table.add_op(operator.getitem, OpInfo(getitem_rule), replace_existing=False)
     table.add_op(builtins.getattr, OpInfo(getattr_rule), replace_existing=False)
-    table.add_op(F.layer_norm, OpInfo(layer_norm_function_rule), replace_existing=False)
 
     _methods(table, ["size"], shape_rule)
     _methods(table, "dim numel nelement item tolist data_ptr element_size".split(), scalar_rule)

@@ -15,7 +15,8 @@ def bind_direct_parameters(state: LayoutState) -> None:
     """Bind each directly used parameter's dims to the widths the layout pass gave them.
 
     A parameter of a module that is also called as a layer gets a second, direct use that surgery
-    could not keep in step: everything it touches freezes.
+    could not keep in step: everything it touches freezes.  One that a rule bound itself (the
+    weight of ``F.linear(x, self.weight)``, see ``RuleContext.tie_parameter``) is that rule's.
     """
     for target, var_of in state.param_vars.items():
         owner, _, tensor = target.rpartition(".")
@@ -26,6 +27,8 @@ def bind_direct_parameters(state: LayoutState) -> None:
             freeze_layout(state.vars, first_out, reason)
             for v in var_of.values():
                 state.vars.freeze(v, reason)
+            continue
+        if target in state.bound_params:
             continue
         scaled = any((info := state.ops.user_info(u)) is not None and info.multiplicative for u in state.param_users.get(target, ()))
         role = state.param_roles.get(target) or (MEAN if scaled else ZERO)

@@ -1,0 +1,100 @@
+"""timm CNNs: their norm layers (BatchNormAct2d, LayerNorm2d...) call layer functions on their own
+tensors, and they trace on a batch of one.
+
+A quick check on a few small models (random weights, smallest inputs): every group but the
+classifier's grows; growing each by its step keeps the eval-mode output where the group says it
+preserves the function; a training step runs afterwards and a fresh trace agrees.  A broader
+sample runs as a slow sweep.
+"""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+import torch
+
+import archgrow
+
+timm = pytest.importorskip("timm")
+
+# Every group growable but the classifier's (its width is the number of classes).
+QUICK = ["regnety_002", "efficientnet_b0", "resnet10t", "mobilenetv3_small_050", "convnext_atto", "lcnet_050"]
+# A broader sample of timm's families; groups frozen for reasons other than layer functions
+# (slices, splits, attention reshapes) are allowed here, broken growth is not.
+SWEEP = [
+    "regnetx_002", "efficientnet_lite0", "tinynet_e", "resnet18d", "nf_regnet_b0", "repvgg_a0", "dla34", "mixnet_s",
+    "cspresnet50", "gernet_s", "rexnet_100", "semnasnet_050", "fbnetc_100", "edgenext_xx_small", "mobileone_s0",
+    "fastvit_t8", "poolformerv2_s12", "resnest14d", "dpn48b", "selecsls42b", "cs3darknet_s", "vovnet39a",
+    "ese_vovnet19b_slim_dw", "res2net50_14w_8s", "resnetv2_50", "seresnext26d_32x4d", "ecaresnet26t", "ghostnet_050",
+    "mobilenetv4_conv_small_050",
+]  # fmt: skip
+
+
+def _build(name: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False).eval()
+    with torch.no_grad():  # zero-initialised layers would make output checks vacuous
+        for p in model.parameters():
+            if p.ndim >= 2 and not p.any():
+                p.normal_(0, 0.02)
+    return model
+
+
+def _rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
+
+
+def _grow_everything(name: str, size: int) -> archgrow.WidthGraph:
+    model = _build(name)
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        ref = model(x)
+    g = archgrow.trace(model, x[:1])
+    for grp in g.groups:
+        assert grp.growable or grp.reason, f"group {grp.name} is frozen without a reason"
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for grp in g.groups:
+        if grp.growable and grp.preserves_function:
+            archgrow.grow(g, grp.name, grp.step, optimizer=opt)
+    with torch.no_grad():
+        diff = _rel_diff(model(x), ref)
+    assert diff <= 1e-5, f"output changed by {diff:.2e} after growing the function-preserving groups"
+    for grp in g.groups:
+        if grp.growable and not grp.preserves_function:
+            archgrow.grow(g, grp.name, grp.step, optimizer=opt)
+    model.train()
+    model(x).square().mean().backward()
+    opt.step()
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert g.retrace().widths() == g.widths()
+    return g
+
+
+@pytest.mark.parametrize("name", QUICK)
+def test_timm_cnn_grows_every_group(name: str) -> None:
+    g = _grow_everything(name, 32)
+    frozen = [grp for grp in g.groups if not grp.growable]
+    assert len(frozen) == 1 and "reaches the model output" in frozen[0].reason, [grp.reason for grp in frozen]
+    gc.collect()
+
+
+@pytest.mark.parametrize("name", ["efficientnet_b0", "mobilenetv3_small_050"])
+def test_timm_traces_on_one_sample_in_training_mode(name: str) -> None:
+    """Their BatchNormAct2d on 1x1 maps would need two samples for training-mode statistics."""
+    model = _build(name).train()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    g = archgrow.trace(model, torch.randn(1, 3, 32, 32))
+    assert sum(grp.growable for grp in g.groups) == len(g.groups) - 1
+    assert all(m.training for m in model.modules())
+    after = model.state_dict()
+    assert all(torch.equal(state[k], after[k]) for k in state), "tracing changed a buffer"
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("timm")
+@pytest.mark.parametrize("name", SWEEP)
+def test_timm_sample_grows_without_breaking(name: str) -> None:
+    g = _grow_everything(name, 64)
+    assert any(grp.growable for grp in g.groups)
+    gc.collect()
