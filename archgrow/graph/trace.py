@@ -134,6 +134,27 @@ def symbolic_trace(
     return fx.GraphModule(tracer.root, graph, cls_name_of(model))
 
 
+def leaf_test(
+    leaf_modules: Sequence[LeafSpec] = (), is_leaf: Callable[[nn.Module], bool] | None = None
+) -> Callable[[nn.Module, str], bool]:
+    """``(module, qualified name) -> bool``: would fx keep this module a leaf (not trace into it)?
+
+    The torch.export front-end (:mod:`archgrow.graph.export`) collapses the ops of exactly these
+    modules back into one module call, so both front-ends hand the same modules to layer rules.
+    """
+    return _Tracer(leaf_modules, (), is_leaf).is_leaf_module
+
+
+def training_flags(model: nn.Module, training: bool) -> contextlib.AbstractContextManager[None]:
+    """Every module's ``training`` flag set for the duration, each one's own flag restored after."""
+    return _modes(model, training)
+
+
+def skeleton(value: Any) -> Any:
+    """What the analysis keeps of a runtime (or fake) value: shapes of tensors, small values as is."""
+    return _skeleton(value)
+
+
 def cls_name_of(model: nn.Module) -> str:
     return type(model).__name__
 

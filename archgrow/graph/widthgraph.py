@@ -16,11 +16,13 @@ import networkx as nx
 import torch
 from torch import nn
 
-from archgrow.errors import GrowthError, UnknownGroupError
+from archgrow.errors import GrowthError, TraceError, UnknownGroupError
+from archgrow.graph.export import export_graph
 from archgrow.graph.trace import LeafSpec, record_shapes, symbolic_trace
 from archgrow.ir.bindings import AttrBinding, TensorBinding
 from archgrow.ir.layout import Layout, TensorMeta, WidthVars
 from archgrow.ops.context import LayoutState
+from archgrow.ops.integrations import register_installed_integrations
 from archgrow.ops.registry import OPS, OpTable, Registration
 from archgrow.passes import analyze
 
@@ -191,6 +193,11 @@ class WidthGraph:
 
     def widths(self) -> dict[str, int]:
         return {g.name: g.width for g in self._groups}
+
+    @property
+    def frontend(self) -> str:
+        """The front-end that traced the model: ``"fx"`` or ``"export"`` (see :func:`trace`)."""
+        return str(self._trace_options["frontend"])
 
     def retrace(self) -> WidthGraph:
         """Trace the (possibly grown) model again with the same inputs and options."""
@@ -428,6 +435,7 @@ def trace(
     autowrap_functions: Sequence[Any] = (),
     concrete_args: dict[str, Any] | None = None,
     rules: Sequence[Registration] = (),
+    frontend: str = "auto",
 ) -> WidthGraph:
     """Trace ``model`` and find its width groups.
 
@@ -437,7 +445,15 @@ def trace(
     fx cannot trace.  ``rules``: op and layer descriptions for this trace only
     (``archgrow.ops.op(...)``, ``archgrow.ops.layer(...)``), on top of the registered ones.  The
     model's parameters, buffers, train/eval flags and the global RNG are left as they were.
+
+    ``frontend``: ``"auto"`` (default) traces with torch.fx and, where fx fails, captures the model
+    with ``torch.export`` (non-strict; :mod:`archgrow.graph.export`); ``"fx"`` or ``"export"`` use
+    one only.  The export front-end takes ``concrete_args`` as keyword arguments of the forward and
+    ignores ``autowrap_functions``; :attr:`WidthGraph.frontend` says which one traced.
     """
+    if frontend not in FRONTENDS:
+        raise TraceError(f"trace(frontend={frontend!r}): the front-ends are {', '.join(map(repr, FRONTENDS))}")
+    register_installed_integrations()
     inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
     ops = OPS.with_rules(rules) if rules else OPS
     options = {
@@ -445,14 +461,42 @@ def trace(
         "autowrap_functions": tuple(autowrap_functions),
         "concrete_args": concrete_args,
         "rules": tuple(rules),
+        "frontend": frontend,
     }
-    gm = symbolic_trace(
-        model, leaf_modules=options["leaf_modules"], autowrap_functions=options["autowrap_functions"],
-        concrete_args=concrete_args, is_leaf=ops.is_leaf,
-    )  # fmt: skip
-    values = record_shapes(gm, model, inputs, ops)
+    fx_error: TraceError | None = None
+    if frontend != "export":
+        try:
+            gm = symbolic_trace(
+                model, leaf_modules=options["leaf_modules"], autowrap_functions=options["autowrap_functions"],
+                concrete_args=concrete_args, is_leaf=ops.is_leaf,
+            )  # fmt: skip
+            values = record_shapes(gm, model, inputs, ops)
+        except TraceError as exc:
+            if frontend == "fx":
+                raise
+            fx_error = exc
+        else:
+            options["frontend"] = "fx"
+    if frontend == "export" or fx_error is not None:
+        try:
+            exported = export_graph(
+                model, inputs, leaf_modules=options["leaf_modules"], is_leaf=ops.is_leaf, kwargs=concrete_args
+            )
+        except TraceError as exc:
+            if fx_error is None:
+                raise TraceError(f"{exc}. Check that example_inputs are what the forward takes") from exc
+            raise TraceError(
+                f"neither front-end could trace {type(model).__name__}. (1) {fx_error} (2) {exc}. To fix: make the "
+                "forward traceable by one of them, or mark the failing submodule as a leaf "
+                "(leaf_modules=[...]: its widths are then frozen)"
+            ) from exc
+        gm, values = exported.gm, exported.values
+        options["frontend"] = "export"
     analysis = analyze(gm, values, model, ops)
     return WidthGraph(model, inputs, analysis, options)
+
+
+FRONTENDS = ("auto", "fx", "export")
 
 
 __all__ = ["BoundTensor", "Member", "SegmentSize", "Slot", "WidthGraph", "WidthGroup", "trace"]

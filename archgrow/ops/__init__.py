@@ -14,6 +14,7 @@ from archgrow.ops.registry import OPS, LayerRule, OpInfo, OpTable, Registration,
 # isort: off
 from archgrow.ops import tensor_ops, layers, functional  # noqa: F401  (register torch's functions, methods and layers)
 from archgrow.ops.layers import ChannelFollowerLayer, ElementwiseLayer, TensorLayer
+from archgrow.ops import aten  # noqa: F401  (ATen ops of torch.export graphs, after the torch spellings they follow)
 # isort: on
 
 __all__ = [

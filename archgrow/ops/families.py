@@ -79,6 +79,8 @@ def cat(ctx: RuleContext, tensors: Any, dim: int) -> Any:
     if not all(isinstance(t, TensorMeta) for t in metas) or not is_tensor(out):
         return ctx.unknown("torch.cat")
     shape = out[1]
+    # torch.cat skips 1-d empty tensors whatever the others' rank (GPT-2's empty key/value cache)
+    metas = [t for t in metas if not (t.shape == (0,) and len(shape) != 1)]
     d = norm_dim(dim, len(shape))
     dims = []
     for k in range(len(shape)):

@@ -59,10 +59,11 @@ class FunctionalLayer:
     layer: type  # the module form: width attributes (num_features...) are bound only on its instances
     tensors: tuple[tuple[str, int], ...]  # the layer's name for each tensor and its position in the call
     core: Core
+    src_pos: int = 0  # where the layer's input sits in the call (ATen's embedding takes the weight first)
 
     def __call__(self, ctx: RuleContext) -> Any:
         node = ctx.node
-        src, out = ctx.meta(node.args[0]) if node.args else None, ctx.out
+        src, out = ctx.meta(node.args[self.src_pos]) if len(node.args) > self.src_pos else None, ctx.out
         if not isinstance(src, TensorMeta) or not is_tensor(out):
             raise NoRule(self.name)
         found = {t: a for t, pos in self.tensors if (a := arg(node, pos, t)) is not None}
@@ -232,7 +233,16 @@ def register_functional_layers(table: OpTable) -> None:
 register_functional_layers(OPS)
 
 __all__ = [
+    "Core",
     "FunctionalLayer",
+    "conv_core",
+    "conv_transpose_core",
+    "embedding_core",
+    "group_norm_core",
+    "layer_norm_core",
+    "linear_core",
+    "norm_core",
+    "prelu_core",
     "batch_norm_in_eval",
     "instance_norm_in_eval",
     "register_functional_layers",

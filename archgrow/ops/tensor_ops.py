@@ -31,6 +31,8 @@ def existing_attrs(owner: Any, names: str) -> list[Any]:
 
 def function_name(fn: Any) -> str:
     """Readable name of a call_function target, for reasons and summaries."""
+    if isinstance(fn, torch._ops.OpOverload):
+        return str(fn)  # aten.linear.default (the torch.export front-end)
     module = getattr(fn, "__module__", None) or ""
     name = getattr(fn, "__name__", repr(fn))
     if module in ("_operator", "operator"):
