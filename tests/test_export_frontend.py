@@ -1,0 +1,195 @@
+"""The torch.export front-end: models fx cannot trace (HuggingFace transformers) trace, grow and train;
+plain models give the same groups through either front-end."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import archgrow
+from archgrow.errors import TraceError
+
+
+def _key(graph: archgrow.WidthGraph) -> list[tuple]:
+    return [
+        (
+            g.name, g.width, g.step, g.growable, g.preserves_function, [m.name for m in g.producers],
+            [m.name for m in g.consumers], sorted(m.name for m in g.followers),
+        )
+        for g in graph.groups
+    ]  # fmt: skip
+
+
+class SmallCNN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.c2, self.b2 = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.c3, self.fc = nn.Conv2d(8, 16, 3, stride=2), nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.b1(self.c1(x)))
+        x = x + F.relu(self.b2(self.c2(x)))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(self.c3(x), 1), 1))
+
+
+class FunctionalBN(nn.BatchNorm2d):
+    """timm's BatchNormAct2d in miniature: the layer function on the module's own tensors."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, self.training, 0.1, self.eps)
+        return F.relu(y)
+
+
+class FunctionalLinear(nn.Linear):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(F.linear(x, self.weight, self.bias))
+
+
+class Functional(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c, self.bn, self.c2 = nn.Conv2d(3, 8, 3), FunctionalBN(8), nn.Conv2d(8, 6, 1)
+        self.lin, self.out = FunctionalLinear(6, 12), nn.Linear(12, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.lin(self.c2(self.bn(self.c(x))).mean((2, 3))))
+
+
+PLAIN = {
+    "mlp": (lambda: nn.Sequential(nn.Linear(10, 20), nn.ReLU(), nn.Dropout(0.1), nn.Linear(20, 30), nn.Tanh(), nn.Linear(30, 5)), (2, 10)),
+    "cnn": (SmallCNN, (1, 3, 16, 16)),
+    "functional": (Functional, (1, 3, 16, 16)),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(PLAIN))
+def test_export_gives_the_groups_fx_gives(name: str) -> None:
+    make, shape = PLAIN[name]
+    torch.manual_seed(0)
+    model, x = make(), torch.randn(*shape)
+    by_fx = archgrow.trace(model, x, frontend="fx")
+    by_export = archgrow.trace(model, x, frontend="export")
+    assert by_fx.frontend == "fx" and by_export.frontend == "export"
+    assert _key(by_export) == _key(by_fx)
+    assert any(g.growable for g in by_export.groups)
+    assert archgrow.trace(model, x).frontend == "fx"  # auto: fx where fx traces
+
+
+def test_export_groups_grow_and_keep_the_function() -> None:
+    torch.manual_seed(0)
+    model, x = SmallCNN().eval(), torch.randn(1, 3, 16, 16)
+    graph = archgrow.trace(model, x, frontend="export")
+    before = model(x).detach()
+    for g in [g for g in graph.groups if g.growable]:
+        archgrow.grow(graph, g, 2)
+    torch.testing.assert_close(model(x), before)
+    assert graph.retrace().widths() == graph.widths()
+
+
+class Untraceable(nn.Module):
+    """Python control flow on a size: fx fails, export specialises it to the example input's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 6), nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        if x.shape[0] > 0:
+            h = torch.relu(h)
+        return self.b(h)
+
+
+def test_auto_falls_back_to_export_where_fx_fails() -> None:
+    model, x = Untraceable(), torch.randn(2, 4)
+    with pytest.raises(TraceError, match="torch.fx could not trace"):
+        archgrow.trace(model, x, frontend="fx")
+    graph = archgrow.trace(model, x)
+    assert graph.frontend == "export"
+    assert graph.group("a").growable and graph.group("a").width == 6
+
+
+class Broken(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool(x.sum() > 0):
+            return self.a(x)
+        return self.a(x.view(3, -1))  # wrong for the example input: no front-end can run it
+
+
+def test_frontend_errors() -> None:
+    model = nn.Linear(4, 3)
+    with pytest.raises(TraceError, match=r"frontend='torchscript'.*'auto', 'fx', 'export'"):
+        archgrow.trace(model, torch.randn(1, 4), frontend="torchscript")
+    with pytest.raises(TraceError, match=r"neither front-end.*\(1\) torch\.fx.*\(2\) torch\.export.*To fix"):
+        archgrow.trace(Broken(), -torch.ones(2, 4))
+    with pytest.raises(TraceError, match="torch.export could not capture"):
+        archgrow.trace(Broken(), -torch.ones(2, 4), frontend="export")
+
+
+# --------------------------------------------------------------------------- HuggingFace transformers
+def _hf(name: str) -> tuple[nn.Module, tuple[torch.Tensor, ...], list[str]]:
+    """(model, inputs, the MLP groups that must grow) for one family, from a small config."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    ids = (torch.randint(0, 100, (1, 8)),)
+    if name == "bert":
+        config = transformers.BertConfig(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, vocab_size=100
+        )
+        return transformers.BertModel(config), ids, [f"encoder.layer.{i}.intermediate.dense" for i in (0, 1)]
+    if name == "gpt2":
+        config = transformers.GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=100, bos_token_id=0, eos_token_id=0)
+        return transformers.GPT2Model(config), ids, [f"h.{i}.mlp.c_fc" for i in (0, 1)]
+    if name == "vit":
+        config = transformers.ViTConfig(
+            image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37
+        )
+        model = transformers.ViTModel(config)
+        return model, (torch.randn(1, 3, 32, 32),), [m for m, _ in model.named_modules() if m.endswith(("fc1", "intermediate.dense"))]
+    config = transformers.LlamaConfig(
+        hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+        vocab_size=100,
+    )  # fmt: skip
+    return transformers.LlamaModel(config), ids, [f"layers.{i}.mlp.gate_proj" for i in (0, 1)]
+
+
+@pytest.mark.parametrize("name", ["bert", "gpt2", "vit", "llama"])
+def test_transformers_trace_grow_and_train(name: str) -> None:
+    model, inputs, mlp = _hf(name)
+    graph = archgrow.trace(model, inputs)
+    assert graph.frontend == "export"  # fx cannot trace them
+    assert len(mlp) == 2
+    for group in mlp:
+        g = graph.group(group)
+        assert g.growable and g.preserves_function, g.reason
+    if name == "llama":  # SiLU gating: gate and up grow together, down consumes both
+        members = {m.name for m in graph.group(mlp[0]).members}
+        assert {"layers.0.mlp.gate_proj", "layers.0.mlp.up_proj", "layers.0.mlp.down_proj"} <= members
+    if name == "gpt2":  # transformers' Conv1D, weight stored (in, out)
+        assert {m.module_type for m in graph.group(mlp[0]).members} == {"Conv1D"}
+
+    model.eval()
+    with torch.no_grad():
+        before = model(*inputs).last_hidden_state.clone()
+    widths = {group: graph.group(group).width for group in mlp}
+    for group in mlp:
+        archgrow.grow(graph, group, 3)
+    with torch.no_grad():
+        after = model(*inputs).last_hidden_state
+    torch.testing.assert_close(after, before)
+    assert all(graph.group(group).width == w + 3 for group, w in widths.items())
+
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    loss = model(*inputs).last_hidden_state.pow(2).mean()
+    loss.backward()
+    optimizer.step()
+    assert torch.isfinite(loss)
+    assert graph.retrace().widths() == graph.widths()
