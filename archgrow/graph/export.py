@@ -27,7 +27,10 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import Callable, Sequence
+import io
+import logging
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +44,7 @@ from archgrow.graph.trace import LeafSpec, forked_rng, kept_buffers, leaf_test, 
 
 WRAPPED = "model"  # the user's model inside the exported wrapper: its qualified names start with this
 CONSTANT = "archgrow_constant_"  # get_attr names of tensors the forward creates (export lifts them)
+QUIET_LOGGERS = ("torch._export", "torch.export", "torch.fx.experimental.symbolic_shapes", "torch._dynamo", "torch._functorch")
 
 
 class OutputTensors(nn.Module):
@@ -74,12 +78,16 @@ def export_program(model: nn.Module, inputs: tuple[Any, ...], kwargs: dict[str, 
     wrapper = OutputTensors(model)
     failures: list[str] = []
     for training in (True, False):
-        with training_flags(model, training), kept_buffers(model), forked_rng(model), _quiet():
+        printed = io.StringIO()
+        with training_flags(model, training), kept_buffers(model), forked_rng(model), _quiet(printed):
             try:
-                return torch.export.export(wrapper, inputs, kwargs or {}, strict=False)
+                program = torch.export.export(wrapper, inputs, kwargs or {}, strict=False)
             except Exception as exc:  # export raises many types; all are reported the same way
                 mode = "training" if training else "eval"
                 failures.append(f"in {mode} mode: {type(exc).__name__}: {_first_line(exc)}")
+                continue
+        sys.stdout.write(printed.getvalue())  # what the forward itself printed
+        return program
     raise TraceError(f"torch.export could not capture {type(model).__name__} " + "; ".join(failures))
 
 
@@ -90,17 +98,20 @@ def _first_line(exc: Exception) -> str:
 
 
 @contextlib.contextmanager
-def _quiet() -> Any:
-    """torch.export logs warnings for every fallback it takes; the user sees archgrow's error instead."""
-    import logging
-
-    logger = logging.getLogger("torch._export")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+def _quiet(printed: io.StringIO) -> Iterator[None]:
+    """torch.export logs a warning, and prints the graph so far, for every failure it meets; the user
+    gets archgrow's error, which names both front-ends' failures, instead.  Standard output goes to
+    ``printed`` (shown after a successful export: the forward's own prints)."""
+    loggers = [logging.getLogger(name) for name in QUIET_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
-        yield
+        with contextlib.redirect_stdout(printed):
+            yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def export_graph(
