@@ -1,0 +1,128 @@
+"""Attention widths: whole heads and head dims through ``reshape`` into ``(..., heads, head_dim)``.
+
+A width reshaped into ``(heads, head_dim)`` grows by whole heads when the head count follows
+growth (``-1`` or ``self.num_heads``): q, k and v rows per head and the output projection's
+columns, new heads with zero output columns changing nothing.  When only the head dim follows
+growth (``view(B, N, heads, -1)``), every head grows by the same amount (an equal split); q and k
+are summed over it, so that growth does not preserve the function.  Each growable case goes
+through :func:`check_growth` (function kept where claimed, training steps, re-trace agrees).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from test_topologies import check_growth, names, trace
+from torch import nn
+
+import archgrow
+
+TOKENS = torch.randn(2, 5, 12, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class PackedAttention(nn.Module):
+    """timm's Attention: one ``qkv`` Linear reshaped into ``(3, heads, head_dim)``."""
+
+    def __init__(self, dim: int = 12, num_heads: int = 3, fused: bool = True, head_dim: int = 4) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim, self.fused = num_heads, head_dim, fused
+        self.attn_dim = num_heads * head_dim
+        self.scale = head_dim**-0.5
+        self.inp = nn.Linear(dim, dim)
+        self.qkv = nn.Linear(dim, 3 * self.attn_dim)
+        self.proj = nn.Linear(self.attn_dim, dim)
+        self.out = nn.Linear(dim, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.inp(x)
+        B, N, C = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        if self.fused:
+            y = F.scaled_dot_product_attention(q, k, v)
+        else:
+            attn = (q * self.scale) @ k.transpose(-2, -1)
+            y = attn.softmax(dim=-1) @ v
+        y = y.transpose(1, 2).reshape(B, N, self.attn_dim)
+        return self.out(x + self.proj(y))
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_packed_qkv_grows_whole_heads(fused: bool) -> None:
+    g = trace(lambda: PackedAttention(fused=fused), TOKENS)
+    heads = g.group("qkv")
+    assert heads.width == 3 and heads.step == 1 and heads.growable and heads.preserves_function
+    assert names(heads.producers) == {"qkv"} and names(heads.consumers) == {"proj"}
+    assert g.group("inp").growable
+    check_growth(lambda: PackedAttention(fused=fused), TOKENS, ["inp", "qkv"])
+
+
+def test_packed_qkv_heads_update_attributes() -> None:
+    torch.manual_seed(0)
+    model = PackedAttention()
+    g = archgrow.trace(model, TOKENS[:1])
+    archgrow.grow(g, "qkv", 2)
+    assert (model.num_heads, model.head_dim, model.attn_dim) == (5, 4, 20)
+    assert model.qkv.weight.shape == (60, 12) and model.proj.weight.shape == (12, 20)
+    assert model(TOKENS).shape == (2, 5, 2)
+
+
+class SeparateQKV(nn.Module):
+    """A hand-written MHA: separate q, k, v Linears, heads from ``-1`` (HF style) or a head dim from ``-1``."""
+
+    def __init__(self, dim: int = 12, heads: int = 3, grow: str = "heads") -> None:
+        super().__init__()
+        self.nh, self.grow = heads, grow  # not a size attribute: the 3 in view(B, N, 3, -1) stays fixed
+        self.head_dim = dim // heads
+        self.q, self.k, self.v = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.o = nn.Linear(dim, dim)
+        self.out = nn.Linear(dim, 2)
+
+    def split(self, t: torch.Tensor) -> torch.Tensor:
+        B, N, _ = t.shape
+        if self.grow == "heads":
+            return t.view(B, N, -1, self.head_dim).transpose(1, 2)
+        return t.view(B, N, 3, -1).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.split(self.q(x)), self.split(self.k(x)), self.split(self.v(x))
+        y = F.scaled_dot_product_attention(q, k, v)
+        y = y.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)
+        return self.out(self.o(y) + x)
+
+
+def test_separate_qkv_heads() -> None:
+    g = trace(SeparateQKV, TOKENS)
+    heads = g.group("q")
+    assert names(heads.producers) == {"q", "k", "v"} and names(heads.consumers) == {"o"}
+    assert heads.width == 3 and heads.growable and heads.preserves_function
+    check_growth(SeparateQKV, TOKENS, ["q"])
+
+
+def test_separate_qkv_head_dim() -> None:
+    g = trace(lambda: SeparateQKV(grow="head_dim"), TOKENS)
+    qk = g.group("q")
+    assert names(qk.producers) == {"q", "k"} and qk.width == 4 and qk.growable
+    assert not qk.preserves_function and "sums" in " ".join(qk.not_preserving_reasons)
+    v = g.group("v")  # v's head dim only reaches the output projection: new zero columns keep the function
+    assert v.width == 4 and v.growable and v.preserves_function
+    check_growth(lambda: SeparateQKV(grow="head_dim"), TOKENS, ["q", "v"])
+
+
+def test_hard_coded_head_split_freezes_with_reason() -> None:
+    class Fixed(SeparateQKV):
+        def split(self, t: torch.Tensor) -> torch.Tensor:
+            return t.view(t.shape[0], t.shape[1], 6, 2).transpose(1, 2)  # no attribute is 6 or 2
+
+    g = trace(Fixed, TOKENS)
+    q = g.group("q")
+    assert not q.growable and "(..., heads, head_dim)" in q.reason and "-1" in q.reason
