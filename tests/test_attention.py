@@ -126,3 +126,43 @@ def test_hard_coded_head_split_freezes_with_reason() -> None:
     g = trace(Fixed, TOKENS)
     q = g.group("q")
     assert not q.growable and "(..., heads, head_dim)" in q.reason and "-1" in q.reason
+
+
+class MHABlock(nn.Module):
+    """``nn.MultiheadAttention`` between two Linears: its embedding grows by whole heads."""
+
+    def __init__(self, batch_first: bool = True, weights: bool = False) -> None:
+        super().__init__()
+        self.weights = weights
+        self.inp = nn.Linear(12, 8)
+        self.mha = nn.MultiheadAttention(8, 2, batch_first=batch_first)
+        self.out = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.inp(x)
+        y, w = self.mha(h, h, h, need_weights=self.weights)
+        if self.weights:
+            y = y + w.sum(-1, keepdim=True)
+        return self.out(y + h)
+
+
+def test_multihead_attention_grows_whole_heads() -> None:
+    g = trace(MHABlock, TOKENS)
+    embed = g.group("inp")
+    assert embed.width == 2 and embed.step == 1 and embed.growable and embed.preserves_function
+    assert names(embed.producers) >= {"inp", "mha"} and names(embed.consumers) >= {"mha", "out"}
+    check_growth(MHABlock, TOKENS, ["inp"])
+    torch.manual_seed(0)
+    model = MHABlock()
+    g = archgrow.trace(model, TOKENS[:1])
+    archgrow.grow(g, "inp", 1)
+    mha = model.mha
+    assert (mha.num_heads, mha.head_dim, mha.embed_dim) == (3, 4, 12)
+    assert mha.in_proj_weight.shape == (36, 12) and mha.out_proj.weight.shape == (12, 12)
+
+
+def test_multihead_attention_averaged_weights_change() -> None:
+    g = trace(lambda: MHABlock(weights=True), TOKENS)
+    embed = g.group("inp")
+    assert embed.growable and not embed.preserves_function and "averaged" in " ".join(embed.not_preserving_reasons)
+    check_growth(lambda: MHABlock(weights=True), TOKENS, ["inp"])

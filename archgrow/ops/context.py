@@ -211,6 +211,8 @@ class RuleContext:
             ra, rb = self.vars.resolve(a), self.vars.resolve(b)
             ra = self._split_like(ra, rb)
             rb = self._split_like(rb, ra)
+            ra = self._blocks_like(ra, rb)
+            rb = self._blocks_like(rb, ra)
             if (ra != a or rb != b) and self.same_structure(ra, rb):
                 a, b = ra, rb
         if not self.same_structure(a, b):
@@ -243,6 +245,24 @@ class RuleContext:
         ):
             return whole
         return tuple(Seg(p.var, p.inner * seg.inner) for p in vars_.refine(seg.var, len(parts)))
+
+    def _blocks_like(self, whole: Layout, blocks: Layout) -> Layout:
+        """``whole``, one width, counted in blocks when it is tied to a width counted in blocks
+        (a residual stream added to an ``nn.MultiheadAttention`` output, grown by whole heads)."""
+        vars_ = self.vars
+        if len(whole) != 1 or len(blocks) != 1 or whole[0].var is None or blocks[0].var is None:
+            return whole
+        seg, other = whole[0], blocks[0]
+        if (
+            other.inner <= seg.inner
+            or other.inner % seg.inner
+            or vars_.find(seg.var) in vars_.parts
+            or vars_.seg_size(seg) != vars_.seg_size(other)
+            or vars_.width[vars_.find(seg.var)] % (other.inner // seg.inner)
+        ):
+            return whole
+        unit = vars_.coarsen(seg.var, other.inner // seg.inner)[0]
+        return (Seg(unit.var, other.inner),)
 
     def unify_all(self, layouts: list[Layout | None]) -> Layout | None:
         if not layouts:
