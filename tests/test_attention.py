@@ -166,3 +166,45 @@ def test_multihead_attention_averaged_weights_change() -> None:
     embed = g.group("inp")
     assert embed.growable and not embed.preserves_function and "averaged" in " ".join(embed.not_preserving_reasons)
     check_growth(lambda: MHABlock(weights=True), TOKENS, ["inp"])
+
+
+class WindowBlock(nn.Module):
+    """Swin's windowed attention: windows cut from (B, H, W, C), a relative position bias table
+    gathered by an index buffer and added per head, the channels padded by zeros only."""
+
+    def __init__(self, dim: int = 8, num_heads: int = 2, window: int = 2) -> None:
+        super().__init__()
+        self.num_heads, self.window = num_heads, window
+        self.stem = nn.Conv2d(3, dim, 1)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.relative_position_bias_table = nn.Parameter(torch.randn((2 * window - 1) ** 2, num_heads) * 0.02)
+        coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")).flatten(1)
+        rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + window - 1
+        self.register_buffer("relative_position_index", rel[..., 0] * (2 * window - 1) + rel[..., 1])
+        self.head = nn.Linear(dim, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x).permute(0, 2, 3, 1)
+        B, H, W, C = x.shape
+        x = F.pad(x, (0, 0, 0, 0, 0, 0))
+        w = self.window
+        win = x.view(B, H // w, w, W // w, w, C).permute(0, 1, 3, 2, 4, 5).reshape(-1, w * w, C)
+        B_, N, _ = win.shape
+        qkv = self.qkv(win).reshape(B_, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)].view(N, N, -1)
+        attn = (q @ k.transpose(-2, -1)) + bias.permute(2, 0, 1).unsqueeze(0)
+        y = (attn.softmax(-1) @ v).transpose(1, 2).reshape(B_, N, -1)
+        y = self.proj(y).view(B, H // w, W // w, w, w, C).permute(0, 1, 3, 2, 4, 5).reshape(B, H, W, C)
+        return self.head((x + y).mean((1, 2)))
+
+
+def test_windowed_attention_heads_and_position_bias() -> None:
+    img = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(2))
+    g = trace(WindowBlock, img)
+    heads = g.group("qkv")
+    assert heads.width == 2 and heads.growable and heads.preserves_function
+    assert "relative_position_bias_table" in names(heads.followers)
+    assert g.group("stem").growable  # the zero padding of the channels does not freeze them
+    check_growth(WindowBlock, img, ["stem", "qkv"])

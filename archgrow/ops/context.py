@@ -353,16 +353,20 @@ class RuleContext:
         ]  # fmt: skip
         return path, found
 
-    def follows(self, size: Any, layout: Layout, kind: str = "width") -> bool:
+    def follows(self, size: Any, layout: Layout, kind: str | None = None) -> bool:
         """Does a size argument follow growth of ``layout``: -1, read from a tensor with the same
-        width, or one module attribute of ``kind`` (bound here, so growth updates it)?"""
+        width, or one module attribute of ``kind`` (bound here, so growth updates it)?  Without a
+        kind, the first kind with exactly one attribute of that value ("width" first)."""
         if self.adaptive(size, layout):
             return True
-        path, attrs = self.size_attributes(size, kind)
-        if len(attrs) != 1:
-            return False
-        self.bind_attr(path, attrs[0], layout)
-        return True
+        for k in SIZE_KINDS if kind is None else (kind,):
+            path, attrs = self.size_attributes(size, k)
+            if len(attrs) == 1:
+                self.bind_attr(path, attrs[0], layout)
+                return True
+            if attrs:
+                return False
+        return False
 
     def shape_args(self, args: tuple, kw: Any) -> list[Any] | None:
         """Shape arguments as a list; None when they are another tensor's whole shape (every dim follows it)."""

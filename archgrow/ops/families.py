@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import torch
 import torch.fx as fx
 
 from archgrow.ir.layout import Layout, Seg, TensorMeta
@@ -476,10 +477,16 @@ def pad(ctx: RuleContext, src: Any, amounts: Any, name: str) -> Any:
     if not isinstance(src, TensorMeta) or not isinstance(amounts, (tuple, list)):
         return ctx.unknown(name)
     padded = len(amounts) // 2
+    # (left, right) pairs from the last dim backwards; a dim padded by literal zeros is untouched
+    # (timm's Swin pads (B, H, W, C) with (0, 0, ...) on its channels)
+    untouched = {src.ndim - 1 - i for i in range(padded) if amounts[2 * i] == 0 and amounts[2 * i + 1] == 0}
     for d in range(src.ndim - padded, src.ndim):
-        ctx.freeze(src.dims[d], f"{name} pads a width dim at {ctx.where}")
+        if d not in untouched:
+            ctx.freeze(src.dims[d], f"{name} pads a width dim at {ctx.where}")
     shape = ctx.out[1]
-    return TensorMeta(shape, tuple(None if d >= src.ndim - padded else src.dims[d] for d in range(src.ndim)))
+    return TensorMeta(
+        shape, tuple(None if d >= src.ndim - padded and d not in untouched else src.dims[d] for d in range(src.ndim))
+    )
 
 
 def creation(ctx: RuleContext, node: fx.Node) -> Any:
@@ -525,12 +532,28 @@ def index(ctx: RuleContext, src: TensorMeta, idx: Any) -> Any:
         elif isinstance(e, int) or (isinstance(e, fx.Node) and isinstance(ctx.state.values.get(e), int)):
             ctx.freeze(src.dims[d], f"indexing a width dim at {ctx.where}")
             d += 1
+        elif _index_tensor(ctx, e) is not None and d == 0 and len(items) == 1:
+            # table[index]: rows gathered by an integer tensor (a relative position bias table);
+            # its other dims pass, and the gathered dim must carry no width
+            ctx.freeze(src.dims[0], f"gathering entries of a width dim with a tensor index at {ctx.where}")
+            dims.extend(_index_tensor(ctx, e).dims)  # type: ignore[union-attr]
+            dims = [None] * len(dims)
+            d += 1
         else:
             return ctx.unknown("advanced indexing")
     dims.extend(src.dims[d:])
     if not is_tensor(out) or len(dims) != len(out[1]):
         return ctx.unknown("indexing")
     return TensorMeta(out[1], tuple(dims))
+
+
+def _index_tensor(ctx: RuleContext, e: Any) -> TensorMeta | None:
+    """``e`` as an integer index tensor (analysed), or None."""
+    meta = ctx.meta(e) if isinstance(e, fx.Node) else None
+    value = ctx.state.values.get(e) if isinstance(e, fx.Node) else None
+    if isinstance(meta, TensorMeta) and is_tensor(value) and not value[2].is_floating_point and value[2] != torch.bool:
+        return meta
+    return None
 
 
 def factor(a: tuple[int, ...], b: tuple[int, ...]) -> list[tuple[list[int], list[int]]] | None:

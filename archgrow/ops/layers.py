@@ -420,7 +420,7 @@ class MultiheadAttentionLayer(LayerRule):
         out = ctx.out
         if not all(isinstance(t, TensorMeta) for t in metas) or not isinstance(out, (tuple, list)) or not is_tensor(out[0]):
             return ctx.unknown(f"nn.MultiheadAttention '{name}'")
-        if not module._qkv_same_embed_dim:
+        if not (module.kdim == module.vdim == module.embed_dim) or module.in_proj_weight is None:
             return ctx.unknown(f"nn.MultiheadAttention '{name}' (kdim or vdim differ from embed_dim: separate projections)")
         for t in metas:
             for lay in t.dims[:-1]:
