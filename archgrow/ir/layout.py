@@ -17,6 +17,8 @@ end to end: one new variable repeated ``n`` times, so that each part's new chann
 its own slice, as concatenation does for ``cat([x, x])``.  A split is met after the layer that made
 the width, so layouts recorded earlier still name the whole variable; :meth:`WidthVars.resolve`
 expands them, and the analysis rewrites every recorded layout with it once the graph is done.
+A width reshaped into ``(heads, head_dim)`` whose head count grows is *coarsened* the same way
+(:meth:`WidthVars.coarsen`): one new variable counting whole blocks of ``head_dim`` channels.
 """
 
 from __future__ import annotations
