@@ -208,3 +208,26 @@ def test_windowed_attention_heads_and_position_bias() -> None:
     assert "relative_position_bias_table" in names(heads.followers)
     assert g.group("stem").growable  # the zero padding of the channels does not freeze them
     check_growth(WindowBlock, img, ["stem", "qkv"])
+
+
+def test_timm_vit_heads_and_stream_grow() -> None:
+    timm = pytest.importorskip("timm")
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    torch.manual_seed(0)
+    model = timm.create_model("deit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=2, num_classes=4)
+    g = archgrow.trace(model, x[:1])
+    growable = sorted(grp.name for grp in g.groups if grp.growable)
+    assert growable == ["blocks.0.attn.qkv", "blocks.0.mlp.fc1", "blocks.1.attn.qkv", "blocks.1.mlp.fc1", "patch_embed.proj"]
+    assert not g.group("patch_embed.proj").preserves_function  # the residual stream, through LayerNorms
+    model.eval()
+    with torch.no_grad():
+        before = model(x)
+    archgrow.grow(g, "blocks.0.attn.qkv", 1)
+    attn = model.blocks[0].attn
+    assert (attn.num_heads, attn.head_dim, attn.attn_dim) == (4, 64, 256)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), before)
+    archgrow.grow(g, "patch_embed.proj", 1)
+    model.train()
+    model(x).sum().backward()
+    assert g.retrace().widths() == g.widths()
