@@ -17,6 +17,8 @@ end to end: one new variable repeated ``n`` times, so that each part's new chann
 its own slice, as concatenation does for ``cat([x, x])``.  A split is met after the layer that made
 the width, so layouts recorded earlier still name the whole variable; :meth:`WidthVars.resolve`
 expands them, and the analysis rewrites every recorded layout with it once the graph is done.
+A width reshaped into ``(heads, head_dim)`` whose head count grows is *coarsened* the same way
+(:meth:`WidthVars.coarsen`): one new variable counting whole blocks of ``head_dim`` channels.
 """
 
 from __future__ import annotations
@@ -98,6 +100,9 @@ class WidthVars:
         if len(pa) != len(pb):
             self.freeze(root, f"{where} ties a width split into {len(pa)} equal parts to one split into {len(pb)}")
             return
+        if any(x.inner != y.inner for x, y in zip(pa, pb, strict=True)):
+            self.freeze(root, f"{where} ties a width counted in blocks of {pa[0].inner} to one in blocks of {pb[0].inner}")
+            return
         for x, y in zip(pa, pb, strict=True):
             if x.var is not None and y.var is not None:
                 self.union(x.var, y.var, where)
@@ -130,6 +135,21 @@ class WidthVars:
         self.parts[r] = (Seg(part),) * n
         return self.parts[r]
 
+    def coarsen(self, v: int, inner: int) -> Layout:
+        """Width ``v`` counts channels in whole blocks of ``inner`` (a reshape into ``(heads,
+        head_dim)`` whose head count grows): it becomes one new width of ``width / inner`` units,
+        each ``inner`` consecutive channels, so growth adds whole blocks (whole heads) at its end.
+        Coarsening again by the same block returns the same layout."""
+        r = self.find(v)
+        found = self.parts.get(r)
+        if found is not None:
+            if len(found) != 1 or found[0].inner != inner:
+                raise ValueError(f"width '{self.origin[r]}' is already laid out as {self.describe(found)}")
+            return found
+        unit = self.new(self.width[r] // inner, f"{self.origin[r]}/x{inner}")
+        self.parts[r] = (Seg(unit, inner),)
+        return self.parts[r]
+
     def resolve(self, layout: Layout) -> Layout:
         """``layout`` with every refined width replaced by its parts (recursively)."""
         if not self.parts:
@@ -154,13 +174,16 @@ class WidthVars:
 
     def carry_to_parts(self) -> None:
         """What was recorded on a refined width applies to its parts: reasons to freeze, reasons it
-        changes the function, and steps (a width of ``c`` parts grows ``c`` channels per unit, so a
-        step of ``m`` becomes ``m / gcd(m, c)``)."""
+        changes the function, and steps (a width of ``c`` parts, or of blocks of ``c`` channels,
+        grows ``c`` channels per unit, so a step of ``m`` becomes ``m / gcd(m, c)``)."""
         for v in range(len(self.parent)):
             if self.find(v) not in self.parts:
                 continue
             segs = self.resolve((Seg(v),))
-            counts = Counter(self.find(s.var) for s in segs if s.var is not None)
+            counts: Counter[int] = Counter()
+            for s in segs:
+                if s.var is not None:
+                    counts[self.find(s.var)] += s.inner
             for root, c in counts.items():
                 for reason in self.frozen.get(v, []):
                     self.freeze(root, reason)

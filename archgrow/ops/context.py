@@ -24,6 +24,29 @@ if TYPE_CHECKING:
     from archgrow.ops.registry import OpTable
 
 
+# Module attributes whose int value a forward passes as a size (``x.reshape(B, N, self.num_heads,
+# self.head_dim)``): fx bakes them into the graph as numbers, so a size written as a number equal
+# to one of these attributes of the module running the code is taken to be that attribute, and
+# growth updates it.  Each name says what it counts ("heads", "head_dim" or "width": a whole
+# width), so that equal values of different kinds (4 heads of 4 channels) are told apart by where
+# the size stands.  Extend with :func:`register_size_attribute`.
+SIZE_ATTRIBUTES: dict[str, str] = {
+    **dict.fromkeys("num_heads heads n_head n_heads num_attention_heads".split(), "heads"),
+    **dict.fromkeys("head_dim dim_head d_head head_size attention_head_size".split(), "head_dim"),
+    **dict.fromkeys("attn_dim all_head_size inner_dim hidden_dim hidden_size embed_dim".split(), "width"),
+}
+SIZE_KINDS = ("heads", "head_dim", "width")
+
+
+def register_size_attribute(name: str, kind: str = "width") -> None:
+    """Module attributes named ``name`` hold a size a forward passes to ``reshape`` / ``view``
+    (``kind``: "heads", "head_dim" or "width"): a number equal to one, in the module that runs the
+    reshape and where that kind of size stands, follows growth through it."""
+    if kind not in SIZE_KINDS:
+        raise ValueError(f"size attribute kind must be one of {SIZE_KINDS}, not {kind!r}")
+    SIZE_ATTRIBUTES[name] = kind
+
+
 class NoRule(Exception):
     """A rule does not describe this call (an unusual argument, an unsupported variant); the widths
     reaching the node freeze with ``what`` as the reason.  Any other exception in a rule is a bug."""
@@ -188,6 +211,8 @@ class RuleContext:
             ra, rb = self.vars.resolve(a), self.vars.resolve(b)
             ra = self._split_like(ra, rb)
             rb = self._split_like(rb, ra)
+            ra = self._blocks_like(ra, rb)
+            rb = self._blocks_like(rb, ra)
             if (ra != a or rb != b) and self.same_structure(ra, rb):
                 a, b = ra, rb
         if not self.same_structure(a, b):
@@ -220,6 +245,24 @@ class RuleContext:
         ):
             return whole
         return tuple(Seg(p.var, p.inner * seg.inner) for p in vars_.refine(seg.var, len(parts)))
+
+    def _blocks_like(self, whole: Layout, blocks: Layout) -> Layout:
+        """``whole``, one width, counted in blocks when it is tied to a width counted in blocks
+        (a residual stream added to an ``nn.MultiheadAttention`` output, grown by whole heads)."""
+        vars_ = self.vars
+        if len(whole) != 1 or len(blocks) != 1 or whole[0].var is None or blocks[0].var is None:
+            return whole
+        seg, other = whole[0], blocks[0]
+        if (
+            other.inner <= seg.inner
+            or other.inner % seg.inner
+            or vars_.find(seg.var) in vars_.parts
+            or vars_.seg_size(seg) != vars_.seg_size(other)
+            or vars_.width[vars_.find(seg.var)] % (other.inner // seg.inner)
+        ):
+            return whole
+        unit = vars_.coarsen(seg.var, other.inner // seg.inner)[0]
+        return (Seg(unit.var, other.inner),)
 
     def unify_all(self, layouts: list[Layout | None]) -> Layout | None:
         if not layouts:
@@ -294,6 +337,37 @@ class RuleContext:
             return True
         return False
 
+    def size_attributes(self, value: Any, kind: str = "width") -> tuple[str, list[str]]:
+        """The module running this node (its path) and its attributes of ``kind`` in
+        :data:`SIZE_ATTRIBUTES` equal to ``value``: a size the code wrote as ``self.<attr>``,
+        baked into a number by fx."""
+        if not isinstance(value, int) or isinstance(value, bool):
+            return "", []
+        stack = self.node.meta.get("nn_module_stack") or {}
+        path = next(iter(reversed(list(stack.values()))), ("", None))[0] if stack else ""
+        module = self.state.modules.get(path, self.state.model) if path else self.state.model
+        found = [
+            a for a, k in sorted(SIZE_ATTRIBUTES.items())
+            if k == kind and isinstance(getattr(module, a, None), int) and not isinstance(getattr(module, a), bool)
+            and getattr(module, a) == value
+        ]  # fmt: skip
+        return path, found
+
+    def follows(self, size: Any, layout: Layout, kind: str | None = None) -> bool:
+        """Does a size argument follow growth of ``layout``: -1, read from a tensor with the same
+        width, or one module attribute of ``kind`` (bound here, so growth updates it)?  Without a
+        kind, the first kind with exactly one attribute of that value ("width" first)."""
+        if self.adaptive(size, layout):
+            return True
+        for k in SIZE_KINDS if kind is None else (kind,):
+            path, attrs = self.size_attributes(size, k)
+            if len(attrs) == 1:
+                self.bind_attr(path, attrs[0], layout)
+                return True
+            if attrs:
+                return False
+        return False
+
     def shape_args(self, args: tuple, kw: Any) -> list[Any] | None:
         """Shape arguments as a list; None when they are another tensor's whole shape (every dim follows it)."""
         shape = kw if kw is not None else args
@@ -333,4 +407,4 @@ class RuleContext:
         self.state.called[name] = (inputs, output)
 
 
-__all__ = ["LayoutState", "NoRule", "RuleContext", "arg", "bind_tensor", "fixed", "freeze_layout", "is_tensor", "norm_dim"]
+__all__ = ["SIZE_ATTRIBUTES", "LayoutState", "NoRule", "register_size_attribute", "RuleContext", "arg", "bind_tensor", "fixed", "freeze_layout", "is_tensor", "norm_dim"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import torch
 import torch.fx as fx
 
 from archgrow.ir.layout import Layout, Seg, TensorMeta
@@ -263,22 +264,140 @@ def reshape(ctx: RuleContext, src: Any, shape_args: list[Any] | None, name: str)
         i = carriers[0]
         lay = src.dims[i]
         if len(outs) != 1:
-            ctx.freeze(lay, f"{name} splits a width dim into {[shape[o] for o in outs]} at {ctx.where}")
+            sizes = [shape[o] for o in outs]
+            split = None
+            if len(ins) == 1 and shape_args is not None and all(o < len(shape_args) for o in outs):
+                split = split_width(ctx, lay, sizes, [shape_args[o] for o in outs])
+            if split is None:
+                ctx.freeze(
+                    lay,
+                    f"{name} splits a width dim into {sizes} at {ctx.where}; a split into (..., heads, head_dim) grows "
+                    "when the heads or the head_dim size follows growth: -1, a size read from the tensor, or a module "
+                    "attribute such as self.num_heads / self.head_dim (archgrow.ops.register_size_attribute)",
+                )
+                continue
+            for o, part in zip(outs, split, strict=True):
+                dims[o] = part
             continue
-        if ins[0] != i:
-            ctx.freeze(lay, f"{name} flattens the width dim inside others (channels-last order) at {ctx.where}")
+        before = math.prod(src.shape[j] for j in ins if j < i)
+        if before > MAX_REPEATS:
+            ctx.freeze(lay, f"{name} flattens the width dim inside {before} other positions (channels-last order) at {ctx.where}")
             continue
         o = outs[0]
-        if shape_args is not None and (o >= len(shape_args) or not ctx.adaptive(shape_args[o], lay)):
+        after = math.prod(src.shape[j] for j in ins if j > i)
+        merged = lay if after == 1 else tuple(Seg(s.var, s.inner * after, s.fixed * after) for s in lay)
+        merged = merged * before  # (heads, head_dim) -> heads * head_dim: one copy of the width per head
+        if shape_args is not None and (o >= len(shape_args) or not ctx.follows(shape_args[o], merged)):
             given = shape_args[o] if o < len(shape_args) else "?"
             ctx.freeze(
                 lay,
                 f"{name} at {ctx.where} hard-codes size {given} for a dim that grows; write "
                 "x.flatten(1) or x.view(x.size(0), -1) so it follows growth",
             )
-        after = math.prod(src.shape[j] for j in ins if j > i)
-        dims[o] = lay if after == 1 else tuple(Seg(s.var, s.inner * after, s.fixed * after) for s in lay)
+        dims[o] = merged
     return TensorMeta(shape, tuple(dims))
+
+
+# A width flattened inside more fixed positions than this (channels-last order) freezes: each
+# position is one more segment for surgery to expand.
+MAX_REPEATS = 256
+
+
+def _may_follow(ctx: RuleContext, size: Any, kind: str) -> bool:
+    """Could a size argument follow growth (see ``RuleContext.follows``)?"""
+    if isinstance(size, int) and not isinstance(size, bool):
+        return size == -1 or len(ctx.size_attributes(size, kind)[1]) == 1
+    return isinstance(size, fx.Node) and ctx.state.size_layout.get(size) is not None
+
+
+def split_width(ctx: RuleContext, lay: Layout, sizes: list[int], args: list[Any]) -> list[Layout | None] | None:
+    """A width dim reshaped into ``sizes`` (``(..., heads, head_dim)``): the layout of each new dim,
+    or None when no size that could grow follows growth.
+
+    Whole heads: when the size before last follows growth (``-1``, ``self.num_heads``), the width
+    is ``P`` equal parts (``P``: the sizes before it, e.g. q, k and v of a packed projection),
+    each counted in blocks of the last size (``WidthVars.coarsen``): growth appends whole heads to
+    every part, and new heads whose output-projection columns are zero change nothing.
+    Head dim: otherwise, when the last size follows growth, the width is the ``P`` equal parts
+    (``WidthVars.refine``, as an equal split): every head grows by the same amount.
+    """
+    vars_ = ctx.vars
+    m = len(sizes)
+    resolved = vars_.resolve(lay)
+    for j, kind in ((m - 2, "heads"), (m - 1, "head_dim")):
+        if not _may_follow(ctx, args[j], kind):
+            continue
+        count = math.prod(sizes[:j])
+        block = sizes[-1] if j == m - 2 else 1
+        parts = [resolved] if count == 1 else equal_parts(ctx, resolved, count)
+        if parts is None or any(len(p) != 1 or p[0].var is None or p[0].inner not in (1, block) for p in parts):
+            continue
+        seg = parts[0][0]
+        assert seg.var is not None
+        if j == m - 1:
+            grown: Layout = parts[0]
+        elif seg.inner == block:  # already counted in whole heads (a second reshape of the same width)
+            grown = (Seg(seg.var),)
+        else:
+            found = vars_.parts.get(vars_.find(seg.var))
+            if found is not None and (len(found) != 1 or found[0].inner != block):
+                continue
+            grown = (Seg(vars_.coarsen(seg.var, block)[0].var),)
+        if not ctx.follows(args[j], grown, kind):
+            continue
+        return [None] * j + [grown] + [None] * (m - 1 - j)
+    return None
+
+
+def _batch_dims(ctx: RuleContext, metas: list[TensorMeta], shape: tuple[int, ...]) -> list[Layout | None]:
+    """Leading (batch) dims of ``metas`` broadcast to ``shape``, as :func:`elementwise` does."""
+    dims: list[Layout | None] = []
+    nd = len(shape)
+    for d in range(nd):
+        cands: list[Layout | None] = []
+        for t in metas:
+            k = d - (nd - t.ndim)
+            if k < 0:
+                continue
+            if t.shape[k] == shape[d]:
+                cands.append(t.dims[k])
+            elif t.dims[k] is not None:
+                ctx.freeze(t.dims[k], f"broadcast from size {t.shape[k]} to {shape[d]} at {ctx.where}")
+        dims.append(ctx.unify_all(cands))
+    return dims
+
+
+def matmul(ctx: RuleContext, a: Any, b: Any, name: str) -> Any:
+    """``a @ b`` on (batched) matrices: batch dims broadcast, the contracted dims are tied, rows
+    come from ``a`` and columns from ``b``.  Growing the contracted width adds terms to every
+    product (``q @ k^T`` over a head dim): unless one side's new entries are zero, the result changes."""
+    out = ctx.out
+    if not isinstance(a, TensorMeta) or not isinstance(b, TensorMeta) or not is_tensor(out) or a.ndim < 2 or b.ndim < 2:
+        return ctx.unknown(f"{name} (on vectors)")
+    shape = out[1]
+    inner = ctx.unify(a.dims[-1], b.dims[-2])
+    ctx.not_preserving(inner, f"{name} at {ctx.where} sums over it (new entries on both sides add terms)")
+    batch = _batch_dims(ctx, [TensorMeta(t.shape[:-2], t.dims[:-2]) for t in (a, b)], shape[:-2])
+    return TensorMeta(shape, (*batch, a.dims[-2], b.dims[-1]))
+
+
+def attention(ctx: RuleContext, q: Any, k: Any, v: Any, mask: Any, name: str) -> Any:
+    """``softmax(q @ k^T * scale + mask) @ v`` (``F.scaled_dot_product_attention``): batch and head
+    dims broadcast, q and k share their last dim (a head dim: growing it changes the logits and
+    the default scale), k and v their sequence dim; the output is laid out like ``v``'s last dim."""
+    out = ctx.out
+    if not all(isinstance(t, TensorMeta) and t.ndim >= 2 for t in (q, k, v)) or not is_tensor(out):
+        return ctx.unknown(name)
+    shape = out[1]
+    e = ctx.unify(q.dims[-1], k.dims[-1])
+    ctx.not_preserving(e, f"{name} at {ctx.where} sums q * k over it, and its default scale is 1/sqrt of its size")
+    ctx.unify(k.dims[-2], v.dims[-2])
+    metas = [TensorMeta(t.shape[:-2], t.dims[:-2]) for t in (q, k, v)]
+    if isinstance(mask, TensorMeta):
+        ctx.freeze_all([TensorMeta(mask.shape[-2:], mask.dims[-2:])], f"the attention mask at {ctx.where} carries a width")
+        metas.append(TensorMeta(mask.shape[:-2], mask.dims[:-2]))
+    batch = _batch_dims(ctx, metas, shape[:-2])
+    return TensorMeta(shape, (*batch, q.dims[-2], v.dims[-1]))
 
 
 def unflatten(ctx: RuleContext, src: TensorMeta, dim: int, sizes: Any) -> Any:
@@ -360,10 +479,16 @@ def pad(ctx: RuleContext, src: Any, amounts: Any, name: str) -> Any:
     if not isinstance(src, TensorMeta) or not isinstance(amounts, (tuple, list)):
         return ctx.unknown(name)
     padded = len(amounts) // 2
+    # (left, right) pairs from the last dim backwards; a dim padded by literal zeros is untouched
+    # (timm's Swin pads (B, H, W, C) with (0, 0, ...) on its channels)
+    untouched = {src.ndim - 1 - i for i in range(padded) if amounts[2 * i] == 0 and amounts[2 * i + 1] == 0}
     for d in range(src.ndim - padded, src.ndim):
-        ctx.freeze(src.dims[d], f"{name} pads a width dim at {ctx.where}")
+        if d not in untouched:
+            ctx.freeze(src.dims[d], f"{name} pads a width dim at {ctx.where}")
     shape = ctx.out[1]
-    return TensorMeta(shape, tuple(None if d >= src.ndim - padded else src.dims[d] for d in range(src.ndim)))
+    return TensorMeta(
+        shape, tuple(None if d >= src.ndim - padded and d not in untouched else src.dims[d] for d in range(src.ndim))
+    )
 
 
 def creation(ctx: RuleContext, node: fx.Node) -> Any:
@@ -409,12 +534,28 @@ def index(ctx: RuleContext, src: TensorMeta, idx: Any) -> Any:
         elif isinstance(e, int) or (isinstance(e, fx.Node) and isinstance(ctx.state.values.get(e), int)):
             ctx.freeze(src.dims[d], f"indexing a width dim at {ctx.where}")
             d += 1
+        elif _index_tensor(ctx, e) is not None and d == 0 and len(items) == 1:
+            # table[index]: rows gathered by an integer tensor (a relative position bias table);
+            # its other dims pass, and the gathered dim must carry no width
+            ctx.freeze(src.dims[0], f"gathering entries of a width dim with a tensor index at {ctx.where}")
+            dims.extend(_index_tensor(ctx, e).dims)  # type: ignore[union-attr]
+            dims = [None] * len(dims)
+            d += 1
         else:
             return ctx.unknown("advanced indexing")
     dims.extend(src.dims[d:])
     if not is_tensor(out) or len(dims) != len(out[1]):
         return ctx.unknown("indexing")
     return TensorMeta(out[1], tuple(dims))
+
+
+def _index_tensor(ctx: RuleContext, e: Any) -> TensorMeta | None:
+    """``e`` as an integer index tensor (analysed), or None."""
+    meta = ctx.meta(e) if isinstance(e, fx.Node) else None
+    value = ctx.state.values.get(e) if isinstance(e, fx.Node) else None
+    if isinstance(meta, TensorMeta) and is_tensor(value) and not value[2].is_floating_point and value[2] != torch.bool:
+        return meta
+    return None
 
 
 def factor(a: tuple[int, ...], b: tuple[int, ...]) -> list[tuple[list[int], list[int]]] | None:

@@ -14,12 +14,13 @@ roles.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping
 from typing import Any
 
 from torch import nn
 
-from archgrow.ir.layout import Layout, TensorMeta
+from archgrow.ir.layout import Layout, Seg, TensorMeta
 from archgrow.ir.roles import FAN_IN, FAN_OUT, MEAN, ONE, ZERO
 from archgrow.ops import families
 from archgrow.ops.context import RuleContext, is_tensor
@@ -403,6 +404,69 @@ class LayerNormLayer(TensorLayer):
         return TensorMeta(shape, src.dims)
 
 
+class MultiheadAttentionLayer(LayerRule):
+    """``nn.MultiheadAttention`` with one embed dim (``kdim == vdim == embed_dim``): its packed
+    ``in_proj_weight`` is ``(3 * embed_dim, embed_dim)`` and ``out_proj`` maps ``embed_dim`` back,
+    so the heads *are* the embedding width it reads and writes.  That width grows by whole heads
+    (``WidthVars.coarsen``): each new head takes ``head_dim`` rows at the end of the q, k and v
+    blocks and ``head_dim`` columns of ``out_proj`` (zero: the new head changes nothing), and
+    ``head_dim`` new columns of ``in_proj_weight`` (zero) and rows of ``out_proj`` (new
+    embedding channels).  Attention weights averaged over heads (``need_weights``), when used,
+    change with a new head."""
+
+    def apply(self, ctx: RuleContext, name: str, module: nn.MultiheadAttention) -> Any:
+        node = ctx.node
+        metas = [ctx.meta(node.args[i] if len(node.args) > i else node.kwargs.get(n)) for i, n in enumerate(("query", "key", "value"))]
+        out = ctx.out
+        if not all(isinstance(t, TensorMeta) for t in metas) or not isinstance(out, (tuple, list)) or not is_tensor(out[0]):
+            return ctx.unknown(f"nn.MultiheadAttention '{name}'")
+        if not (module.kdim == module.vdim == module.embed_dim) or module.in_proj_weight is None:
+            return ctx.unknown(f"nn.MultiheadAttention '{name}' (kdim or vdim differ from embed_dim: separate projections)")
+        for t in metas:
+            for lay in t.dims[:-1]:
+                ctx.freeze(lay, f"nn.MultiheadAttention '{name}' attends over a width dim")
+        lay = ctx.unify_all([t.dims[-1] for t in metas])
+        again, first_out = ctx.first_call(name, lay)
+        if again or lay is None:
+            return (TensorMeta(out[0][1], metas[0].dims[:-1] + (first_out if again else None,)), *(ctx.fixed()[1:]))
+        hd = module.head_dim
+        resolved = ctx.vars.resolve(lay)
+        seg = resolved[0]
+        found = ctx.vars.parts.get(ctx.vars.find(seg.var)) if seg.var is not None else None
+        if len(resolved) != 1 or seg.var is None or seg.inner not in (1, hd) or (
+            seg.inner == 1 and found is not None and (len(found) != 1 or found[0].inner != hd)
+        ):
+            reason = (
+                f"nn.MultiheadAttention '{name}' grows its embedding by whole heads of {hd} channels, and its input "
+                f"'{ctx.vars.describe(lay)}' is not one width that can be counted in heads"
+            )
+            ctx.freeze(lay, reason)
+            ctx.remember_call(name, [lay], lay)
+            return (TensorMeta(out[0][1], metas[0].dims[:-1] + (lay,)), *(ctx.fixed()[1:]))
+        unit = seg.var if seg.inner == hd else ctx.vars.coarsen(seg.var, hd)[0].var
+        assert unit is not None
+        embed: Layout = (Seg(unit, hd),)
+        ctx.remember_call(name, [lay], lay)
+        proj = f"{name}.out_proj"
+        ctx.member(name, module, "producer", embed)
+        ctx.member(name, module, "consumer", embed)
+        ctx.bind(name, module, "in_proj_weight", 0, embed * 3, FAN_IN)
+        ctx.bind(name, module, "in_proj_bias", 0, embed * 3, ZERO)
+        ctx.bind(name, module, "in_proj_weight", 1, embed, FAN_OUT)
+        ctx.bind(proj, module.out_proj, "weight", 0, embed, FAN_IN)
+        ctx.bind(proj, module.out_proj, "bias", 0, embed, ZERO)
+        ctx.bind(proj, module.out_proj, "weight", 1, embed, FAN_OUT)
+        for attr in ("embed_dim", "kdim", "vdim"):
+            ctx.bind_attr(name, attr, embed)
+        ctx.bind_attr(name, "num_heads", (Seg(unit),))
+        ctx.bind_attr(proj, "in_features", embed)
+        ctx.bind_attr(proj, "out_features", embed)
+        for user in node.users:
+            if user.target is operator.getitem and user.args[1] == 1 and user.users:
+                ctx.not_preserving(embed, f"nn.MultiheadAttention '{name}' returns attention weights averaged over its heads, used at node '{user.name}'")
+        return (TensorMeta(out[0][1], metas[0].dims[:-1] + (embed,)), *(ctx.fixed()[1:]))
+
+
 def _nn(names: str) -> list[type]:
     return [getattr(nn, n) for n in names.split() if hasattr(nn, n)]
 
@@ -447,10 +511,7 @@ def register_builtin_layers(table: OpTable) -> None:
     table.add_layer(nn.LocalResponseNorm, LocalResponseNormLayer())
     for t in _nn("PixelShuffle PixelUnshuffle ChannelShuffle"):
         table.add_layer(t, UnsupportedLayer("mixes channels across positions"))
-    table.add_layer(
-        nn.MultiheadAttention,
-        UnsupportedLayer("its embedding dim is packed into heads; growing it is not supported", "nn.MultiheadAttention"),
-    )
+    table.add_layer(nn.MultiheadAttention, MultiheadAttentionLayer())
     for t in (nn.RNNBase, nn.RNNCellBase):
         table.add_layer(t, UnsupportedLayer("recurrent layers are not supported"))
     table.add_layer(nn.Linear, LinearLayer())
@@ -482,6 +543,7 @@ __all__ = [
     "GroupNormLayer",
     "LayerNormLayer",
     "LinearLayer",
+    "MultiheadAttentionLayer",
     "Owner",
     "SpatialLayer",
     "TensorLayer",

@@ -180,6 +180,19 @@ def _shown(ctx: RuleContext, given: Any) -> Any:
     return ctx.state.values.get(given, given) if isinstance(given, fx.Node) else given
 
 
+def matmul_rule(ctx: RuleContext) -> Any:
+    """``a @ b``, ``torch.matmul``, ``torch.bmm``: batched matrix products (attention scores, attention @ v)."""
+    node = ctx.node
+    return families.matmul(ctx, ctx.meta(arg(node, 0, "input")), ctx.meta(arg(node, 1, "other", node.kwargs.get("mat2"))), op_name(ctx))
+
+
+def sdpa_rule(ctx: RuleContext) -> Any:
+    """``F.scaled_dot_product_attention(q, k, v, attn_mask, ...)``."""
+    node = ctx.node
+    q, k, v = (ctx.meta(arg(node, i, n)) for i, n in enumerate(("query", "key", "value")))
+    return families.attention(ctx, q, k, v, ctx.meta(arg(node, 3, "attn_mask")), op_name(ctx))
+
+
 def narrow_rule(ctx: RuleContext) -> Any:
     return families.split(ctx, _src(ctx), arg(ctx.node, 1, "dim", 0), op_name(ctx))
 
@@ -397,6 +410,8 @@ def register_builtin_ops(table: OpTable) -> None:
     _functions(table, existing_attrs(torch, "tensor_split"), tensor_split_rule)
     _functions(table, existing_attrs(torch, "unbind"), unbind_rule)
     _functions(table, existing_attrs(F, "glu"), glu_rule)
+    _functions(table, existing_attrs(torch, "matmul bmm") + existing_attrs(operator, "matmul"), matmul_rule)
+    _functions(table, existing_attrs(F, "scaled_dot_product_attention"), sdpa_rule)
     _functions(table, existing_attrs(torch, "narrow select index_select"), narrow_rule)
     _functions(table, existing_attrs(torch, "flatten squeeze unsqueeze"), flatten_rule)
     _functions(table, existing_attrs(torch, "reshape"), reshape_rule)
@@ -437,6 +452,7 @@ def register_builtin_ops(table: OpTable) -> None:
     _methods(table, ["tensor_split"], tensor_split_rule)
     _methods(table, ["unbind"], unbind_rule)
     _methods(table, ["narrow", "select", "index_select"], narrow_rule)
+    _methods(table, ["matmul", "bmm", "__matmul__"], matmul_rule)
     _methods(table, ["pixel_shuffle", "channel_shuffle"], shuffle_rule)
 
 

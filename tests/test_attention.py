@@ -1,0 +1,233 @@
+"""Attention widths: whole heads and head dims through ``reshape`` into ``(..., heads, head_dim)``.
+
+A width reshaped into ``(heads, head_dim)`` grows by whole heads when the head count follows
+growth (``-1`` or ``self.num_heads``): q, k and v rows per head and the output projection's
+columns, new heads with zero output columns changing nothing.  When only the head dim follows
+growth (``view(B, N, heads, -1)``), every head grows by the same amount (an equal split); q and k
+are summed over it, so that growth does not preserve the function.  Each growable case goes
+through :func:`check_growth` (function kept where claimed, training steps, re-trace agrees).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from test_topologies import check_growth, names, trace
+from torch import nn
+
+import archgrow
+
+TOKENS = torch.randn(2, 5, 12, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class PackedAttention(nn.Module):
+    """timm's Attention: one ``qkv`` Linear reshaped into ``(3, heads, head_dim)``."""
+
+    def __init__(self, dim: int = 12, num_heads: int = 3, fused: bool = True, head_dim: int = 4) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim, self.fused = num_heads, head_dim, fused
+        self.attn_dim = num_heads * head_dim
+        self.scale = head_dim**-0.5
+        self.inp = nn.Linear(dim, dim)
+        self.qkv = nn.Linear(dim, 3 * self.attn_dim)
+        self.proj = nn.Linear(self.attn_dim, dim)
+        self.out = nn.Linear(dim, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.inp(x)
+        B, N, C = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        if self.fused:
+            y = F.scaled_dot_product_attention(q, k, v)
+        else:
+            attn = (q * self.scale) @ k.transpose(-2, -1)
+            y = attn.softmax(dim=-1) @ v
+        y = y.transpose(1, 2).reshape(B, N, self.attn_dim)
+        return self.out(x + self.proj(y))
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_packed_qkv_grows_whole_heads(fused: bool) -> None:
+    g = trace(lambda: PackedAttention(fused=fused), TOKENS)
+    heads = g.group("qkv")
+    assert heads.width == 3 and heads.step == 1 and heads.growable and heads.preserves_function
+    assert names(heads.producers) == {"qkv"} and names(heads.consumers) == {"proj"}
+    assert g.group("inp").growable
+    check_growth(lambda: PackedAttention(fused=fused), TOKENS, ["inp", "qkv"])
+
+
+def test_packed_qkv_heads_update_attributes() -> None:
+    torch.manual_seed(0)
+    model = PackedAttention()
+    g = archgrow.trace(model, TOKENS[:1])
+    archgrow.grow(g, "qkv", 2)
+    assert (model.num_heads, model.head_dim, model.attn_dim) == (5, 4, 20)
+    assert model.qkv.weight.shape == (60, 12) and model.proj.weight.shape == (12, 20)
+    assert model(TOKENS).shape == (2, 5, 2)
+
+
+class SeparateQKV(nn.Module):
+    """A hand-written MHA: separate q, k, v Linears, heads from ``-1`` (HF style) or a head dim from ``-1``."""
+
+    def __init__(self, dim: int = 12, heads: int = 3, grow: str = "heads") -> None:
+        super().__init__()
+        self.nh, self.grow = heads, grow  # not a size attribute: the 3 in view(B, N, 3, -1) stays fixed
+        self.head_dim = dim // heads
+        self.q, self.k, self.v = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.o = nn.Linear(dim, dim)
+        self.out = nn.Linear(dim, 2)
+
+    def split(self, t: torch.Tensor) -> torch.Tensor:
+        B, N, _ = t.shape
+        if self.grow == "heads":
+            return t.view(B, N, -1, self.head_dim).transpose(1, 2)
+        return t.view(B, N, 3, -1).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.split(self.q(x)), self.split(self.k(x)), self.split(self.v(x))
+        y = F.scaled_dot_product_attention(q, k, v)
+        y = y.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)
+        return self.out(self.o(y) + x)
+
+
+def test_separate_qkv_heads() -> None:
+    g = trace(SeparateQKV, TOKENS)
+    heads = g.group("q")
+    assert names(heads.producers) == {"q", "k", "v"} and names(heads.consumers) == {"o"}
+    assert heads.width == 3 and heads.growable and heads.preserves_function
+    check_growth(SeparateQKV, TOKENS, ["q"])
+
+
+def test_separate_qkv_head_dim() -> None:
+    g = trace(lambda: SeparateQKV(grow="head_dim"), TOKENS)
+    qk = g.group("q")
+    assert names(qk.producers) == {"q", "k"} and qk.width == 4 and qk.growable
+    assert not qk.preserves_function and "sums" in " ".join(qk.not_preserving_reasons)
+    v = g.group("v")  # v's head dim only reaches the output projection: new zero columns keep the function
+    assert v.width == 4 and v.growable and v.preserves_function
+    check_growth(lambda: SeparateQKV(grow="head_dim"), TOKENS, ["q", "v"])
+
+
+def test_hard_coded_head_split_freezes_with_reason() -> None:
+    class Fixed(SeparateQKV):
+        def split(self, t: torch.Tensor) -> torch.Tensor:
+            return t.view(t.shape[0], t.shape[1], 6, 2).transpose(1, 2)  # no attribute is 6 or 2
+
+    g = trace(Fixed, TOKENS)
+    q = g.group("q")
+    assert not q.growable and "(..., heads, head_dim)" in q.reason and "-1" in q.reason
+
+
+class MHABlock(nn.Module):
+    """``nn.MultiheadAttention`` between two Linears: its embedding grows by whole heads."""
+
+    def __init__(self, batch_first: bool = True, weights: bool = False) -> None:
+        super().__init__()
+        self.weights = weights
+        self.inp = nn.Linear(12, 8)
+        self.mha = nn.MultiheadAttention(8, 2, batch_first=batch_first)
+        self.out = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.inp(x)
+        y, w = self.mha(h, h, h, need_weights=self.weights)
+        if self.weights:
+            y = y + w.sum(-1, keepdim=True)
+        return self.out(y + h)
+
+
+def test_multihead_attention_grows_whole_heads() -> None:
+    g = trace(MHABlock, TOKENS)
+    embed = g.group("inp")
+    assert embed.width == 2 and embed.step == 1 and embed.growable and embed.preserves_function
+    assert names(embed.producers) >= {"inp", "mha"} and names(embed.consumers) >= {"mha", "out"}
+    check_growth(MHABlock, TOKENS, ["inp"])
+    torch.manual_seed(0)
+    model = MHABlock()
+    g = archgrow.trace(model, TOKENS[:1])
+    archgrow.grow(g, "inp", 1)
+    mha = model.mha
+    assert (mha.num_heads, mha.head_dim, mha.embed_dim) == (3, 4, 12)
+    assert mha.in_proj_weight.shape == (36, 12) and mha.out_proj.weight.shape == (12, 12)
+
+
+def test_multihead_attention_averaged_weights_change() -> None:
+    g = trace(lambda: MHABlock(weights=True), TOKENS)
+    embed = g.group("inp")
+    assert embed.growable and not embed.preserves_function and "averaged" in " ".join(embed.not_preserving_reasons)
+    check_growth(lambda: MHABlock(weights=True), TOKENS, ["inp"])
+
+
+class WindowBlock(nn.Module):
+    """Swin's windowed attention: windows cut from (B, H, W, C), a relative position bias table
+    gathered by an index buffer and added per head, the channels padded by zeros only."""
+
+    def __init__(self, dim: int = 8, num_heads: int = 2, window: int = 2) -> None:
+        super().__init__()
+        self.num_heads, self.window = num_heads, window
+        self.stem = nn.Conv2d(3, dim, 1)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.relative_position_bias_table = nn.Parameter(torch.randn((2 * window - 1) ** 2, num_heads) * 0.02)
+        coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")).flatten(1)
+        rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + window - 1
+        self.register_buffer("relative_position_index", rel[..., 0] * (2 * window - 1) + rel[..., 1])
+        self.head = nn.Linear(dim, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x).permute(0, 2, 3, 1)
+        B, H, W, C = x.shape
+        x = F.pad(x, (0, 0, 0, 0, 0, 0))
+        w = self.window
+        win = x.view(B, H // w, w, W // w, w, C).permute(0, 1, 3, 2, 4, 5).reshape(-1, w * w, C)
+        B_, N, _ = win.shape
+        qkv = self.qkv(win).reshape(B_, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)].view(N, N, -1)
+        attn = (q @ k.transpose(-2, -1)) + bias.permute(2, 0, 1).unsqueeze(0)
+        y = (attn.softmax(-1) @ v).transpose(1, 2).reshape(B_, N, -1)
+        y = self.proj(y).view(B, H // w, W // w, w, w, C).permute(0, 1, 3, 2, 4, 5).reshape(B, H, W, C)
+        return self.head((x + y).mean((1, 2)))
+
+
+def test_windowed_attention_heads_and_position_bias() -> None:
+    img = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(2))
+    g = trace(WindowBlock, img)
+    heads = g.group("qkv")
+    assert heads.width == 2 and heads.growable and heads.preserves_function
+    assert "relative_position_bias_table" in names(heads.followers)
+    assert g.group("stem").growable  # the zero padding of the channels does not freeze them
+    check_growth(WindowBlock, img, ["stem", "qkv"])
+
+
+def test_timm_vit_heads_and_stream_grow() -> None:
+    timm = pytest.importorskip("timm")
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    torch.manual_seed(0)
+    model = timm.create_model("deit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=2, num_classes=4)
+    g = archgrow.trace(model, x[:1])
+    growable = sorted(grp.name for grp in g.groups if grp.growable)
+    assert growable == ["blocks.0.attn.qkv", "blocks.0.mlp.fc1", "blocks.1.attn.qkv", "blocks.1.mlp.fc1", "patch_embed.proj"]
+    assert not g.group("patch_embed.proj").preserves_function  # the residual stream, through LayerNorms
+    model.eval()
+    with torch.no_grad():
+        before = model(x)
+    archgrow.grow(g, "blocks.0.attn.qkv", 1)
+    attn = model.blocks[0].attn
+    assert (attn.num_heads, attn.head_dim, attn.attn_dim) == (4, 64, 256)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), before)
+    archgrow.grow(g, "patch_embed.proj", 1)
+    model.train()
+    model(x).sum().backward()
+    assert g.retrace().widths() == g.widths()
