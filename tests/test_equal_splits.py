@@ -450,3 +450,30 @@ def test_wrap_grows_the_parts_and_refuses_row_candidates() -> None:
     select = {"version": 1, "rules": [{"match": "block.fc1", "initializer": {"kind": "select"}}]}
     with pytest.raises(archgrow.SpecError, match="holds group 'block.fc1' in 2 equal parts"):
         archgrow.wrap(GLUNet(), archgrow.spec.parse_spec(select), x[:1])
+
+
+class SplitBySizeAttribute(nn.Module):
+    """GPT-2's packed projection: ``qkv.split(self.split_size, dim)``, the size a module attribute."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc, self.out = nn.Linear(5, 12), nn.Linear(4, 3)
+        self.split_size = 4
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b, c = self.fc(x).split(self.split_size, dim=-1)
+        return self.out(a * torch.sigmoid(b) + c)
+
+
+def test_split_by_a_size_attribute_follows_growth():
+    x = torch.randn(6, 5)
+    check_growth(SplitBySizeAttribute, x, ["fc"])
+    assert trace(SplitBySizeAttribute, x).group("fc").width == 4  # one part of three
+    torch.manual_seed(0)
+    m = SplitBySizeAttribute().eval()
+    g = archgrow.trace(m, x)
+    before = m(x)
+    archgrow.grow(g, "fc", 2)
+    assert m.split_size == 6 and m.fc.out_features == 18
+    torch.testing.assert_close(m(x), before)
+

@@ -174,6 +174,9 @@ def test_transformers_trace_grow_and_train(name: str) -> None:
         assert {"layers.0.mlp.gate_proj", "layers.0.mlp.up_proj", "layers.0.mlp.down_proj"} <= members
     if name == "gpt2":  # transformers' Conv1D, weight stored (in, out)
         assert {m.module_type for m in graph.group(mlp[0]).members} == {"Conv1D"}
+    # the other growable groups are the attention heads, one group per layer, counted in heads
+    heads = [g.name for g in graph.groups if g.growable and g.name not in mlp]
+    assert len(heads) == 2 and all(graph.group(h).width == 2 and graph.group(h).preserves_function for h in heads), heads
 
     model.eval()
     with torch.no_grad():
@@ -181,10 +184,15 @@ def test_transformers_trace_grow_and_train(name: str) -> None:
     widths = {group: graph.group(group).width for group in mlp}
     for group in mlp:
         archgrow.grow(graph, group, 3)
+    for group in heads:
+        archgrow.grow(graph, group, 1)  # one more head: new q/k/v rows, zero output-projection columns
     with torch.no_grad():
         after = model(*inputs).last_hidden_state
     torch.testing.assert_close(after, before)
     assert all(graph.group(group).width == w + 3 for group, w in widths.items())
+    assert all(graph.group(group).width == 3 for group in heads)
+    if name == "gpt2":  # its split(self.split_size) follows the heads
+        assert model.h[0].attn.split_size == 48 and model.h[0].attn.c_attn.weight.shape == (32, 144)
 
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)

@@ -27,21 +27,25 @@ if TYPE_CHECKING:
 # Module attributes whose int value a forward passes as a size (``x.reshape(B, N, self.num_heads,
 # self.head_dim)``): fx bakes them into the graph as numbers, so a size written as a number equal
 # to one of these attributes of the module running the code is taken to be that attribute, and
-# growth updates it.  Each name says what it counts ("heads", "head_dim" or "width": a whole
-# width), so that equal values of different kinds (4 heads of 4 channels) are told apart by where
-# the size stands.  Extend with :func:`register_size_attribute`.
+# growth updates it.  Each name says what it counts ("heads", "head_dim", "width": a whole
+# width, or "part": one part of an equal split, as GPT-2's ``qkv.split(self.split_size, dim)``),
+# so that equal values of different kinds (4 heads of 4 channels) are told apart by where the size
+# stands.  Extend with :func:`register_size_attribute`.
 SIZE_ATTRIBUTES: dict[str, str] = {
     **dict.fromkeys("num_heads heads n_head n_heads num_attention_heads".split(), "heads"),
     **dict.fromkeys("head_dim dim_head d_head head_size attention_head_size".split(), "head_dim"),
     **dict.fromkeys("attn_dim all_head_size inner_dim hidden_dim hidden_size embed_dim".split(), "width"),
+    "split_size": "part",
 }
-SIZE_KINDS = ("heads", "head_dim", "width")
+SIZE_KINDS = ("heads", "head_dim", "width", "part")
+RESHAPE_KINDS = ("heads", "head_dim", "width")  # what a reshape's sizes can stand for
 
 
 def register_size_attribute(name: str, kind: str = "width") -> None:
     """Module attributes named ``name`` hold a size a forward passes to ``reshape`` / ``view``
-    (``kind``: "heads", "head_dim" or "width"): a number equal to one, in the module that runs the
-    reshape and where that kind of size stands, follows growth through it."""
+    (``kind``: "heads", "head_dim", "width", or "part" for a ``split`` size): a number equal to one,
+    in the module that runs the reshape or split and where that kind of size stands, follows growth
+    through it."""
     if kind not in SIZE_KINDS:
         raise ValueError(f"size attribute kind must be one of {SIZE_KINDS}, not {kind!r}")
     SIZE_ATTRIBUTES[name] = kind
@@ -359,7 +363,7 @@ class RuleContext:
         kind, the first kind with exactly one attribute of that value ("width" first)."""
         if self.adaptive(size, layout):
             return True
-        for k in SIZE_KINDS if kind is None else (kind,):
+        for k in RESHAPE_KINDS if kind is None else (kind,):
             path, attrs = self.size_attributes(size, k)
             if len(attrs) == 1:
                 self.bind_attr(path, attrs[0], layout)

@@ -131,13 +131,24 @@ def split_rule(ctx: RuleContext) -> Any:
     sizes = arg(node, 1, "split_size_or_sections", kw.get("split_size", kw.get("split_sizes")))
     src, dim = _src(ctx), arg(node, 2, "dim", 0)
     n = None
+    attribute: tuple[str, str] | None = None
     if isinstance(src, TensorMeta) and isinstance(dim, int) and src.dims[norm_dim(dim, src.ndim)] is not None:
+        d = norm_dim(dim, src.ndim)
         items = list(sizes) if isinstance(sizes, (tuple, list)) else [sizes]
-        counts = {_parts_of_size(ctx, size, src.dims[norm_dim(dim, src.ndim)]) for size in items}
+        counts = {_parts_of_size(ctx, size, src.dims[d]) for size in items}
         if len(counts) == 1 and None not in counts and (len(items) == 1 or len(items) in counts):
             n = counts.pop()
+        elif _is_int(sizes) and sizes > 0 and src.shape[d] % sizes == 0:
+            path, found = ctx.size_attributes(sizes, "part")  # split(self.split_size): it follows growth
+            if len(found) == 1:
+                n, attribute = src.shape[d] // sizes, (path, found[0])
     what = "sizes" if isinstance(sizes, (tuple, list)) else "size"
-    return families.equal_split(ctx, src, dim, n, op_name(ctx), f"split {what} {_shown(ctx, sizes)}")
+    out = families.equal_split(ctx, src, dim, n, op_name(ctx), f"split {what} {_shown(ctx, sizes)}")
+    if attribute is not None and isinstance(out, tuple) and out and isinstance(out[0], TensorMeta):
+        part = out[0].dims[norm_dim(dim, src.ndim)]
+        if part is not None:
+            ctx.bind_attr(*attribute, part)
+    return out
 
 
 def unbind_rule(ctx: RuleContext) -> Any:
