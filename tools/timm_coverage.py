@@ -15,7 +15,9 @@ classes, so every model has one such group by design), and the most frequent fre
 Reasons name modules, nodes and sizes; to count them as blockers they are grouped by pattern:
 quoted names become ``'…'`` and numbers ``N``.  A frozen group is counted under its first reason,
 the one a user would act on first (``WidthGroup.reason``); a model that fails to trace is listed
-with its error and counted apart.
+with its error and counted apart.  Conv and linear layers that belong to no group (a layer whose
+weight is computed in the forward, as in NF-Nets' ``ScaledStdConv2d``, yields no group at all, so
+its widths would be missing from the count rather than frozen) are counted per model.
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ OUTPUT_REASON = "reaches the model output"
 
 def pattern(reason: str) -> str:
     """The reason with its model-specific parts (quoted names, numbers) abstracted away."""
-    text = re.sub(r"'[^']*'", "'…'", reason)
+    text = re.sub(r"'[^'\s]*'", "'…'", reason)
     text = re.sub(r"\b\d+\b", "N", text)
     return re.sub(r"\(N\b[^)]*\)", "(…)", text)
 
@@ -87,17 +89,24 @@ def measure(name: str, size: int) -> dict[str, Any]:
         {"name": g.name, "width": g.width, "growable": g.growable, "reason": g.reasons[0] if g.reasons else ""}
         for g in graph.groups
     ]
-    return {"model": name, "size": size, "groups": groups, "seconds": time.perf_counter() - start}
+    members = {m.name for g in graph.groups for m in (*g.producers, *g.consumers, *g.followers)}
+    outside = [
+        n for n, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) and n not in members
+    ]
+    return {
+        "model": name, "size": size, "groups": groups, "outside": outside, "seconds": time.perf_counter() - start,
+    }  # fmt: skip
 
 
 def report(results: list[dict[str, Any]], top: int) -> None:
-    print("| model | input | groups | growable | % | without output | first freeze reason |")
-    print("|---|---|---|---|---|---|---|")
+    print("| model | input | groups | growable | % | without output | layers in no group | first freeze reason |")
+    print("|---|---|---|---|---|---|---|---|")
     total = grown = total_inner = grown_inner = 0
     by_pattern: Counter[str] = Counter()
     models_of: dict[str, set[str]] = defaultdict(set)
     example: dict[str, str] = {}
     failed = []
+    hidden: dict[str, int] = {}
     for r in results:
         if "error" in r:
             failed.append(r)
@@ -116,7 +125,12 @@ def report(results: list[dict[str, Any]], top: int) -> None:
         first = Counter(pattern(x) for x in reasons).most_common(1)
         cell = f"{first[0][0][:70]} (x{first[0][1]})" if first else ""
         pct_in = f"{100 * k_in / n_in:.0f}%" if n_in else "-"
-        print(f"| {r['model']} | {r['size']} | {n} | {k} | {100 * k / max(n, 1):.0f}% | {pct_in} | {cell} |")
+        if r["outside"]:
+            hidden[r["model"]] = len(r["outside"])
+        print(
+            f"| {r['model']} | {r['size']} | {n} | {k} | {100 * k / max(n, 1):.0f}% | {pct_in} | "
+            f"{len(r['outside'])} | {cell} |"
+        )
     print()
     traced = len(results) - len(failed)
     print(f"models: {len(results)} ({traced} traced, {len(failed)} failed to trace)")
@@ -125,6 +139,12 @@ def report(results: list[dict[str, Any]], top: int) -> None:
         f"without the groups reaching the model output: {grown_inner}/{total_inner} = "
         f"{100 * grown_inner / max(total_inner, 1):.1f}%"
     )
+    if hidden:
+        shown = ", ".join(f"{m} ({c})" for m, c in sorted(hidden.items(), key=lambda x: -x[1]))
+        print(
+            f"conv/linear layers that are no group's member (their widths are not counted above): "
+            f"{sum(hidden.values())} in {len(hidden)} models: {shown}"
+        )
     print(f"\ntop freeze reasons (first reason of each frozen group, grouped by pattern; {top} shown):")
     print("| groups | models | reason pattern | example |")
     print("|---|---|---|---|")
