@@ -67,7 +67,7 @@ OUTPUT_REASON = "reaches the model output"
 
 def pattern(reason: str) -> str:
     """The reason with its model-specific parts (quoted names, numbers) abstracted away."""
-    text = re.sub(r"'[^'\s]*'", "'…'", reason)
+    text = re.sub(r"'[^'\s]+(?: \+ [^'\s]+)*'", "'…'", reason)  # names, and sums of names ('a + b')
     text = re.sub(r"\b\d+\b", "N", text)
     return re.sub(r"\(N\b[^)]*\)", "(…)", text)
 
