@@ -34,3 +34,26 @@ def test_grouped_conv_on_a_fixed_input_names_the_input() -> None:
     # a grouped conv with a growing input keeps the reason about its grouping
     grouped = g.group("grouped")
     assert any("8 in / 16 out per group) cannot add channels" in r for r in grouped.reasons), grouped.reasons
+
+
+class HardSplitResidual(nn.Module):
+    """CSPNet's pattern: a split with a hard-coded size, then a residual add onto one part."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 1)
+        self.conv = nn.Conv2d(8, 8, 1)
+        self.head = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.stem(x).split(8, dim=1)
+        return self.head(torch.cat([a, self.conv(b) + b], 1))
+
+
+def test_a_width_tied_to_a_fixed_operand_names_that_operand() -> None:
+    g = archgrow.trace(HardSplitResidual(), torch.randn(1, 3, 4, 4))
+    conv = g.group("conv")
+    assert not conv.growable
+    first = conv.reasons[0]
+    assert first.startswith("tied to a fixed-size dimension at node 'add': dim of size 8 of node 'getitem_1'"), first
+    assert "split" in g.group("stem").reasons[0]
