@@ -1,7 +1,8 @@
-"""A grouped conv whose input channels never grow names that input as the reason it is frozen.
+"""Widths frozen because something upstream never grows name that something.
 
 timm's MixNet, GhostNet and Res2NeXt feed depthwise / grouped convs with slices and hard-coded
-splits; the conv's grouping is not what a user should change there, the slice is.
+splits, and CSPNet adds a block's output to a part of a hard-coded split: the conv's grouping, or
+the add, is not what a user should change there, the slice or split is.
 """
 
 from __future__ import annotations
