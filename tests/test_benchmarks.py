@@ -72,3 +72,36 @@ def test_capped_table_has_every_group_capped_and_no_trigger_evaluated(bench, mon
         assert int(row["uncapped events"]) >= 0, name
     # the schedule's own cap (final_width 64 + 4) is where it stops
     assert table["linear-schedule"][1] == "68/68"
+
+
+GROW_SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_grow.py"
+
+
+@pytest.fixture(scope="module")
+def bench_grow():
+    spec = importlib.util.spec_from_file_location("bench_grow", GROW_SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_grow_table_reports_a_failing_comparison_in_its_cell(bench_grow, monkeypatch, capsys) -> None:
+    """A model Torch-Pruning fails on gets 'failed: <reason>' in its cell; the table goes on."""
+
+    def failing(model, x):
+        raise ZeroDivisionError("integer division or modulo by zero")
+
+    monkeypatch.setattr(bench_grow, "torch_pruning_groups", lambda: failing)
+    argv = ["bench_grow.py", "--trace-only", "--reps", "1", "--size", "32", "resnet18", "swin_t"]
+    monkeypatch.setattr(sys, "argv", argv)
+    monkeypatch.setattr(bench_grow, "build", lambda name, size: (bench_grow.models.mlp(784), (784,)))
+    bench_grow.main()
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "---" not in line]
+    header, *rows = lines
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    assert columns == ["model", "input", "trace s", "tp s", "trace/tp", "groups g/f"]
+    cells = [[c.strip() for c in r.strip("|").split("|")] for r in rows]
+    assert [c[0] for c in cells] == ["resnet18", "swin_t"]
+    assert cells[0][3] == "failed: ZeroDivisionError: integer division or modulo by zero" and cells[0][4] == "-"
+    assert cells[1][3] == "skipped (--tp-skip)"  # not handed to Torch-Pruning by default
+    assert all(float(c[2]) > 0 for c in cells)

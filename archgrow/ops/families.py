@@ -37,8 +37,28 @@ def elementwise(ctx: RuleContext, metas: list[TensorMeta]) -> Any:
                 cands.append(t.dims[k])
             elif t.dims[k] is not None:
                 ctx.freeze(t.dims[k], f"broadcast from size {t.shape[k]} to {shape[d]} at {ctx.where}")
+        if None in cands and any(c is not None for c in cands):
+            _name_fixed_operand(ctx, metas, d - nd, shape[d], cands)
         dims.append(ctx.unify_all(cands))
     return TensorMeta(shape, tuple(dims))
+
+
+def _name_fixed_operand(
+    ctx: RuleContext, metas: list[TensorMeta], d: int, size: int, cands: list[Layout | None]
+) -> None:
+    """A growing dim tied to an operand whose same dim never grows: the reason names that operand,
+    where the user can look for what fixes it (a slice, a hard-coded split, a model input).  It
+    starts like the generic tie reason, which the group lists after any more specific one."""
+    fixed_metas = [t for t in metas if t.ndim >= -d and t.shape[d] == size and t.dims[d] is None]
+    names = [n.name for t in fixed_metas for n in ctx.node.all_input_nodes if ctx.meta(n) is t]
+    if not names:
+        return
+    reason = (
+        f"tied to a fixed-size dimension at {ctx.where}: dim of size {size} of node '{names[0]}', which never "
+        "grows (see what fixes that node's size: a slice, a split with hard-coded sizes, a model input...)"
+    )
+    for c in cands:
+        ctx.freeze(c, reason)
 
 
 def reduction(ctx: RuleContext, src: Any, dim: Any, keepdim: bool, name: str) -> Any:

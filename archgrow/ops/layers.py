@@ -232,7 +232,18 @@ class ConvLayer(TensorLayer):
             return _channels_out(src, lay_in, shape)
         lay_out = ctx.new_width(out_channels, name)
         owner.remember_call(ctx, [lay_in], lay_out)
-        if groups > 1:
+        if groups > 1 and lay_in is None:
+            # Its input channels never grow (often cut from a wider tensor by a slice or a split
+            # with hard-coded sizes): the cause, and what to change, is upstream, not the grouping.
+            src_name = getattr(ctx.node.args[0] if ctx.node.args else None, "name", None)
+            where = f"node '{src_name}'" if src_name else "its input"
+            reason = (
+                f"grouped conv '{name}' (groups={groups}) reads a fixed number of channels from {where} "
+                "(nothing upstream grows them: a model input, a slice, or a split with hard-coded sizes), "
+                "and it can only grow with its input"
+            )
+            ctx.freeze(lay_out, reason)
+        elif groups > 1:
             reason = (
                 f"grouped conv '{name}' (groups={groups}, {cin_g} in / {cout_g} out per group) "
                 "cannot add channels without changing its grouping"

@@ -44,7 +44,9 @@ def freeze_shared_parameters(state: LayoutState) -> None:
     owners: dict[int, set[str]] = {}
     layouts: dict[int, list[Layout]] = {}
     for b in state.tensor_bindings:
-        t = getattr(state.model.get_submodule(b.module), b.tensor, None)
+        # the pass's module index first: get_submodule walks the path again for every binding
+        mod = state.modules.get(b.module)
+        t = getattr(mod if mod is not None else state.model.get_submodule(b.module), b.tensor, None)
         if isinstance(t, nn.Parameter):
             owners.setdefault(id(t), set()).add(f"{b.module}.{b.tensor}" if b.module else b.tensor)
             layouts.setdefault(id(t), []).append(b.layout)
