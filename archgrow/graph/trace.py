@@ -24,6 +24,11 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+try:  # builds its Python code on first use only: archgrow never runs the traced graph
+    from torch.fx._lazy_graph_module import _LazyGraphModule as _AnalysisModule
+except ImportError:  # older torch
+    _AnalysisModule = fx.GraphModule
+
 from archgrow.errors import TraceError
 
 if TYPE_CHECKING:
@@ -47,7 +52,43 @@ class _Tracer(fx.Tracer):
         self._leaf_ids = {id(x) for x in leaf_modules if isinstance(x, nn.Module)}
         self._leaf_names = {x for x in leaf_modules if isinstance(x, str)}
         self._archgrow_stack: list[str] = []
+        self._archgrow_names: dict[tuple[str, int], tuple[str, torch.Tensor]] = {}
         self.failed_in: str | None = None
+
+    def trace(self, root: nn.Module | Callable[..., Any], concrete_args: dict[str, Any] | None = None) -> fx.Graph:
+        # fx finds the name of each module tensor read in the forward by scanning the root's
+        # named_parameters() / named_buffers() from the start, per read: quadratic in the
+        # layers of models that call layer functions on their own tensors (timm's norms).
+        self._archgrow_names = {}
+        if isinstance(root, nn.Module):
+            for kind, items in (("p", root.named_parameters()), ("b", root.named_buffers())):
+                for n, t in items:
+                    self._archgrow_names.setdefault((kind, id(t)), (n, t))
+        return super().trace(root, concrete_args)
+
+    def _archgrow_name(self, t: torch.Tensor, kind: str) -> str | None:
+        found = self._archgrow_names.get((kind, id(t)))
+        return found[0] if found is not None and found[1] is t else None
+
+    def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict[str, Any]) -> Any:
+        """fx's lookup through the index built in ``trace``; anything else as fx does it."""
+        if isinstance(attr_val, torch.Tensor) and not self.param_shapes_constant:
+            name = self._archgrow_name(attr_val, "p") if isinstance(attr_val, nn.Parameter) else None
+            if name is None and self.proxy_buffer_attributes:
+                name = self._archgrow_name(attr_val, "b")
+            if name is not None:
+                if name not in parameter_proxy_cache:
+                    parameter_proxy_cache[name] = self.create_proxy("get_attr", name, (), {})
+                return parameter_proxy_cache[name]
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
+
+    def create_arg(self, a: Any) -> Any:
+        """A module's tensor passed as an argument: its ``get_attr`` found through the index."""
+        if isinstance(a, torch.Tensor):
+            name = self._archgrow_name(a, "p" if isinstance(a, nn.Parameter) else "b")
+            if name is not None:
+                return self.create_node("get_attr", name, (), {})
+        return super().create_arg(a)
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if id(m) in self._leaf_ids or qualname in self._leaf_names:
@@ -131,7 +172,7 @@ def symbolic_trace(
         raise TraceError(
             f"torch.fx could not trace {cls_name} {where_txt}: {type(exc).__name__}: {exc}. To fix: {fix}."
         ) from exc
-    return fx.GraphModule(tracer.root, graph, cls_name_of(model))
+    return _AnalysisModule(tracer.root, graph, cls_name_of(model))
 
 
 def leaf_test(
