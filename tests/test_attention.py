@@ -22,11 +22,8 @@ TOKENS = torch.randn(2, 5, 12, generator=torch.Generator().manual_seed(1))
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_thread: None) -> None:
+    """Tiny models: see the conftest's ``one_thread``."""
 
 
 class PackedAttention(nn.Module):

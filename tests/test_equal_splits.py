@@ -21,11 +21,8 @@ from archgrow import Slot
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_thread: None) -> None:
+    """Tiny models: see the conftest's ``one_thread``."""
 
 
 def grown_rows(before: torch.Tensor, after: torch.Tensor, part: int, k: int, n: int, dim: int = 0) -> None:

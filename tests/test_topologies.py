@@ -119,12 +119,8 @@ IMG = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: intra-op threads only cost time (a lot of it on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_thread: None) -> None:
+    """Tiny models: see the conftest's ``one_thread``."""
 
 
 # --------------------------------------------------------------------------- 1. residual adds

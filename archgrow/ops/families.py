@@ -25,21 +25,7 @@ def elementwise(ctx: RuleContext, metas: list[TensorMeta]) -> Any:
     if not is_tensor(out):
         return fixed(out)
     shape = out[1]
-    nd = len(shape)
-    dims = []
-    for d in range(nd):
-        cands: list[Layout | None] = []
-        for t in metas:
-            k = d - (nd - t.ndim)
-            if k < 0:
-                continue
-            if t.shape[k] == shape[d]:
-                cands.append(t.dims[k])
-            elif t.dims[k] is not None:
-                ctx.freeze(t.dims[k], f"broadcast from size {t.shape[k]} to {shape[d]} at {ctx.where}")
-        if None in cands and any(c is not None for c in cands):
-            _name_fixed_operand(ctx, metas, d - nd, shape[d], cands)
-        dims.append(ctx.unify_all(cands))
+    dims = _broadcast_dims(ctx, metas, shape, name_fixed=True)
     return TensorMeta(shape, tuple(dims))
 
 
@@ -371,6 +357,14 @@ def split_width(ctx: RuleContext, lay: Layout, sizes: list[int], args: list[Any]
 
 def _batch_dims(ctx: RuleContext, metas: list[TensorMeta], shape: tuple[int, ...]) -> list[Layout | None]:
     """Leading (batch) dims of ``metas`` broadcast to ``shape``, as :func:`elementwise` does."""
+    return _broadcast_dims(ctx, metas, shape, name_fixed=False)
+
+
+def _broadcast_dims(
+    ctx: RuleContext, metas: list[TensorMeta], shape: tuple[int, ...], *, name_fixed: bool
+) -> list[Layout | None]:
+    """NumPy broadcasting of ``metas`` to ``shape``: equal dims tie, a width broadcast from another
+    size freezes; ``name_fixed`` names the operand whose never-growing dim ties a growing width."""
     dims: list[Layout | None] = []
     nd = len(shape)
     for d in range(nd):
@@ -383,6 +377,8 @@ def _batch_dims(ctx: RuleContext, metas: list[TensorMeta], shape: tuple[int, ...
                 cands.append(t.dims[k])
             elif t.dims[k] is not None:
                 ctx.freeze(t.dims[k], f"broadcast from size {t.shape[k]} to {shape[d]} at {ctx.where}")
+        if name_fixed and None in cands and any(c is not None for c in cands):
+            _name_fixed_operand(ctx, metas, d - nd, shape[d], cands)
         dims.append(ctx.unify_all(cands))
     return dims
 
