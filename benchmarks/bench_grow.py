@@ -211,8 +211,10 @@ def main() -> None:
 
 
 def _tp_version() -> str:
-    import torch_pruning as tp
-
+    try:
+        import torch_pruning as tp
+    except ImportError:  # a comparison given from elsewhere (the tests stand one in)
+        return "not installed"
     return str(getattr(tp, "__version__", "?"))
 
 
