@@ -17,7 +17,6 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -43,8 +42,7 @@ class DistributedGrowingModel(nn.Module):
             )
         if grown.closed:
             raise ArchgrowError("distribute(): this GrowingModel was closed (unwrap() or close()); wrap the model again")
-        if grown.graph is None:  # pragma: no cover - graph raises first
-            raise ArchgrowError("distribute(): trace the model first: pass example_inputs to archgrow.wrap")
+        grown.graph  # noqa: B018 - raises, saying what to do, if the model was never traced
         grown.synchronize(ProcessGroupCollective(ddp_options.get("process_group")))
         self._options = dict(ddp_options)
         self.ddp = DistributedDataParallel(grown, **self._options)
@@ -119,9 +117,4 @@ def distribute(grown: GrowingModel, **ddp_options: Any) -> DistributedGrowingMod
     return DistributedGrowingModel(grown, **ddp_options)
 
 
-def rank() -> int:
-    """This process's rank in the default group (0 without torch.distributed)."""
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
-__all__ = ["Collective", "DistributedGrowingModel", "DivergenceError", "distribute", "rank"]
+__all__ = ["Collective", "DistributedGrowingModel", "DivergenceError", "distribute"]

@@ -365,7 +365,7 @@ class GrowingModel(nn.Module):
             )
             events.append(event)
         if events and self._collective.distributed:
-            checksums = [float(p.detach().double().sum()) for p in self.model.parameters()]
+            checksums = torch.stack([p.detach().double().sum() for p in self.model.parameters()]).tolist()
             self._collective.check_same(
                 f"the parameters after growth at step {self.steps}",
                 [name for name, _ in self.model.named_parameters()],
@@ -743,7 +743,13 @@ def _full_buffer_baseline(b: GroupBinding) -> bool:
 
 def _grad_scale(scaler: torch.amp.GradScaler | None) -> float:
     """The loss scale of the step's backward (1 without a scaler, or with a disabled one)."""
-    if scaler is None or not scaler.is_enabled():
+    if scaler is None:
+        return 1.0
+    if not isinstance(scaler, torch.amp.GradScaler):
+        raise ArchgrowError(
+            f"grow_step: scaler must be the torch.amp.GradScaler that scaled this step's loss, got {type(scaler).__name__}"
+        )
+    if not scaler.is_enabled():
         return 1.0
     scale = float(scaler.get_scale())
     if not (scale > 0 and math.isfinite(scale)):

@@ -20,6 +20,7 @@ measured in the same repetition.  One intra-op thread per process.
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import socket
 import statistics
@@ -135,8 +136,6 @@ def _run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, cap: st
 
 
 def _copy(model: nn.Module) -> nn.Module:
-    import copy
-
     return copy.deepcopy(model)
 
 

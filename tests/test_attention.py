@@ -228,3 +228,11 @@ def test_timm_vit_heads_and_stream_grow() -> None:
     model.train()
     model(x).sum().backward()
     assert g.retrace().widths() == g.widths()
+
+
+def test_size_attribute_kinds_are_checked_at_registration():
+    from archgrow.errors import RegistrationError
+    from archgrow.ops.context import register_size_attribute
+
+    with pytest.raises(RegistrationError, match=r"register_size_attribute\('n_groups'\): kind must be one of"):
+        register_size_attribute("n_groups", "groups")

@@ -573,3 +573,9 @@ def test_gradient_trigger_divides_g_by_the_grad_scalers_scale():
         assert s1 == pytest.approx(s0, rel=1e-4) and t1 == pytest.approx(t0, rel=1e-4)
     unscaled = _scaled_step(1024.0, False)  # the scaler not passed: G is 1024 times too large
     assert unscaled[0][0] > 500 * plain[0][0]
+
+
+def test_grow_step_refuses_a_scaler_that_is_not_a_grad_scaler():
+    grown = wrap(mlp(6, (5,), 3), gradient_spec(), torch.randn(1, 6))
+    with pytest.raises(ArchgrowError, match="scaler must be the torch.amp.GradScaler .* got float"):
+        grown.grow_step(scaler=1024.0)

@@ -17,6 +17,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from archgrow.errors import RegistrationError
 from archgrow.ir.bindings import AttrBinding, MemberRecord, TensorBinding
 from archgrow.ir.layout import Layout, Seg, TensorMeta, WidthVars
 
@@ -47,7 +48,7 @@ def register_size_attribute(name: str, kind: str = "width") -> None:
     in the module that runs the reshape or split and where that kind of size stands, follows growth
     through it."""
     if kind not in SIZE_KINDS:
-        raise ValueError(f"size attribute kind must be one of {SIZE_KINDS}, not {kind!r}")
+        raise RegistrationError(f"register_size_attribute({name!r}): kind must be one of {SIZE_KINDS}, not {kind!r}")
     SIZE_ATTRIBUTES[name] = kind
 
 

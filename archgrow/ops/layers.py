@@ -84,6 +84,29 @@ class Owner:
         if self.attrs:
             ctx.bind_attr(self.name, attr, layout, index=index, divisor=divisor)
 
+    def bind_weighted(
+        self,
+        ctx: RuleContext,
+        lay_out: Layout,
+        lay_in: Layout | None,
+        *,
+        out_dim: int,
+        in_dim: int,
+        out_attr: str,
+        in_attr: str | None,
+    ) -> None:
+        """A layer whose ``weight`` maps ``lay_in`` to ``lay_out`` (plus a ``bias`` on ``lay_out``):
+        it produces ``lay_out`` and, where ``lay_in`` is given, consumes it."""
+        self.member(ctx, "producer", lay_out)
+        self.bind(ctx, "weight", out_dim, lay_out, FAN_IN)
+        self.bind(ctx, "bias", 0, lay_out, ZERO)
+        self.bind_attr(ctx, out_attr, lay_out)
+        if lay_in is not None:
+            self.member(ctx, "consumer", lay_in)
+            self.bind(ctx, "weight", in_dim, lay_in, FAN_OUT)
+            if in_attr is not None:
+                self.bind_attr(ctx, in_attr, lay_in)
+
     def first_call(self, ctx: RuleContext, layout: Layout | None) -> tuple[bool, Any]:
         return ctx.first_call(self.key, layout)
 
@@ -179,14 +202,7 @@ class LinearLayer(TensorLayer):
         else:
             lay_out = ctx.new_width(out_features, owner.name)
             owner.remember_call(ctx, [lay_in], lay_out)
-            owner.member(ctx, "producer", lay_out)
-            owner.bind(ctx, "weight", 0, lay_out, FAN_IN)
-            owner.bind(ctx, "bias", 0, lay_out, ZERO)
-            owner.bind_attr(ctx, "out_features", lay_out)
-            if lay_in is not None:
-                owner.member(ctx, "consumer", lay_in)
-                owner.bind(ctx, "weight", 1, lay_in, FAN_OUT)
-                owner.bind_attr(ctx, "in_features", lay_in)
+            owner.bind_weighted(ctx, lay_out, lay_in, out_dim=0, in_dim=1, out_attr="out_features", in_attr="in_features")
         return TensorMeta(shape, src.dims[:-1] + (lay_out,))
 
 
@@ -250,14 +266,8 @@ class ConvLayer(TensorLayer):
             )
             ctx.freeze(lay_in, reason)
             ctx.freeze(lay_out, reason)
-        owner.member(ctx, "producer", lay_out)
-        owner.bind(ctx, "weight", 0, lay_out, FAN_IN)
-        owner.bind(ctx, "bias", 0, lay_out, ZERO)
-        owner.bind_attr(ctx, "out_channels", lay_out)
-        if lay_in is not None and groups == 1:
-            owner.member(ctx, "consumer", lay_in)
-            owner.bind(ctx, "weight", 1, lay_in, FAN_OUT)
-            owner.bind_attr(ctx, "in_channels", lay_in)
+        consumed = lay_in if groups == 1 else None
+        owner.bind_weighted(ctx, lay_out, consumed, out_dim=0, in_dim=1, out_attr="out_channels", in_attr="in_channels")
         return _channels_out(src, lay_out, shape)
 
 
@@ -279,14 +289,8 @@ class ConvTransposeLayer(TensorLayer):
             reason = f"grouped transposed conv '{name}' is not supported"
             ctx.freeze(lay_in, reason)
             ctx.freeze(lay_out, reason)
-        owner.member(ctx, "producer", lay_out)
-        owner.bind(ctx, "weight", 1, lay_out, FAN_IN)
-        owner.bind(ctx, "bias", 0, lay_out, ZERO)
-        owner.bind_attr(ctx, "out_channels", lay_out)
-        if lay_in is not None and groups == 1:
-            owner.member(ctx, "consumer", lay_in)
-            owner.bind(ctx, "weight", 0, lay_in, FAN_OUT)
-            owner.bind_attr(ctx, "in_channels", lay_in)
+        consumed = lay_in if groups == 1 else None
+        owner.bind_weighted(ctx, lay_out, consumed, out_dim=1, in_dim=0, out_attr="out_channels", in_attr="in_channels")
         return _channels_out(src, lay_out, shape)
 
 

@@ -15,7 +15,6 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from archgrow.ir.layout import TensorMeta
-from archgrow.ir.roles import FAN_IN, FAN_OUT, ZERO
 from archgrow.ops.context import RuleContext
 from archgrow.ops.layers import Owner, TensorLayer
 from archgrow.ops.registry import OPS, OpTable
@@ -32,15 +31,8 @@ class Conv1DLayer(TensorLayer):
             return TensorMeta(shape, src.dims[:-1] + (first_out,))
         lay_out = ctx.new_width(module.weight.shape[1], name)
         owner.remember_call(ctx, [lay_in], lay_out)
-        owner.member(ctx, "producer", lay_out)
-        owner.bind(ctx, "weight", 1, lay_out, FAN_IN)
-        owner.bind(ctx, "bias", 0, lay_out, ZERO)
-        owner.bind_attr(ctx, "nf", lay_out)
-        if lay_in is not None:
-            owner.member(ctx, "consumer", lay_in)
-            owner.bind(ctx, "weight", 0, lay_in, FAN_OUT)
-            if hasattr(module, "nx"):
-                owner.bind_attr(ctx, "nx", lay_in)
+        in_attr = "nx" if hasattr(module, "nx") else None
+        owner.bind_weighted(ctx, lay_out, lay_in, out_dim=1, in_dim=0, out_attr="nf", in_attr=in_attr)
         return TensorMeta(shape, src.dims[:-1] + (lay_out,))
 
 

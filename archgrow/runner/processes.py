@@ -139,7 +139,7 @@ def launch(worker_args: Sequence[str], nproc: int, options: dict[str, Any]) -> i
     for flag, dest in LAUNCH_OPTIONS:
         if dest in given:
             argv += [flag, str(given[dest])]
-    if not given or set(given) == {"nnodes"} and str(given["nnodes"]) == "1":
+    if not given or (set(given) == {"nnodes"} and str(given["nnodes"]) == "1"):
         argv.append("--standalone")
     argv += ["--module", "archgrow", *worker_args]
     try:
