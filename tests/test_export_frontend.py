@@ -201,3 +201,39 @@ def test_transformers_trace_grow_and_train(name: str) -> None:
     optimizer.step()
     assert torch.isfinite(loss)
     assert graph.retrace().widths() == graph.widths()
+
+
+class ReadsTheStreamWidth(nn.Module):
+    """CrossViT's cross-attention in miniature: the attention output is reshaped to the stream's
+    width ``C``, read from the input's shape, which export records as a number."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(5, 8)
+        self.wv = nn.Linear(8, 8)
+        self.hidden = nn.Linear(8, 6)
+        self.out = nn.Linear(6 + 8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.embed(x)
+        b, n, c = x.shape
+        v = self.wv(x).reshape(b, n, 2, 4).transpose(1, 2)
+        attended = v.transpose(1, 2).reshape(b, n, c)
+        return self.out(torch.cat([F.relu(self.hidden(x)), attended], -1))
+
+
+def test_export_capture_freezes_groups_whose_growth_breaks_the_forward() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 5)
+    fx_graph = archgrow.trace(ReadsTheStreamWidth(), x[:1], frontend="fx")
+    assert "is used by node" in fx_graph.group("embed").reason  # fx sees the read of c
+    model = ReadsTheStreamWidth()
+    g = archgrow.trace(model, x[:1], frontend="export")
+    embed = g.group("embed")
+    assert not embed.growable and "breaks the model's own forward" in embed.reason and "frontend='fx'" in embed.reason
+    assert g.group("hidden").growable  # the others still grow
+    before = model(x)
+    archgrow.grow(g, "hidden", 2)
+    torch.testing.assert_close(model(x), before, rtol=0, atol=1e-6)
+    assert g.widths()["embed"] == 8  # the check left nothing changed
+    assert model.embed.out_features == 8 and model.wv.in_features == 8

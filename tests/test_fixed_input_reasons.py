@@ -1,8 +1,9 @@
 """Widths frozen because something upstream never grows name that something.
 
-timm's MixNet, GhostNet and Res2NeXt feed depthwise / grouped convs with slices and hard-coded
-splits, and CSPNet adds a block's output to a part of a hard-coded split: the conv's grouping, or
-the add, is not what a user should change there, the slice or split is.
+A slice or split at a position written as a number freezes the width it cuts (timm's models read
+such positions from attributes, which grow: see test_attribute_cuts.py), and an add onto one
+part of a hard-coded split names the split: the add is not what a user should change there, the
+split is.  Grouped convs reading such parts still widen their groups.
 """
 
 from __future__ import annotations
@@ -26,15 +27,22 @@ class SlicedDepthwise(nn.Module):
         return self.head(torch.cat([self.dw(y[:, :8]), self.grouped(y)], 1))
 
 
-def test_grouped_conv_on_a_fixed_input_names_the_input() -> None:
-    g = archgrow.trace(SlicedDepthwise(), torch.randn(1, 3, 8, 8))
-    dw = g.group("dw")
-    assert not dw.growable
-    assert dw.reasons[0].startswith("grouped conv 'dw' (groups=8) reads a fixed number of channels from node 'getitem"), dw.reasons
-    assert "can only grow with its input" in dw.reasons[0]
-    # a grouped conv with a growing input keeps the reason about its grouping
-    grouped = g.group("grouped")
-    assert any("8 in / 16 out per group) cannot add channels" in r for r in grouped.reasons), grouped.reasons
+def test_grouped_conv_on_a_fixed_input_grows_its_groups() -> None:
+    """The slice at a number freezes the width it cuts, naming the position; the grouped convs
+    after it still widen every group's outputs."""
+    model = SlicedDepthwise()
+    x = torch.randn(2, 3, 8, 8)
+    g = archgrow.trace(model, x[:1])
+    stem = g.group("stem")
+    assert not stem.growable and "position 8 written in the code" in stem.reason and "self.n" in stem.reason
+    dw, grouped = g.group("dw"), g.group("grouped")
+    assert dw.growable and dw.width == 1 and grouped.growable and grouped.width == 16  # per group
+    before = model(x)
+    archgrow.grow(g, "dw", 1)
+    archgrow.grow(g, "grouped", 2)
+    assert model.dw.weight.shape == (16, 1, 3, 3) and model.grouped.weight.shape == (36, 8, 1, 1)
+    assert model.head.in_channels == 52
+    torch.testing.assert_close(model(x), before, rtol=0, atol=1e-6)
 
 
 class HardSplitResidual(nn.Module):

@@ -19,7 +19,11 @@ import archgrow
 timm = pytest.importorskip("timm")
 
 # Every group growable but the classifier's (its width is the number of classes).
-QUICK = ["regnety_002", "efficientnet_b0", "resnet10t", "mobilenetv3_small_050", "convnext_atto", "lcnet_050"]
+QUICK = [
+    "regnety_002", "efficientnet_b0", "resnet10t", "mobilenetv3_small_050", "convnext_atto", "lcnet_050",
+    # cut at attribute positions (DPN's slices), Conv2dSame, ScaledStdConv2d, grouped radix convs
+    "dpn48b", "tf_mixnet_s", "nf_resnet26", "resnest14d",
+]  # fmt: skip
 # A broader sample of timm's families; groups frozen for reasons other than layer functions
 # (slices, splits, attention reshapes) are allowed here, broken growth is not.
 SWEEP = [
@@ -29,10 +33,17 @@ SWEEP = [
     "ese_vovnet19b_slim_dw", "res2net50_14w_8s", "resnetv2_50", "seresnext26d_32x4d", "ecaresnet26t", "ghostnet_050",
     "mobilenetv4_conv_small_050", "hrnet_w18_small", "mnasnet_small", "hardcorenas_a", "densenet121", "levit_128s",
     "inception_v3", "legacy_xception", "xception41p", "deit_tiny_patch16_224",
+    # selective kernels, shifted windows, pooling-based ViT, and two captured by torch.export
+    "skresnet18", "ghostnetv2_100", "swin_tiny_patch4_window7_224", "pit_ti_224", "crossvit_tiny_240",
+    "mobilevitv2_050",
 ]  # fmt: skip
-# Smallest input each accepts (64 px otherwise): LeViT's attention biases and ViT's position
-# embedding fix theirs; Inception v3's stem needs 75 px.
-SWEEP_SIZE = {"levit_128s": 224, "deit_tiny_patch16_224": 224, "inception_v3": 75}
+# Smallest input each accepts (64 px otherwise): LeViT's attention biases, ViT's position
+# embedding, Swin's windows, PiT's and CrossViT's position embeddings fix theirs; Inception v3's
+# stem needs 75 px; MobileViT's patches need 256.
+SWEEP_SIZE = {
+    "levit_128s": 224, "deit_tiny_patch16_224": 224, "inception_v3": 75, "swin_tiny_patch4_window7_224": 224,
+    "pit_ti_224": 224, "crossvit_tiny_240": 240, "mobilevitv2_050": 256,
+}  # fmt: skip
 
 
 def _build(name: str) -> torch.nn.Module:
@@ -102,3 +113,33 @@ def test_timm_sample_grows_without_breaking(name: str) -> None:
     g = _grow_everything(name, SWEEP_SIZE.get(name, 64))
     assert any(grp.growable for grp in g.groups)
     gc.collect()
+
+
+class SamePaddingAndStandardised(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = timm.layers.Conv2dSame(3, 8, 3, stride=2)
+        self.std = timm.layers.ScaledStdConv2d(8, 6, 3)
+        self.head = torch.nn.Conv2d(6, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.std(torch.relu(self.stem(x))))).mean((2, 3))
+
+
+def test_timm_same_padding_and_standardised_convs() -> None:
+    """fx cannot trace Conv2dSame's padding: it is a leaf with the conv rule.  A weight-
+    standardised conv grows as a conv, its gain with its outputs; new inputs change every filter."""
+    torch.manual_seed(0)
+    model = SamePaddingAndStandardised().eval()
+    x = torch.randn(2, 3, 15, 15)
+    g = archgrow.trace(model, x[:1], frontend="fx")
+    stem, std = g.group("stem"), g.group("std")
+    assert stem.growable and not stem.preserves_function and "standardises each filter" in stem.not_preserving_reasons[0]
+    assert std.growable and std.preserves_function
+    before = model(x)
+    archgrow.grow(g, "std", 2)
+    assert model.std.gain.shape == (8, 1, 1, 1) and torch.equal(model.std.gain[6:].flatten(), torch.ones(2))
+    torch.testing.assert_close(model(x), before, rtol=0, atol=1e-6)
+    archgrow.grow(g, "stem", 3)
+    assert model.stem.out_channels == 11 and model.std.in_channels == 11 and model(x).shape == before.shape
+    assert g.retrace().widths() == g.widths()

@@ -377,18 +377,89 @@ class GroupedChain(nn.Module):
 
 
 def test_grouped_conv_chain() -> None:
+    """Every group of a grouped conv widens alike: its input is cut into one part per group, and
+    its output is one width repeated per group (as Torch-Pruning groups them)."""
     g = trace(GroupedChain, IMG)
-    assert [grp.name for grp in g.groups] == ["conv", "out"]
-    conv = g.group("conv")
-    assert names(conv.followers) == {"g1", "g2"} and names(conv.consumers) == {"out"}
-    assert conv.growable and conv.step == 4
-    with pytest.raises(archgrow.GrowthError, match="multiples of 4"):
-        archgrow.grow(g, "conv", 2)
-    check_growth(GroupedChain, IMG, ["conv"])
+    assert [grp.name for grp in g.groups] == ["conv", "g1", "g2", "out"]
+    conv, g1 = g.group("conv"), g.group("g1")
+    assert conv.width == 4 and member(conv.producers, "conv").slots == tuple(Slot(i * 4, 1) for i in range(4))
+    assert names(conv.consumers) == {"g1"} and names(g1.consumers) == {"g2"}
+    assert conv.growable and conv.step == 1 and g1.growable and g1.width == 4
+    check_growth(GroupedChain, IMG, ["conv", "g1", "g2"])
     torch.manual_seed(0)
     model = GroupedChain()
-    archgrow.grow(archgrow.trace(model, IMG), "conv", 8)
-    assert model.g1.weight.shape == (24, 4, 3, 3) and model.g1.groups == 6
+    g = archgrow.trace(model, IMG)
+    archgrow.grow(g, "conv", 2)
+    assert model.conv.out_channels == 24 and model.g1.weight.shape == (16, 6, 3, 3) and model.g1.groups == 4
+    archgrow.grow(g, "g1", 1)
+    assert model.g1.out_channels == 20 and model.g2.weight.shape == (16, 5, 3, 3)
+    assert g.retrace().widths() == g.widths()
+
+
+class ChannelMultiplier(nn.Module):
+    """A depthwise conv with two outputs per input (FastViT, PiT), and one reading the image."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.image = nn.Conv2d(3, 6, 3, padding=1, groups=3)
+        self.conv = nn.Conv2d(6, 8, 1)
+        self.multiply = nn.Conv2d(8, 16, 3, padding=1, groups=8)
+        self.out = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(F.relu(self.multiply(F.relu(self.conv(F.relu(self.image(x)))))))
+
+
+def test_depthwise_conv_multiplying_channels() -> None:
+    g = trace(ChannelMultiplier, IMG)
+    image, conv, multiply = g.group("image"), g.group("conv"), g.group("multiply")
+    assert (image.width, conv.width, multiply.width) == (2, 1, 2)  # per group
+    assert image.growable and conv.growable and multiply.growable
+    check_growth(ChannelMultiplier, IMG, ["image", "conv", "multiply"])
+    torch.manual_seed(0)
+    model = ChannelMultiplier()
+    g = archgrow.trace(model, IMG)
+    archgrow.grow(g, "conv", 1)  # one more input per group: never a plain depthwise conv again
+    assert model.multiply.weight.shape == (16, 2, 3, 3) and model.conv.out_channels == 16
+    assert g.retrace().widths() == g.widths()
+
+
+class EfficientChannelAttention(nn.Module):
+    """ECA: a conv1d slides along the channels of the pooled features (same padding, stride 1)."""
+
+    def __init__(self, padding: int = 1, stride: int = 1) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.eca = nn.Conv1d(1, 1, 3, padding=padding, stride=stride, bias=False)
+        self.out = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.conv(x))
+        y = self.eca(x.mean((2, 3)).view(x.shape[0], 1, -1))
+        return self.out(x * y.view(x.shape[0], -1, 1, 1).sigmoid())
+
+
+def test_conv1d_sliding_over_the_channels() -> None:
+    g = trace(EfficientChannelAttention, IMG)
+    conv = g.group("conv")
+    assert conv.growable and not conv.preserves_function
+    assert "slides its kernel over this width" in conv.not_preserving_reasons[0]
+    check_growth(EfficientChannelAttention, IMG, ["conv"])
+
+
+@pytest.mark.parametrize(("padding", "stride"), [(0, 1), (1, 2)])
+def test_conv1d_sliding_over_the_channels_needs_same_length(padding: int, stride: int) -> None:
+    class Shrinking(EfficientChannelAttention):
+        def __init__(self) -> None:
+            super().__init__(padding, stride)
+            self.out = nn.Conv2d(8, 4, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = F.relu(self.conv(x))
+            return self.eca(x.mean((2, 3)).view(x.shape[0], 1, -1)).mean(-1) + self.out(x).mean((2, 3))
+
+    g = trace(Shrinking, IMG)
+    assert not g.group("conv").growable and "without 'same' padding" in g.group("conv").reason
 
 
 # --------------------------------------------------------------------------- 8. GroupNorm
@@ -607,6 +678,56 @@ def test_layernorm2d_new_channels_at_identity() -> None:
     assert model.norm.normalized_shape == (11,)
     assert torch.equal(model.norm.bias[8:], torch.zeros(3))
     assert torch.equal(model.norm.weight[8:], torch.ones(3))  # like nn.LayerNorm and BN: identity
+
+
+class Rolled(nn.Module):
+    """Swin's shifted windows: a channels-last map rolled along its spatial dims (or, wrongly, its
+    channels)."""
+
+    def __init__(self, dims: tuple[int, ...], how: str = "roll") -> None:
+        super().__init__()
+        self.dims, self.how = dims, how
+        self.stem = nn.Conv2d(3, 8, 1)
+        self.fc = nn.Linear(8, 6)
+        self.head = nn.Linear(6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.stem(x).permute(0, 2, 3, 1)
+        y = torch.roll(y, shifts=(1,) * len(self.dims), dims=self.dims) if self.how == "roll" else y.flip(self.dims)
+        return self.head(F.relu(self.fc(y))).mean((1, 2))
+
+
+@pytest.mark.parametrize("how", ["roll", "flip"])
+def test_rolling_positions(how: str) -> None:
+    g = trace(lambda: Rolled((1, 2), how), IMG)
+    assert g.group("stem").growable
+    check_growth(lambda: Rolled((1, 2), how), IMG, ["stem", "fc"])
+    g = trace(lambda: Rolled((3,), how), IMG)
+    assert not g.group("stem").growable and "moves positions along a width dim" in g.group("stem").reason
+
+
+class DropPath(nn.Module):
+    """timm's stochastic depth, as traced in training mode: a per-sample mask from ``new_empty``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 1)
+        self.conv = nn.Conv2d(8, 8, 3, padding=1)
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        y = self.conv(x)
+        if self.training:
+            shape = (y.shape[0],) + (1,) * (y.ndim - 1)
+            y = y.div(0.9) * y.new_empty(shape).bernoulli_(0.9)
+        return self.head(x + y)
+
+
+def test_per_sample_mask_from_new_empty() -> None:
+    g = trace(DropPath, IMG)
+    assert g.group("stem").growable
+    check_growth(DropPath, IMG, ["stem"])
 
 
 # --------------------------------------------------------------------------- 13. broadcast mask
@@ -849,16 +970,24 @@ class Shuffle(nn.Module):
         return self.out(F.relu(self.c2(x)))
 
 
-@pytest.mark.parametrize(
-    ("how", "word"),
-    [("PixelShuffle", "PixelShuffle"), ("ChannelShuffle", "ChannelShuffle"), ("view", "splits a width dim")],
-)
+@pytest.mark.parametrize(("how", "word"), [("PixelShuffle", "PixelShuffle"), ("ChannelShuffle", "ChannelShuffle")])
 def test_shuffles_are_frozen(how: str, word: str) -> None:
     g = trace(lambda: Shuffle(how), IMG)
     c1 = g.group("c1")
     assert not c1.growable and word in c1.reason
     assert g.group("c2").growable
     check_growth(lambda: Shuffle(how), IMG, ["c2"])
+
+
+def test_channel_shuffle_written_as_views_grows() -> None:
+    """ShuffleNet's ``x.view(b, g, c // g, h, w).transpose(1, 2).view(b, -1, h, w)``: the width is
+    ``g`` equal parts, interleaved; growth adds a channel to every part, and the shuffled output
+    gains whole blocks of ``g`` channels at its end."""
+    g = trace(lambda: Shuffle("view"), IMG)
+    c1 = g.group("c1")
+    assert c1.growable and c1.width == 4 and member(c1.producers, "c1").slots == tuple(Slot(i * 4, 1) for i in range(4))
+    assert member(c1.consumers, "c2").slots == (Slot(0, 4),)
+    check_growth(lambda: Shuffle("view"), IMG, ["c1", "c2"])
 
 
 # --------------------------------------------------------------------------- 20. untraceable submodule

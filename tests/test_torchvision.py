@@ -154,25 +154,10 @@ ORACLE_RECORDS = _oracle_records()
 
 
 def _expected_partition(record: dict, model: nn.Module) -> set[frozenset[str]]:
-    """Torch-Pruning's partition of conv/linear outputs, adjusted where archgrow ties more.
-
-    A grouped conv with equal in/out channels per group can only grow by whole groups, which
-    ties its input and output widths: archgrow merges the two groups Torch-Pruning keeps apart.
-    """
+    """Torch-Pruning's partition of conv/linear outputs."""
     mods = dict(model.named_modules())
     weighted = {n for n, m in mods.items() if isinstance(m, (nn.Conv2d, nn.Linear))}
     parts = [set(x for x in grp["out"] if x in weighted) for grp in record["groups"]]
-    parts = [p for p in parts if p]
-    for name, m in mods.items():
-        if isinstance(m, nn.Conv2d) and 1 < m.groups < m.in_channels and m.in_channels == m.out_channels:
-            owner = next(i for i, p in enumerate(parts) if name in p)
-            feeder = next(
-                i for i, grp in enumerate(record["groups"]) if name in grp["in"] and set(grp["out"]) & weighted
-            )
-            feeder = next(i for i, p in enumerate(parts) if p & set(record["groups"][feeder]["out"]))
-            if owner != feeder:
-                parts[owner] |= parts[feeder]
-                parts[feeder] = set()
     return {frozenset(p) for p in parts if p}
 
 

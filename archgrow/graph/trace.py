@@ -30,6 +30,7 @@ except ImportError:  # older torch
     _AnalysisModule = fx.GraphModule
 
 from archgrow.errors import TraceError
+from archgrow.ir.attribute_sizes import attribute_ints
 
 if TYPE_CHECKING:
     from archgrow.ops.registry import OpTable
@@ -150,7 +151,8 @@ def symbolic_trace(
     """fx-trace ``model`` in training mode; failures name the module and the way out."""
     tracer = _Tracer(leaf_modules, autowrap_functions, is_leaf)
     try:
-        with _modes(model, True), kept_buffers(model):
+        traced = lambda m, path: path == "" or not tracer.is_leaf_module(m, path)  # noqa: E731
+        with _modes(model, True), kept_buffers(model), attribute_ints(model, traced):
             graph = tracer.trace(model, concrete_args=concrete_args)
     except Exception as exc:  # fx raises many types; all are reported the same way
         where = tracer.failed_in

@@ -7,6 +7,7 @@ live in one table shared by groups and graph nodes), so it never needs re-tracin
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -194,6 +195,18 @@ class WidthGraph:
     def widths(self) -> dict[str, int]:
         return {g.name: g.width for g in self._groups}
 
+    def freeze(self, group: str | WidthGroup, reason: str) -> WidthGroup:
+        """Mark a group as not growable, with ``reason`` (a width a check found unsafe to grow, or
+        one the user wants kept).  Returns the group as it now stands; ``graph.group(name)`` and
+        ``graph.groups`` give it from now on."""
+        grp = self.group(group) if isinstance(group, str) else group
+        self._check_owner(grp)
+        self._vars.freeze(grp._root, reason)
+        frozen = dataclasses.replace(grp, growable=False, reasons=(reason, *grp.reasons))
+        self._groups = [frozen if g is grp else g for g in self._groups]
+        self._by_name[frozen.name] = frozen
+        return frozen
+
     @property
     def frontend(self) -> str:
         """The front-end that traced the model: ``"fx"`` or ``"export"`` (see :func:`trace`)."""
@@ -271,13 +284,14 @@ class WidthGraph:
         for a in self._attr_bindings:
             if self._in_group(a.layout, root):
                 module = self.model.get_submodule(a.module)
-                size = self._vars.layout_size(a.layout) // a.divisor
+                size = a.value(self._vars.layout_size(a.layout))
                 if a.index is None:
                     setattr(module, a.attr, size)
                 else:
-                    value = list(getattr(module, a.attr))
+                    current = getattr(module, a.attr)
+                    value = list(current)
                     value[a.index] = size
-                    setattr(module, a.attr, tuple(value))
+                    setattr(module, a.attr, value if isinstance(current, list) else tuple(value))
         self._refresh_shapes(root)
 
     def _check_owner(self, group: WidthGroup) -> None:
@@ -371,6 +385,7 @@ class WidthGraph:
                 if rec.kind == "producer" and not kinds["producer"]:
                     order.append(root)
                 kinds[rec.kind].append(Member(rec.module, rec.module_type, slots))
+        names = _group_names(order, by_root)
         groups = []
         for root in order:
             kinds = by_root[root]
@@ -379,7 +394,7 @@ class WidthGraph:
             changes = changing.get(root, [])
             groups.append(
                 WidthGroup(
-                    name=kinds["producer"][0].name,
+                    name=names[root],
                     producers=tuple(kinds["producer"]),
                     consumers=tuple(kinds["consumer"]),
                     followers=tuple(kinds["follower"]),
@@ -393,6 +408,24 @@ class WidthGraph:
                 )
             )
         return groups
+
+
+def _group_names(order: list[int], by_root: dict[int, dict[str, list[Member]]]) -> dict[int, str]:
+    """Each group is named after its first producer; a producer whose channels are cut into
+    several groups (``x[:, :self.n]``) names them ``conv[0]``, ``conv[1]``... in channel order,
+    which growth keeps."""
+    first = {root: by_root[root]["producer"][0] for root in order}
+    shared: dict[str, list[int]] = {}
+    for root in order:
+        shared.setdefault(first[root].name, []).append(root)
+    names = {}
+    for name, roots in shared.items():
+        if len(roots) == 1:
+            names[roots[0]] = name
+            continue
+        for i, root in enumerate(sorted(roots, key=lambda r: first[r].slots[0].offset)):
+            names[root] = f"{name}[{i}]"
+    return names
 
 
 def _slots_by_root(layout: Layout, vars_: WidthVars) -> dict[int, tuple[Slot, ...]]:
@@ -493,7 +526,13 @@ def trace(
         gm, values = exported.gm, exported.values
         options["frontend"] = "export"
     analysis = analyze(gm, values, model, ops)
-    return WidthGraph(model, inputs, analysis, options)
+    graph = WidthGraph(model, inputs, analysis, options)
+    if options["frontend"] == "export":
+        # surgery builds on this module, so it is imported here, where it runs
+        from archgrow.surgery.check import freeze_groups_that_break_the_forward
+
+        freeze_groups_that_break_the_forward(graph)
+    return graph
 
 
 FRONTENDS = ("auto", "fx", "export")

@@ -22,13 +22,20 @@ class TensorBinding:
 
 @dataclass(frozen=True)
 class AttrBinding:
-    """Module attribute that must equal the size of ``layout`` divided by ``divisor``."""
+    """Module attribute that must equal ``(size * multiplier + offset) // divisor`` for the size of
+    ``layout`` (a grouped conv's ``groups`` counts channels per group; CSPNet's ``expand_chs`` is
+    twice the split size it is read for)."""
 
     module: str
     attr: str
     layout: Layout
     index: int | None = None  # position inside a tuple attribute (LayerNorm.normalized_shape)
     divisor: int = 1
+    multiplier: int = 1
+    offset: int = 0
+
+    def value(self, size: int) -> int:
+        return (size * self.multiplier + self.offset) // self.divisor
 
 
 @dataclass(frozen=True)

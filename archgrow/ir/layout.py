@@ -17,7 +17,8 @@ end to end: one new variable repeated ``n`` times, so that each part's new chann
 its own slice, as concatenation does for ``cat([x, x])``.  A split is met after the layer that made
 the width, so layouts recorded earlier still name the whole variable; :meth:`WidthVars.resolve`
 expands them, and the analysis rewrites every recorded layout with it once the graph is done.
-A width reshaped into ``(heads, head_dim)`` whose head count grows is *coarsened* the same way
+A slice or a split at a position the code reads from a module attribute *cuts* a width the same way
+into two widths that grow apart (:meth:`WidthVars.cut`).  A width reshaped into ``(heads, head_dim)`` whose head count grows is *coarsened* the same way
 (:meth:`WidthVars.coarsen`): one new variable counting whole blocks of ``head_dim`` channels.
 """
 
@@ -134,6 +135,32 @@ class WidthVars:
         part = self.new(self.width[r] // n, f"{self.origin[r]}/{n}")
         self.parts[r] = (Seg(part),) * n
         return self.parts[r]
+
+    def cut(self, v: int, offset: int) -> bool:
+        """Width ``v`` cut at ``offset`` of its channels (a slice bound, one entry of a list of split
+        sizes, an attribute the code reads to cut it): the channels before and after become two
+        widths laid end to end, each growing at the end of its own run.  A width already cut or
+        split is cut inside the part holding ``offset`` (the parts of an equal split are one
+        width, so all of them are cut alike).  False when ``offset`` falls inside a block of
+        channels that grow together (a head)."""
+        r = self.find(v)
+        if offset <= 0 or offset >= self.width[r]:
+            return True
+        parts = self.parts.get(r)
+        if parts is None:
+            first = self.new(offset, f"{self.origin[r]}[:{offset}]")
+            rest = self.new(self.width[r] - offset, f"{self.origin[r]}[{offset}:]")
+            self.parts[r] = (Seg(first), Seg(rest))
+            return True
+        start = 0
+        for seg in parts:
+            size = self.seg_size(seg)
+            if start < offset < start + size:
+                if seg.var is None or (offset - start) % seg.inner:
+                    return False
+                return self.cut(seg.var, (offset - start) // seg.inner)
+            start += size
+        return True
 
     def coarsen(self, v: int, inner: int) -> Layout:
         """Width ``v`` counts channels in whole blocks of ``inner`` (a reshape into ``(heads,

@@ -94,7 +94,7 @@ _SAME_NAME_TORCH = (
     "clone mean sum amax amin prod std var norm logsumexp all any nansum count_nonzero max min softmax log_softmax "
     "cat concat stack split split_with_sizes chunk tensor_split unbind narrow select index_select flatten squeeze "
     "unsqueeze reshape permute transpose swapaxes swapdims zeros_like ones_like empty_like full_like rand_like "
-    "randn_like matmul mm bmm addmm baddbmm einsum channel_shuffle pixel_shuffle pixel_unshuffle"
+    "randn_like matmul mm bmm addmm baddbmm einsum channel_shuffle pixel_shuffle pixel_unshuffle roll flip"
 )
 _SAME_NAME_F = (
     "linear layer_norm group_norm rms_norm prelu conv1d conv2d conv3d conv_transpose1d conv_transpose2d "

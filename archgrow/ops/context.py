@@ -10,6 +10,8 @@ reaching the node is then frozen with that reason, never guessed.
 
 from __future__ import annotations
 
+import math
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +20,7 @@ import torch.fx as fx
 from torch import nn
 
 from archgrow.errors import RegistrationError
+from archgrow.ir.attribute_sizes import SizeSource, size_source
 from archgrow.ir.bindings import AttrBinding, MemberRecord, TensorBinding
 from archgrow.ir.layout import Layout, Seg, TensorMeta, WidthVars
 
@@ -241,6 +244,8 @@ class RuleContext:
             return whole
         seg = whole[0]
         roots = {vars_.find(p.var) for p in parts if p.var is not None}
+        if len(roots) > 1:
+            return self._cut_like(whole, parts, roots)
         if (
             len(roots) != 1
             or vars_.find(seg.var) in roots
@@ -250,6 +255,26 @@ class RuleContext:
         ):
             return whole
         return tuple(Seg(p.var, p.inner * seg.inner) for p in vars_.refine(seg.var, len(parts)))
+
+    def _cut_like(self, whole: Layout, parts: Layout, roots: set[int]) -> Layout:
+        """``whole``, one width, cut where ``parts``, distinct widths laid end to end, meet (a
+        squeeze-excitation gate multiplied with the concatenated outputs of MixNet's mixed convs):
+        each run of the gate grows with the width it is tied to."""
+        vars_ = self.vars
+        seg = whole[0]
+        if (
+            vars_.find(seg.var) in roots  # type: ignore[arg-type]
+            or vars_.find(seg.var) in vars_.parts  # type: ignore[arg-type]
+            or any(p.var is None or p.inner != seg.inner for p in parts)
+            or vars_.seg_size(seg) != vars_.layout_size(parts)
+        ):
+            return whole
+        offset = 0
+        for p in parts[:-1]:
+            offset += vars_.seg_size(p) // seg.inner
+            if not vars_.cut(seg.var, offset):  # type: ignore[arg-type]
+                return whole
+        return vars_.resolve(whole)
 
     def _blocks_like(self, whole: Layout, blocks: Layout) -> Layout:
         """``whole``, one width, counted in blocks when it is tied to a width counted in blocks
@@ -364,6 +389,8 @@ class RuleContext:
         kind, the first kind with exactly one attribute of that value ("width" first)."""
         if self.adaptive(size, layout):
             return True
+        if self.sourced(size, kind):
+            return self.bind_source(size_source(size), layout, f"a size at {self.where}")  # type: ignore[arg-type]
         for k in RESHAPE_KINDS if kind is None else (kind,):
             path, attrs = self.size_attributes(size, k)
             if len(attrs) == 1:
@@ -372,6 +399,41 @@ class RuleContext:
             if attrs:
                 return False
         return False
+
+    def sourced(self, size: Any, kind: str | None) -> bool:
+        """Was ``size`` read from a module attribute that can stand for ``kind``?  A whole width
+        (``reshape(B, N, self.val_attn_dim)``) may come from any attribute; a head count or a head
+        dim only from one named as such (:data:`SIZE_ATTRIBUTES`), since SKNet's ``self.radix``
+        in the same place counts parts that never grow."""
+        source = size_source(size)
+        if source is None:
+            return False
+        return kind in (None, "width") or SIZE_ATTRIBUTES.get(source.attr) == kind
+
+    def bind_source(self, source: SizeSource, layout: Layout, what: str) -> bool:
+        """Bind the attribute a traced number came from (``source``) to the size of ``layout``,
+        which the number equals, so growth rewrites it; False (nothing bound) when the number
+        does not grow with the attribute."""
+        scale = source.scale
+        if scale <= 0:
+            return False
+        vars_ = self.vars
+        size0 = vars_.layout_size(layout)
+        p, q = scale.numerator, scale.denominator  # attr = attr0 + (size - size0) * q / p
+        self.bind_attr(
+            source.module, source.attr, layout, index=source.index, divisor=p, multiplier=q,
+            offset=source.attr0 * p - size0 * q,
+        )  # fmt: skip
+        step = source.step()
+        if step > 1:
+            counts: Counter[int] = Counter()
+            for s in layout:
+                if s.var is not None:
+                    counts[vars_.find(s.var)] += s.inner
+            for root, c in counts.items():
+                reason = f"{source.describe()} ({what}) moves in steps of {step}"
+                vars_.require_step(root, step // math.gcd(step, c), reason)
+        return True
 
     def shape_args(self, args: tuple, kw: Any) -> list[Any] | None:
         """Shape arguments as a list; None when they are another tensor's whole shape (every dim follows it)."""
@@ -396,9 +458,21 @@ class RuleContext:
         """Dimension ``dim`` of ``module.<tensor>`` grows with ``layout``; new entries play ``role``."""
         bind_tensor(self.state, name, module, tensor, dim, layout, role)
 
-    def bind_attr(self, name: str, attr: str, layout: Layout, *, index: int | None = None, divisor: int = 1) -> None:
-        """Attribute ``attr`` of module ``name`` records the size of ``layout`` (divided by ``divisor``)."""
-        self.state.attr_bindings.append(AttrBinding(name, attr, layout, index=index, divisor=divisor))
+    def bind_attr(
+        self,
+        name: str,
+        attr: str,
+        layout: Layout,
+        *,
+        index: int | None = None,
+        divisor: int = 1,
+        multiplier: int = 1,
+        offset: int = 0,
+    ) -> None:
+        """Attribute ``attr`` of module ``name`` records the size of ``layout`` (times ``multiplier``,
+        plus ``offset``, divided by ``divisor``)."""
+        binding = AttrBinding(name, attr, layout, index=index, divisor=divisor, multiplier=multiplier, offset=offset)
+        self.state.attr_bindings.append(binding)
 
     def first_call(self, name: str, layout: Layout | None) -> tuple[bool, Any]:
         """A layer with weights called again shares them: tie its inputs and reuse the first output."""

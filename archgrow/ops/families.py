@@ -10,12 +10,14 @@ with a reason naming the node.
 from __future__ import annotations
 
 import math
+import operator
 from typing import Any
 
 import torch
 import torch.fx as fx
 
 from archgrow.ir.layout import Layout, Seg, TensorMeta
+from archgrow.ops import cuts
 from archgrow.ops.context import RuleContext, fixed, is_tensor, norm_dim
 
 
@@ -312,7 +314,7 @@ MAX_REPEATS = 256
 def _may_follow(ctx: RuleContext, size: Any, kind: str) -> bool:
     """Could a size argument follow growth (see ``RuleContext.follows``)?"""
     if isinstance(size, int) and not isinstance(size, bool):
-        return size == -1 or len(ctx.size_attributes(size, kind)[1]) == 1
+        return size == -1 or ctx.sourced(size, kind) or len(ctx.size_attributes(size, kind)[1]) == 1
     return isinstance(size, fx.Node) and ctx.state.size_layout.get(size) is not None
 
 
@@ -330,10 +332,14 @@ def split_width(ctx: RuleContext, lay: Layout, sizes: list[int], args: list[Any]
     vars_ = ctx.vars
     m = len(sizes)
     resolved = vars_.resolve(lay)
-    for j, kind in ((m - 2, "heads"), (m - 1, "head_dim")):
-        if not _may_follow(ctx, args[j], kind):
-            continue
+    order = [(m - 2, "heads"), (m - 1, "head_dim")]
+    if _part_size(ctx, args[m - 1], lay, math.prod(sizes[:-1]), probe=True):
+        order.reverse()  # ``C // n`` read from this very width: n equal parts, whatever n is called
+    for j, kind in order:
         count = math.prod(sizes[:j])
+        divided = j == m - 1 and _part_size(ctx, args[j], lay, count)
+        if not divided and not _may_follow(ctx, args[j], kind):
+            continue
         block = sizes[-1] if j == m - 2 else 1
         parts = [resolved] if count == 1 else equal_parts(ctx, resolved, count)
         if parts is None or any(len(p) != 1 or p[0].var is None or p[0].inner not in (1, block) for p in parts):
@@ -349,10 +355,28 @@ def split_width(ctx: RuleContext, lay: Layout, sizes: list[int], args: list[Any]
             if found is not None and (len(found) != 1 or found[0].inner != block):
                 continue
             grown = (Seg(vars_.coarsen(seg.var, block)[0].var),)
-        if not ctx.follows(args[j], grown, kind):
+        if not divided and not ctx.follows(args[j], grown, kind):
             continue
         return [None] * j + [grown] + [None] * (m - 1 - j)
     return None
+
+
+def _part_size(ctx: RuleContext, size: Any, lay: Layout, count: int, *, probe: bool = False) -> bool:
+    """Is ``size`` ``C // count`` with ``C`` read from the width being split (SKNet's
+    ``x.view(B, self.num_paths, C // self.num_paths, H, W)``): one of ``count`` equal parts?
+    ``probe``: only ask (tie nothing)."""
+    if not (isinstance(size, fx.Node) and size.op == "call_function" and size.target is operator.floordiv):
+        return False
+    whole, n = size.args
+    if not isinstance(n, int) or isinstance(n, bool) or n != count:
+        return False
+    if probe:
+        known = ctx.state.size_layout.get(whole) if isinstance(whole, fx.Node) else None
+        return known is not None and ctx.vars.layout_size(ctx.vars.resolve(known)) == ctx.vars.layout_size(ctx.vars.resolve(lay))
+    if not ctx.adaptive(whole, lay):
+        return False
+    ctx.consumed.add(size)
+    return True
 
 
 def _batch_dims(ctx: RuleContext, metas: list[TensorMeta], shape: tuple[int, ...]) -> list[Layout | None]:
@@ -507,13 +531,14 @@ def pad(ctx: RuleContext, src: Any, amounts: Any, name: str) -> Any:
     )
 
 
-def creation(ctx: RuleContext, node: fx.Node) -> Any:
-    """torch.zeros(x.size(0), x.size(1)): a dim sized from a width follows that width."""
+def creation(ctx: RuleContext, node: fx.Node, first: int = 0) -> Any:
+    """torch.zeros(x.size(0), x.size(1)), ``x.new_empty(shape)`` (sizes from ``node.args[first:]``):
+    a dim sized from a width follows that width."""
     out = ctx.out
     if not is_tensor(out):
         return fixed(out)
     state = ctx.state
-    sizes = [a for a in node.args if not isinstance(a, (float, bool))]
+    sizes = [a for a in node.args[first:] if not isinstance(a, (float, bool))]
     if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
         sizes = list(sizes[0])
     if len(sizes) == 1 and isinstance(sizes[0], fx.Node) and sizes[0] in state.shape_of:
@@ -541,11 +566,10 @@ def index(ctx: RuleContext, src: TensorMeta, idx: Any) -> Any:
             d += k
         elif isinstance(e, slice):
             lay = src.dims[d]
-            if e.start is None and e.stop is None and e.step is None:
+            if (e.start is None and e.stop is None and e.step is None) or lay is None:
                 dims.append(lay)
             else:
-                ctx.freeze(lay, f"slicing a width dim at {ctx.where}")
-                dims.append(None)
+                dims.append(cuts.slice_width(ctx, lay, e, src.shape[d]))
             d += 1
         elif isinstance(e, int) or (isinstance(e, fx.Node) and isinstance(ctx.state.values.get(e), int)):
             ctx.freeze(src.dims[d], f"indexing a width dim at {ctx.where}")

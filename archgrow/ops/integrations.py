@@ -15,7 +15,10 @@ import sys
 from archgrow.errors import RegistrationError
 
 # package -> archgrow module registering its layer rules
-INTEGRATIONS: dict[str, str] = {"transformers": "archgrow.ops.transformers_layers"}
+INTEGRATIONS: dict[str, str] = {
+    "transformers": "archgrow.ops.transformers_layers",
+    "timm": "archgrow.ops.timm_layers",
+}
 _loaded: set[str] = set()
 
 

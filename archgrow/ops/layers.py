@@ -14,6 +14,7 @@ roles.
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Mapping
 from typing import Any
@@ -213,31 +214,58 @@ def _channels_out(src: TensorMeta, lay: Any, shape: tuple[int, ...]) -> TensorMe
 class ConvLayer(TensorLayer):
     def layout(self, ctx: RuleContext, name: str, module: nn.Module, src: TensorMeta, shape: tuple[int, ...]) -> Any:
         owner = Owner(name, module)
-        return self.apply_to(ctx, owner, src, shape, module.groups, module.in_channels, module.out_channels)
+        return self.apply_to(
+            ctx, owner, src, shape, module.groups, module.in_channels, module.out_channels, same_length=_same_length(module)
+        )
 
     def apply_to(
+        self, ctx: RuleContext, owner: Owner, src: TensorMeta, shape: tuple[int, ...], groups: int, in_channels: int,
+        out_channels: int, *, same_length: bool = False,
+    ) -> Any:  # fmt: skip
+        """``same_length``: stride 1 and "same" padding, so a width it slides over (ECA's conv1d
+        along the channels) keeps one output per position and may grow."""
+        name = owner.name
+        out = self._channels(ctx, owner, src, shape, groups, in_channels, out_channels)
+        slid = [d for d in range(2, src.ndim) if src.dims[d] is not None]
+        if not slid or not isinstance(out, TensorMeta):
+            return out
+        if not same_length or len(shape) != src.ndim or any(shape[d] != src.shape[d] for d in slid):
+            for d in slid:
+                ctx.freeze(src.dims[d], f"conv '{name}' slides over a width dim with a stride or without 'same' padding")
+            return out
+        dims = list(out.dims)
+        for d in slid:
+            ctx.not_preserving(
+                src.dims[d],
+                f"conv '{name}' slides its kernel over this width (ECA's attention over channels): new channels "
+                "change the outputs of the last old ones through the kernel's reach",
+            )
+            dims[d] = src.dims[d]
+        return TensorMeta(out.shape, tuple(dims))
+
+    def _channels(
         self, ctx: RuleContext, owner: Owner, src: TensorMeta, shape: tuple[int, ...], groups: int, in_channels: int,
         out_channels: int,
     ) -> Any:  # fmt: skip
         name = owner.name
         lay_in = src.dims[1]
-        for d in range(2, src.ndim):
-            ctx.freeze(src.dims[d], f"conv '{name}' slides over a width dim")
         cin_g = in_channels // groups
         cout_g = out_channels // groups
         again, first_out = owner.first_call(ctx, lay_in)
         if again:
             return _channels_out(src, first_out, shape)
         vars_ = ctx.vars
-        if groups > 1 and cin_g == cout_g and lay_in is not None:
-            # Depthwise / grouped with equal in and out per group: channels pass through, and
-            # growth adds whole groups at the end of each grown segment.
-            bad = [s for s in lay_in if vars_.seg_size(s) % cin_g or s.inner != 1]
+        if groups > 1 and cin_g == cout_g == 1 and lay_in is not None:
+            # Depthwise: channels pass through, and growth adds whole groups at the end of each
+            # grown segment.
+            bad = [s for s in lay_in if vars_.seg_size(s) % cin_g or (s.inner > 1 and s.inner % cin_g)]
             offsets_ok = all(sum(vars_.seg_size(x) for x in lay_in[:i]) % cin_g == 0 for i in range(len(lay_in)))
             if bad or not offsets_ok:
                 ctx.freeze(lay_in, f"grouped conv '{name}' (groups={groups}) does not align with its input parts")
-            for v in vars_.layout_vars(lay_in):
-                vars_.require_step(v, cin_g, f"grouped conv '{name}' has {cin_g} channels per group")
+            for s in lay_in:
+                if s.var is not None:
+                    multiple = cin_g // math.gcd(cin_g, s.inner)
+                    vars_.require_step(s.var, multiple, f"grouped conv '{name}' has {cin_g} channels per group")
             owner.remember_call(ctx, [lay_in], lay_in)
             owner.member(ctx, "follower", lay_in)
             owner.bind(ctx, "weight", 0, lay_in, FAN_IN)
@@ -246,29 +274,59 @@ class ConvLayer(TensorLayer):
                 owner.bind_attr(ctx, attr, lay_in)
             owner.bind_attr(ctx, "groups", lay_in, divisor=cin_g)
             return _channels_out(src, lay_in, shape)
+        if groups > 1:
+            return self._per_group(ctx, owner, src, shape, groups, cin_g, cout_g)
         lay_out = ctx.new_width(out_channels, name)
         owner.remember_call(ctx, [lay_in], lay_out)
-        if groups > 1 and lay_in is None:
-            # Its input channels never grow (often cut from a wider tensor by a slice or a split
-            # with hard-coded sizes): the cause, and what to change, is upstream, not the grouping.
-            src_name = getattr(ctx.node.args[0] if ctx.node.args else None, "name", None)
-            where = f"node '{src_name}'" if src_name else "its input"
-            reason = (
-                f"grouped conv '{name}' (groups={groups}) reads a fixed number of channels from {where} "
-                "(nothing upstream grows them: a model input, a slice, or a split with hard-coded sizes), "
-                "and it can only grow with its input"
-            )
-            ctx.freeze(lay_out, reason)
-        elif groups > 1:
-            reason = (
-                f"grouped conv '{name}' (groups={groups}, {cin_g} in / {cout_g} out per group) "
-                "cannot add channels without changing its grouping"
-            )
+        owner.bind_weighted(ctx, lay_out, lay_in, out_dim=0, in_dim=1, out_attr="out_channels", in_attr="in_channels")
+        return _channels_out(src, lay_out, shape)
+
+    def _per_group(
+        self, ctx: RuleContext, owner: Owner, src: TensorMeta, shape: tuple[int, ...], groups: int, cin_g: int,
+        cout_g: int,
+    ) -> Any:  # fmt: skip
+        """A grouped conv other than a depthwise one (ResNeXt's and ResNeSt's grouped convs, a
+        depthwise conv multiplying channels, one reading channels that never grow): every group
+        grows alike, at the end of its own channels.  Its input is cut into ``groups`` equal parts
+        (one width repeated) and its output is one width of ``cout_g`` channels repeated per
+        group, so growth adds the same inputs, or outputs, to every group.  Growth never turns
+        it into a depthwise conv (one in and one out per group), so a re-trace reads it alike."""
+        name, vars_ = owner.name, ctx.vars
+        lay_in = src.dims[1]
+        lay_out = ctx.new_width(cout_g, name) * groups
+        owner.remember_call(ctx, [lay_in], lay_out)
+        if groups > families.MAX_REPEATS:
+            reason = f"grouped conv '{name}' has {groups} groups; growing each alike would lay out {groups} runs"
             ctx.freeze(lay_in, reason)
             ctx.freeze(lay_out, reason)
-        consumed = lay_in if groups == 1 else None
-        owner.bind_weighted(ctx, lay_out, consumed, out_dim=0, in_dim=1, out_attr="out_channels", in_attr="in_channels")
+        part = None
+        if lay_in is not None:
+            part = next(iter(families.equal_parts(ctx, vars_.resolve(lay_in), groups) or []), None)
+            if part is None:
+                ctx.freeze(
+                    lay_in,
+                    f"grouped conv '{name}' (groups={groups}) reads '{vars_.describe(lay_in)}', which does not cut into "
+                    f"{groups} equal widths, one per group",
+                )
+        owner.bind_weighted(ctx, lay_out, part, out_dim=0, in_dim=1, out_attr="out_channels", in_attr=None)
+        if part is not None:
+            owner.bind_attr(ctx, "in_channels", vars_.resolve(lay_in))  # type: ignore[arg-type]
         return _channels_out(src, lay_out, shape)
+
+
+def _same_length(module: nn.Module) -> bool:
+    """Stride 1 and padding that keeps every spatial length (``2 * padding == dilation * (k - 1)``)."""
+    stride, padding = getattr(module, "stride", None), getattr(module, "padding", None)
+    kernel, dilation = getattr(module, "kernel_size", None), getattr(module, "dilation", None)
+    if not isinstance(stride, tuple) or any(s != 1 for s in stride):
+        return False
+    if padding == "same":
+        return True
+    if not (isinstance(padding, tuple) and isinstance(kernel, tuple) and isinstance(dilation, tuple)):
+        return False
+    if getattr(module, "padding_mode", "zeros") != "zeros":
+        return False
+    return all(2 * p == d * (k - 1) for p, d, k in zip(padding, dilation, kernel, strict=False))
 
 
 class ConvTransposeLayer(TensorLayer):

@@ -131,6 +131,18 @@ class OpTable:
         if leaf:
             self._leaves.add(module_type)
 
+    def add_leaf(self, module_type: type) -> None:
+        """fx does not trace into modules of ``module_type``; the layer rule of its nearest
+        registered base describes them (timm's ``Conv2dSame`` is a conv whose padding fx cannot
+        trace)."""
+        if not (isinstance(module_type, type) and issubclass(module_type, nn.Module)):
+            raise RegistrationError(f"add_leaf: {module_type!r} is not an nn.Module subclass")
+        if not any(klass in self._layers for klass in module_type.__mro__):
+            raise RegistrationError(
+                f"add_leaf({module_type.__name__}): no base class has a layer rule; register one with register_layer"
+            )
+        self._leaves.add(module_type)
+
     def remove_op(self, target: OpTarget, *, method: bool = False) -> None:
         """Forget an op (tests, or a plugin being unloaded); unknown targets are ignored."""
         if method:

@@ -18,8 +18,9 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
+from archgrow.ir.attribute_sizes import size_source
 from archgrow.ir.layout import TensorMeta
-from archgrow.ops import families
+from archgrow.ops import cuts, families
 from archgrow.ops.context import NoRule, RuleContext, arg, fixed, is_tensor, norm_dim
 from archgrow.ops.registry import OPS, OpInfo, OpTable
 
@@ -139,15 +140,29 @@ def split_rule(ctx: RuleContext) -> Any:
         if len(counts) == 1 and None not in counts and (len(items) == 1 or len(items) in counts):
             n = counts.pop()
         elif _is_int(sizes) and sizes > 0 and src.shape[d] % sizes == 0:
-            path, found = ctx.size_attributes(sizes, "part")  # split(self.split_size): it follows growth
-            if len(found) == 1:
-                n, attribute = src.shape[d] // sizes, (path, found[0])
+            source = size_source(sizes)  # split(self.width, 1), split(self.expand_chs // 2, 1)
+            if source is not None:
+                n = src.shape[d] // sizes
+            else:
+                path, found = ctx.size_attributes(sizes, "part")  # split(self.split_size) by value
+                if len(found) == 1:
+                    n, attribute = src.shape[d] // sizes, (path, found[0])
+        elif isinstance(sizes, (tuple, list)) and len(items) > 1 and all(size_source(s) for s in items):
+            out = ctx.out
+            pieces = cuts.sourced_split(ctx, src.dims[d], items, op_name(ctx))
+            if pieces is not None and isinstance(out, (tuple, list)) and all(is_tensor(o) for o in out):
+                return tuple(
+                    TensorMeta(o[1], src.dims[:d] + (p,) + src.dims[d + 1 :]) for o, p in zip(out, pieces, strict=True)
+                )
+            return families.cut(ctx, src, d)
     what = "sizes" if isinstance(sizes, (tuple, list)) else "size"
     out = families.equal_split(ctx, src, dim, n, op_name(ctx), f"split {what} {_shown(ctx, sizes)}")
-    if attribute is not None and isinstance(out, tuple) and out and isinstance(out[0], TensorMeta):
-        part = out[0].dims[norm_dim(dim, src.ndim)]
-        if part is not None:
-            ctx.bind_attr(*attribute, part)
+    part = out[0].dims[norm_dim(dim, src.ndim)] if isinstance(out, tuple) and out and isinstance(out[0], TensorMeta) else None
+    if part is not None and attribute is not None:
+        ctx.bind_attr(*attribute, part)
+    elif part is not None and size_source(sizes) is not None:
+        if not ctx.bind_source(size_source(sizes), part, f"the size of a part of {op_name(ctx)} at {ctx.where}"):
+            ctx.freeze(part, f"{op_name(ctx)} at {ctx.where} reads a part size that shrinks as its attribute grows")
     return out
 
 
@@ -269,12 +284,37 @@ def spatial_rule(ctx: RuleContext) -> Any:
     return families.spatial(ctx, _src(ctx), op_name(ctx))
 
 
+def reorder_rule(ctx: RuleContext) -> Any:
+    """``torch.roll(x, shifts, dims)`` / ``torch.flip(x, dims)``: positions move along ``dims``
+    (Swin's shifted windows roll the spatial dims); a width there would move its channels, and
+    ``roll`` without dims moves positions across every dim."""
+    node = ctx.node
+    src, out = _src(ctx), ctx.out
+    name = op_name(ctx)
+    dims = arg(node, 2, "dims", None) if "roll" in name else arg(node, 1, "dims", None)
+    if not isinstance(src, TensorMeta) or not is_tensor(out):
+        return ctx.unknown(name)
+    moved = range(src.ndim) if dims is None else [dims] if isinstance(dims, int) else list(dims)
+    dims_out = list(src.dims)
+    for d in moved:
+        k = norm_dim(d, src.ndim)
+        if dims_out[k] is not None:
+            ctx.freeze(dims_out[k], f"{name} at {ctx.where} moves positions along a width dim")
+            dims_out[k] = None
+    return TensorMeta(out[1], tuple(dims_out))
+
+
 def pad_rule(ctx: RuleContext) -> Any:
     return families.pad(ctx, _src(ctx), arg(ctx.node, 1, "pad"), op_name(ctx))
 
 
 def creation_rule(ctx: RuleContext) -> Any:
     return families.creation(ctx, ctx.node)
+
+
+def new_creation_rule(ctx: RuleContext) -> Any:
+    """``x.new_empty(shape)`` and friends (DropPath's per-sample mask): sized by their arguments."""
+    return families.creation(ctx, ctx.node, first=1)
 
 
 def shuffle_rule(ctx: RuleContext) -> Any:
@@ -436,6 +476,7 @@ def register_builtin_ops(table: OpTable) -> None:
     ) + existing_attrs(torch, "max_pool1d max_pool2d max_pool3d avg_pool1d adaptive_avg_pool1d adaptive_max_pool1d")
     _functions(table, spatial, spatial_rule)
     _functions(table, existing_attrs(F, "pad"), pad_rule)
+    _functions(table, existing_attrs(torch, "roll flip"), reorder_rule)
     _functions(table, existing_attrs(torch, "zeros ones empty full rand randn randint"), creation_rule)
     shuffles = existing_attrs(torch, "channel_shuffle pixel_shuffle pixel_unshuffle")
     _functions(table, shuffles + existing_attrs(F, "channel_shuffle pixel_shuffle pixel_unshuffle"), shuffle_rule)
@@ -462,6 +503,8 @@ def register_builtin_ops(table: OpTable) -> None:
     _methods(table, ["chunk"], chunk_rule)
     _methods(table, ["tensor_split"], tensor_split_rule)
     _methods(table, ["unbind"], unbind_rule)
+    _methods(table, ["roll", "flip"], reorder_rule)
+    _methods(table, ["new_empty", "new_zeros", "new_ones"], new_creation_rule)
     _methods(table, ["narrow", "select", "index_select"], narrow_rule)
     _methods(table, ["matmul", "bmm", "__matmul__"], matmul_rule)
     _methods(table, ["pixel_shuffle", "channel_shuffle"], shuffle_rule)

@@ -1,0 +1,167 @@
+"""Which module attribute a number in the traced graph was computed from.
+
+fx runs a forward's Python once and bakes every int it computes into the graph: CSPNet's
+``x.split(self.expand_chs // 2, dim=1)`` becomes ``split(x, 128, dim=1)`` and DPN's
+``x[:, :self.num_1x1_c]`` a slice ending at 208.  After growth the user's forward computes those
+numbers again from the attributes, so a split or a slice follows growth exactly when archgrow
+updates the attribute it came from.  Matching numbers to attributes by value guesses; this module
+knows.  While fx traces, every int attribute (and every int in a list or tuple attribute) of the
+modules whose forward is traced is replaced by an :class:`AttributeInt`: an int that remembers its
+attribute and stays affine through ``+``, ``-``, ``*`` by plain ints and ``//`` by any int, so the number fx
+bakes in carries its :class:`SizeSource`.  Anything else (two attributes combined, ``/``, ``%``,
+``int()``) gives a plain int, which analysis treats as written in the code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+
+from torch import nn
+
+
+@dataclass(frozen=True)
+class SizeSource:
+    """A number equal to ``value0 + (attr - attr0) * scale`` whenever the attribute moves by a
+    multiple of ``period`` (the floor divisions on the way are exact then)."""
+
+    module: str  # path of the module owning the attribute ("" for the root)
+    attr: str
+    index: int | None  # position inside a list or tuple attribute
+    attr0: int
+    value0: int
+    scale: Fraction
+    period: int = 1
+
+    def step(self) -> int:
+        """The smallest growth of the number the attribute can follow (``scale * period`` whole)."""
+        return abs((self.scale * self.period).numerator)
+
+    def attr_for(self, value: int) -> int:
+        """The attribute's value that makes the number ``value`` (``value - value0`` a multiple of :meth:`step`)."""
+        delta = Fraction(value - self.value0) / self.scale
+        if delta.denominator != 1 or delta.numerator % self.period:
+            raise ValueError(f"{self.describe()} cannot equal {value}: it moves in steps of {self.step()}")
+        return self.attr0 + delta.numerator
+
+    def describe(self) -> str:
+        where = f"{self.module}.{self.attr}" if self.module else self.attr
+        return where if self.index is None else f"{where}[{self.index}]"
+
+
+class AttributeInt(int):
+    """An int read from a module attribute (or computed affinely from one) while fx traces."""
+
+    source: SizeSource
+
+    def __new__(cls, value: int, source: SizeSource) -> AttributeInt:
+        out = super().__new__(cls, value)
+        out.source = source
+        return out
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickles and copies as the plain number
+        return (int, (int(self),))
+
+    def _derived(self, value: int, scale: Fraction, period: int) -> AttributeInt:
+        s = self.source
+        return AttributeInt(value, SizeSource(s.module, s.attr, s.index, s.attr0, value, scale, period))
+
+    def _same(self, other: Any) -> bool:
+        s, o = self.source, other.source
+        return (s.module, s.attr, s.index) == (o.module, o.attr, o.index)
+
+    def __add__(self, other: Any) -> Any:
+        value = int.__add__(self, other)
+        if value is NotImplemented or isinstance(other, bool):
+            return value
+        if isinstance(other, AttributeInt):
+            if not self._same(other):
+                return value
+            s, o = self.source, other.source
+            return self._derived(value, s.scale + o.scale, math.lcm(s.period, o.period))
+        if type(other) is int:
+            return self._derived(value, self.source.scale, self.source.period)
+        return value
+
+    __radd__ = __add__
+
+    def __neg__(self) -> Any:
+        return self._derived(-int(self), -self.source.scale, self.source.period)
+
+    def __pos__(self) -> Any:
+        return self
+
+    def __sub__(self, other: Any) -> Any:
+        if isinstance(other, int) and not isinstance(other, bool):
+            return self + (-other if isinstance(other, AttributeInt) else -int(other))
+        return int.__sub__(self, other)
+
+    def __rsub__(self, other: Any) -> Any:
+        if type(other) is int:
+            return (-self) + other
+        return int.__rsub__(self, other)
+
+    def __mul__(self, other: Any) -> Any:
+        value = int.__mul__(self, other)
+        if type(other) is int and value is not NotImplemented:
+            return self._derived(value, self.source.scale * other, self.source.period)
+        return value if not isinstance(other, AttributeInt) else int(value)
+
+    __rmul__ = __mul__
+
+    def __floordiv__(self, other: Any) -> Any:
+        # a size divided by a count read from another attribute (``self.in_channels //
+        # self.num_paths``): the count is taken as fixed, the size as what grows
+        value = int.__floordiv__(self, other)
+        if isinstance(other, int) and not isinstance(other, bool) and other > 0 and value is not NotImplemented:
+            other = int(other)
+            s = self.source
+            # floor(f / n) moves by whole numbers when f moves by multiples of n
+            exact = s.scale.denominator * other // math.gcd(s.scale.numerator, other)
+            return self._derived(value, s.scale / other, math.lcm(s.period, exact))
+        return value
+
+
+def size_source(value: Any) -> SizeSource | None:
+    """Where a traced number came from, or None when the code wrote it (or combined attributes)."""
+    return value.source if isinstance(value, AttributeInt) else None
+
+
+def _is_int(value: Any) -> bool:
+    return type(value) is int
+
+
+@contextlib.contextmanager
+def attribute_ints(model: nn.Module, traced: Callable[[nn.Module, str], bool]) -> Iterator[None]:
+    """Int attributes of every module for which ``traced(module, path)`` holds replaced by
+    :class:`AttributeInt` for the duration, each restored (the very object) on exit."""
+    saved: list[tuple[dict[str, Any], str, Any]] = []
+    try:
+        for path, module in model.named_modules():
+            if not traced(module, path):
+                continue
+            state = vars(module)
+            for name, value in list(state.items()):
+                if name.startswith("_") or isinstance(value, bool):
+                    continue
+                if _is_int(value):
+                    wrapped: Any = AttributeInt(value, SizeSource(path, name, None, value, value, Fraction(1)))
+                elif isinstance(value, (list, tuple)) and type(value) in (list, tuple) and value and all(map(_is_int, value)):
+                    wrapped = type(value)(
+                        AttributeInt(v, SizeSource(path, name, i, v, v, Fraction(1))) for i, v in enumerate(value)
+                    )
+                else:
+                    continue
+                saved.append((state, name, value))
+                state[name] = wrapped
+        yield
+    finally:
+        for state, name, value in reversed(saved):
+            state[name] = value
+
+
+__all__ = ["AttributeInt", "SizeSource", "attribute_ints", "size_source"]

@@ -1,0 +1,292 @@
+"""Slices and splits at positions the code reads from module attributes (DPN, CSPNet, GhostNet,
+MixNet, ReXNet, SKNet), and the traced ints that remember their attribute.
+
+fx bakes ``x[:, :self.n]`` into a number; archgrow traces it back to ``self.n``, cuts the width
+there into runs that grow apart, and rewrites the attribute on growth, so the user's own forward
+cuts in the right place afterwards.  Each growable case goes through :func:`check_growth`
+(function kept, training steps after growth, a re-trace agrees, which it can only if the
+attributes were rewritten).  Positions written as numbers still freeze, with a reason saying what
+would follow growth.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import pytest
+import torch
+import torch.nn.functional as F
+from test_topologies import IMG, check_growth, member, names, trace
+from torch import nn
+
+import archgrow
+from archgrow import Slot
+from archgrow.ir.attribute_sizes import AttributeInt, SizeSource, attribute_ints, size_source
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread(one_thread: None) -> None:
+    """Tiny models: see the conftest's ``one_thread``."""
+
+
+# --------------------------------------------------------------------------- traced ints
+
+
+def _attr(value: int = 12) -> AttributeInt:
+    return AttributeInt(value, SizeSource("block", "chs", None, value, value, Fraction(1)))
+
+
+def test_attribute_ints_stay_affine() -> None:
+    a = _attr(12)
+    half = a // 2
+    assert half == 6 and size_source(half).scale == Fraction(1, 2) and size_source(half).period == 2
+    assert size_source(half).attr_for(8) == 16  # 16 // 2 == 8
+    assert size_source(3 * a + 1).scale == 3 and 3 * a + 1 == 37
+    assert size_source(a - 4).scale == 1 and size_source(20 - a).scale == -1
+    assert size_source(a + a).scale == 2
+    twice_half = (a // 2) * 2
+    assert size_source(twice_half).step() == 2  # the attribute must move by 2 for the number to move at all
+    with pytest.raises(ValueError, match="steps of 2"):
+        size_source(twice_half).attr_for(13)
+
+
+def test_attribute_ints_lose_their_source_when_combined() -> None:
+    other = AttributeInt(4, SizeSource("block", "other", None, 4, 4, Fraction(1)))
+    assert size_source(_attr() + other) is None  # which one grows is unknown
+    assert size_source(_attr() * other) is None
+    assert size_source(_attr() % 5) is None and size_source(int(_attr())) is None
+    assert size_source(_attr() // other) is not None  # a size divided by a count: the count is fixed
+    assert size_source(_attr() / 2) is None  # a float
+
+
+def test_attribute_ints_are_restored_after_tracing() -> None:
+    block = nn.Module()
+    block.n, block.sizes, block.flag, block.name = 5, [2, 3], True, "x"
+    saved = (block.n, block.sizes, block.flag)
+    with attribute_ints(block, lambda m, path: True):
+        assert isinstance(block.n, AttributeInt) and isinstance(block.sizes[1], AttributeInt)
+        assert type(block.sizes) is list and block.flag is True  # bools are not sizes
+        assert size_source(block.sizes[1]).index == 1
+    assert all(a is b for a, b in zip((block.n, block.sizes, block.flag), saved, strict=True))
+
+
+# --------------------------------------------------------------------------- DPN: two slices
+
+
+class DualPath(nn.Module):
+    """DPN's block: one conv's channels cut at ``self.num_res`` into a residual and a dense part."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.num_res = 5
+        self.stem = nn.Conv2d(3, 8, 1)
+        self.proj = nn.Conv2d(3, 5, 1)
+        self.out = nn.Conv2d(5 + 3, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.stem(x)
+        resid = y[:, : self.num_res] + self.proj(x)
+        dense = y[:, self.num_res :, :, :]
+        return self.out(torch.cat([resid, dense], dim=1)).mean((2, 3))
+
+
+def test_slices_at_an_attribute_cut_the_width() -> None:
+    g = trace(DualPath, IMG)
+    res, dense = g.group("stem[0]"), g.group("stem[1]")
+    assert res.growable and res.width == 5 and names(res.producers) == {"stem", "proj"}
+    assert dense.growable and dense.width == 3
+    assert member(res.producers, "stem").slots == (Slot(0, 1),)
+    assert member(dense.producers, "stem").slots == (Slot(5, 1),)
+    check_growth(DualPath, IMG, ["stem[0]", "stem[1]"])
+
+
+def test_growth_rewrites_the_attribute() -> None:
+    torch.manual_seed(0)
+    model = DualPath().eval()
+    g = archgrow.trace(model, IMG[:1])
+    before = model(IMG)
+    archgrow.grow(g, "stem[0]", 2)
+    assert model.num_res == 7 and model.stem.out_channels == 10 and type(model.num_res) is int
+    torch.testing.assert_close(model(IMG), before, rtol=0, atol=1e-6)
+    archgrow.grow(g, "stem[1]", 3)
+    assert model.num_res == 7 and model.stem.out_channels == 13
+    torch.testing.assert_close(model(IMG), before, rtol=0, atol=1e-6)
+
+
+class WrittenSlice(nn.Module):
+    def __init__(self, stop: str) -> None:
+        super().__init__()
+        self.stop = stop
+        self.stem = nn.Conv2d(3, 8, 1)
+        self.head = nn.Conv2d(8 if stop == "image" else 5, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.stem(x)
+        if self.stop == "image":  # the image's channels back from a concatenation: they never grow
+            return self.head(torch.cat([x, y], 1)[:, 3:]).mean((2, 3)) + torch.cat([x, y], 1)[:, :3].mean()
+        return self.head(y[:, :5]).mean((2, 3))
+
+
+def test_a_slice_position_written_in_the_code_freezes() -> None:
+    g = trace(lambda: WrittenSlice("number"), IMG)
+    stem = g.groups[0]
+    assert not stem.growable
+    assert "position 5 written in the code" in stem.reason and "self.n" in stem.reason and "node '" in stem.reason
+    check_growth(lambda: WrittenSlice("number"), IMG, [])
+
+
+def test_a_slice_of_fixed_channels_needs_no_attribute() -> None:
+    g = trace(lambda: WrittenSlice("image"), IMG)
+    assert g.group("stem").growable
+    check_growth(lambda: WrittenSlice("image"), IMG, ["stem"])
+
+
+# --------------------------------------------------------------------------- GhostNet
+
+
+class Ghost(nn.Module):
+    """GhostNet's module: a conv and a cheap depthwise copy, concatenated and cut to ``out_chs``."""
+
+    def __init__(self, out_chs: int) -> None:
+        super().__init__()
+        self.out_chs = out_chs
+        init = (out_chs + 1) // 2
+        self.primary = nn.Conv2d(3, init, 1)
+        self.cheap = nn.Conv2d(init, init, 3, padding=1, groups=init)
+        self.head = nn.Conv2d(out_chs, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x1 = self.primary(x)
+        out = torch.cat([x1, self.cheap(x1)], dim=1)
+        return self.head(out[:, : self.out_chs, :, :]).mean((2, 3))
+
+
+@pytest.mark.parametrize("out_chs", [8, 7])
+def test_ghost_module(out_chs: int) -> None:
+    g = trace(lambda: Ghost(out_chs), IMG)
+    growable = [grp for grp in g.groups if grp.growable]
+    assert growable, [grp.reason for grp in g.groups]
+    check_growth(lambda: Ghost(out_chs), IMG, [grp.name for grp in growable])
+    torch.manual_seed(0)
+    model = Ghost(out_chs)
+    g = archgrow.trace(model, IMG[:1])
+    archgrow.grow(g, growable[0].name, growable[0].step)
+    assert model.out_chs == model.head.in_channels  # the cut moved with the channels
+
+
+# --------------------------------------------------------------------------- CSPNet, ReXNet
+
+
+class CrossStage(nn.Module):
+    """CSPNet: ``x.split(self.expand_chs // 2, dim=1)``, two equal halves of one attribute."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.expand_chs = 8
+        self.expand = nn.Conv2d(3, 8, 1)
+        self.block = nn.Conv2d(4, 4, 3, padding=1)
+        self.transition = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xs, xb = self.expand(x).split(self.expand_chs // 2, dim=1)
+        return self.transition(torch.cat([xs, F.relu(self.block(xb)) + xb], dim=1)).mean((2, 3))
+
+
+def test_split_by_half_an_attribute() -> None:
+    g = trace(CrossStage, IMG)
+    grp = g.group("expand")
+    assert grp.growable and grp.width == 4 and member(grp.producers, "expand").slots == (Slot(0, 1), Slot(4, 1))
+    assert names(grp.producers) == {"expand", "block"}
+    check_growth(CrossStage, IMG, ["expand"])
+    torch.manual_seed(0)
+    model = CrossStage()
+    g = archgrow.trace(model, IMG[:1])
+    archgrow.grow(g, "expand", 3)
+    assert model.expand_chs == 14 == model.expand.out_channels
+
+
+class Rexnet(nn.Module):
+    """ReXNet's partial residual: ``cat([x[:, 0:self.in_channels] + shortcut, x[:, self.in_channels:]])``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_channels = 4
+        self.stem = nn.Conv2d(3, 4, 1)
+        self.expand = nn.Conv2d(4, 6, 1)
+        self.head = nn.Conv2d(6, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = self.stem(x)
+        y = self.expand(F.relu(shortcut))
+        y = torch.cat([y[:, 0 : self.in_channels] + shortcut, y[:, self.in_channels :]], dim=1)
+        return self.head(y).mean((2, 3))
+
+
+def test_partial_residual() -> None:
+    g = trace(Rexnet, IMG)
+    assert g.group("stem").width == 4 and g.group("expand").width == 2
+    check_growth(Rexnet, IMG, ["stem", "expand"])
+
+
+# --------------------------------------------------------------------------- MixNet
+
+
+class MixedConv(nn.Module):
+    """MixNet: ``torch.split(x, self.splits, 1)`` into unequal parts, one depthwise conv each,
+    concatenated and gated by a squeeze-excitation conv that knows nothing of the parts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.splits = [3, 5]
+        self.pw = nn.Conv2d(3, 8, 1)
+        self.dw = nn.ModuleList([nn.Conv2d(3, 3, 3, padding=1, groups=3), nn.Conv2d(5, 5, 5, padding=2, groups=5)])
+        self.se = nn.Conv2d(8, 8, 1)
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = torch.split(self.pw(x), self.splits, 1)
+        y = torch.cat([conv(parts[i]) for i, conv in enumerate(self.dw)], 1)
+        y = y * torch.sigmoid(self.se(y.mean((2, 3), keepdim=True)))
+        return self.head(y).mean((2, 3))
+
+
+def test_unequal_split_sizes_from_a_list_attribute() -> None:
+    g = trace(MixedConv, IMG)
+    first, second = g.group("pw[0]"), g.group("pw[1]")
+    assert first.width == 3 and second.width == 5 and first.growable and second.growable
+    assert member(first.producers, "se").slots == (Slot(0, 1),)  # the gate is cut like the parts
+    assert member(second.producers, "se").slots == (Slot(3, 1),)
+    check_growth(MixedConv, IMG, ["pw[0]", "pw[1]"])
+    torch.manual_seed(0)
+    model = MixedConv()
+    g = archgrow.trace(model, IMG[:1])
+    archgrow.grow(g, "pw[1]", 2)
+    assert model.splits == [3, 7] and type(model.splits) is list
+
+
+# --------------------------------------------------------------------------- SKNet
+
+
+class SelectiveKernel(nn.Module):
+    """SKNet's attention: ``x.view(B, self.num_paths, C // self.num_paths, H, W)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.num_paths = 2
+        self.paths = nn.ModuleList([nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(3, 4, 5, padding=2)])
+        self.select = nn.Conv2d(4, 8, 1)
+        self.head = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        stacked = torch.stack([p(x) for p in self.paths], dim=1)
+        a = self.select(stacked.sum(1).mean((2, 3), keepdim=True))
+        B, C, H, W = a.shape
+        a = torch.softmax(a.view(B, self.num_paths, C // self.num_paths, H, W), dim=1)
+        return self.head((stacked * a).sum(1)).mean((2, 3))
+
+
+def test_view_into_a_count_of_equal_parts() -> None:
+    g = trace(SelectiveKernel, IMG)
+    grp = g.group("paths.0")
+    assert grp.growable and member(grp.producers, "select").slots == (Slot(0, 1), Slot(4, 1))
+    check_growth(SelectiveKernel, IMG, ["paths.0"])
