@@ -127,12 +127,13 @@ class WrittenSlice(nn.Module):
         return self.head(y[:, :5]).mean((2, 3))
 
 
-def test_a_slice_position_written_in_the_code_freezes() -> None:
+def test_a_slice_position_written_in_the_code_freezes_the_channels_before_it() -> None:
     g = trace(lambda: WrittenSlice("number"), IMG)
-    stem = g.groups[0]
-    assert not stem.growable
-    assert "position 5 written in the code" in stem.reason and "self.n" in stem.reason and "node '" in stem.reason
-    check_growth(lambda: WrittenSlice("number"), IMG, [])
+    before, after = g.group("stem[0]"), g.group("stem[1]")
+    assert not before.growable and before.width == 5
+    assert "position 5 written in the code" in before.reason and "self.n" in before.reason and "node '" in before.reason
+    assert after.growable and after.width == 3  # new channels after the position leave the slice alone
+    check_growth(lambda: WrittenSlice("number"), IMG, ["stem[1]"])
 
 
 def test_a_slice_of_fixed_channels_needs_no_attribute() -> None:
@@ -290,3 +291,99 @@ def test_view_into_a_count_of_equal_parts() -> None:
     grp = g.group("paths.0")
     assert grp.growable and member(grp.producers, "select").slots == (Slot(0, 1), Slot(4, 1))
     check_growth(SelectiveKernel, IMG, ["paths.0"])
+
+
+# --------------------------------------------------------------------------- FocalNet
+
+
+class FocalModulation(nn.Module):
+    """FocalNet: one projection split into query, context and gates, the gates sliced one by one
+    at loop positions (numbers in the code), so each gate channel is fixed while q and ctx grow."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how, self.focal_level, self.dim = how, 2, 4
+        self.input_split = [4, 4, 3]
+        self.f = nn.Conv2d(3, 11, 1)
+        self.focal = nn.Conv2d(4, 4, 3, padding=1, groups=4)
+        self.h = nn.Conv2d(4, 4, 1)
+        self.head = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.f(x)
+        if self.how == "attribute":
+            q, ctx, gates = torch.split(x, self.input_split, 1)
+        else:  # sizes read from another tensor and a number
+            c = self.h(x[:, :4] * 0).shape[1]
+            q, ctx, gates = torch.split(x, (c, c, 3), 1)
+        ctx = self.focal(ctx)
+        out = ctx * gates[:, 0:1] + ctx.mean((2, 3), keepdim=True) * gates[:, self.focal_level :]
+        out = out / (self.focal_level + 1)  # focal_level is read for more than the slice
+        return self.head(q * self.h(out)).mean((2, 3))
+
+
+def test_split_into_parts_that_grow_and_parts_that_stay() -> None:
+    g = trace(lambda: FocalModulation("attribute"), IMG)
+    q, ctx = g.group("f[0]"), g.group("f[1]")
+    assert q.growable and ctx.growable and q.width == ctx.width == 4
+    gates = [grp for grp in g.groups if grp.name.startswith("f[") and grp.name not in ("f[0]", "f[1]")]
+    assert len(gates) == 3 and not any(grp.growable for grp in gates)  # cut at numbers: each gate stays
+    # the channel before gates[:, self.focal_level:] could move that position, but the forward
+    # also divides by focal_level + 1, which growth would change as well
+    assert "also reads it at node 'truediv'" in g.group("f[3]").reason
+    check_growth(lambda: FocalModulation("attribute"), IMG, ["f[0]", "f[1]"])
+    torch.manual_seed(0)
+    model = FocalModulation("attribute")
+    archgrow.grow(archgrow.trace(model, IMG[:1]), "f[1]", 2)
+    assert model.input_split == [4, 6, 3] and model.f.out_channels == 13
+
+
+class Condition(nn.Module):
+    """An attribute that is a cut position and also decides a branch: growth cannot rewrite it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.n = 2
+        self.stem = nn.Conv2d(3, 6, 1)
+        self.head = nn.Conv2d(6, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.stem(x)
+        first = y[:, : self.n]
+        if self.n > 1:
+            first = first * 0.5
+        return self.head(torch.cat([first, y[:, self.n :]], 1)).mean((2, 3))
+
+
+def test_an_attribute_used_in_a_condition_is_not_rewritten() -> None:
+    g = trace(Condition, IMG)
+    before = g.group("stem[0]")
+    assert not before.growable and "also uses as a comparison" in before.reason
+    assert g.group("stem[1]").growable
+    check_growth(Condition, IMG, ["stem[1]"])
+
+
+class LoopCount(Condition):
+    """An attribute that is a cut position and also a loop count, which tracing cannot see: the
+    check run after tracing (grow once, run the forward, undo) finds that the output changed."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.stem(x)
+        first = y[:, : self.n]
+        for _ in range(self.n):
+            first = first * 0.5
+        return self.head(torch.cat([first, y[:, self.n :]], 1)).mean((2, 3))
+
+
+def test_an_attribute_also_used_as_a_loop_count_is_caught_by_the_growth_check() -> None:
+    torch.manual_seed(0)
+    model = LoopCount()
+    x = IMG
+    before = model(x)
+    g = archgrow.trace(model, x[:1])
+    first = g.group("stem[0]")
+    assert not first.growable and "growing it breaks the model's own forward (the output changed" in first.reason
+    assert "loop count" in first.reason
+    assert g.group("stem[1]").growable and model.n == 2  # the check left nothing changed
+    torch.testing.assert_close(model(x), before, rtol=0, atol=0)
+    check_growth(LoopCount, IMG, ["stem[1]"])

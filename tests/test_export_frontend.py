@@ -237,3 +237,43 @@ def test_export_capture_freezes_groups_whose_growth_breaks_the_forward() -> None
     torch.testing.assert_close(model(x), before, rtol=0, atol=1e-6)
     assert g.widths()["embed"] == 8  # the check left nothing changed
     assert model.embed.out_features == 8 and model.wv.in_features == 8
+
+
+class AutocastRegion(nn.Module):
+    """EfficientViT's LiteMLA: part of the forward runs inside ``torch.autocast(enabled=False)``,
+    which export records as a higher-order op around a region."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.out = nn.Linear(5, 8), nn.Linear(8, 6), nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.fc1(x))
+        with torch.autocast(device_type="cpu", enabled=False):
+            y = F.relu(self.fc2(y.float()))
+        return self.out(y)
+
+
+def test_export_inlines_mode_regions() -> None:
+    torch.manual_seed(0)
+    model = AutocastRegion()
+    x = torch.randn(2, 5)
+    g = archgrow.trace(model, x[:1], frontend="export")
+    assert g.group("fc1").growable and g.group("fc2").growable
+    before = model(x)
+    archgrow.grow(g, "fc2", 2)
+    torch.testing.assert_close(model(x), before, rtol=0, atol=1e-6)
+
+
+class Branches(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(5, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cond(x.sum() > 0, lambda t: self.fc(t), lambda t: self.fc(-t), (x,))
+
+
+def test_export_refuses_control_flow_ops_by_name() -> None:
+    with pytest.raises(TraceError, match="higher-order op 'cond'.*leaf"):
+        archgrow.trace(Branches(), torch.randn(1, 5), frontend="export")

@@ -27,21 +27,19 @@ class SlicedDepthwise(nn.Module):
         return self.head(torch.cat([self.dw(y[:, :8]), self.grouped(y)], 1))
 
 
-def test_grouped_conv_on_a_fixed_input_grows_its_groups() -> None:
-    """The slice at a number freezes the width it cuts, naming the position; the grouped convs
-    after it still widen every group's outputs."""
+def test_grouped_conv_after_a_fixed_slice_grows_its_groups() -> None:
+    """The slice at a number freezes the channels before it, naming the position (the grouped conv
+    ties both halves, so all of the stem); the grouped conv still widens every group's outputs."""
     model = SlicedDepthwise()
     x = torch.randn(2, 3, 8, 8)
     g = archgrow.trace(model, x[:1])
     stem = g.group("stem")
     assert not stem.growable and "position 8 written in the code" in stem.reason and "self.n" in stem.reason
-    dw, grouped = g.group("dw"), g.group("grouped")
-    assert dw.growable and dw.width == 1 and grouped.growable and grouped.width == 16  # per group
+    grouped = g.group("grouped")
+    assert grouped.growable and grouped.width == 16  # per group
     before = model(x)
-    archgrow.grow(g, "dw", 1)
     archgrow.grow(g, "grouped", 2)
-    assert model.dw.weight.shape == (16, 1, 3, 3) and model.grouped.weight.shape == (36, 8, 1, 1)
-    assert model.head.in_channels == 52
+    assert model.grouped.weight.shape == (36, 8, 1, 1) and model.head.in_channels == 44
     torch.testing.assert_close(model(x), before, rtol=0, atol=1e-6)
 
 

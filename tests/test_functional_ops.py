@@ -9,6 +9,7 @@ roles and width attributes), keep the function where the group says so, and trai
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from test_topologies import check_growth, member, names, trace
@@ -336,3 +337,36 @@ def test_probe_stops_at_a_functional_consumer() -> None:
     g = trace(Net, IMG)
     probe = build_probe(g, g.group("conv"))
     assert "conv2d" not in [n.name for n in probe.chain] and probe.chain[0].name == "relu"
+
+
+class Blur(nn.Module):
+    """timm's BlurPool2d: a fixed depthwise filter, a buffer, with ``groups`` from an attribute."""
+
+    def __init__(self, groups: str) -> None:
+        super().__init__()
+        self.how = groups
+        self.stem = nn.Conv2d(3, 8, 1)
+        self.channels = 8
+        self.register_buffer("filt", torch.full((8, 1, 3, 3), 1 / 9))
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.stem(x)
+        groups = {"attribute": self.channels, "shape": y.shape[1], "number": 8}[self.how]
+        return self.head(F.conv2d(y, self.filt, padding=1, groups=groups))
+
+
+@pytest.mark.parametrize("groups", ["attribute", "shape"])
+def test_depthwise_functional_conv_groups_follow(groups: str) -> None:
+    g = trace(lambda: Blur(groups), IMG)
+    assert g.group("stem").growable
+    check_growth(lambda: Blur(groups), IMG, ["stem"])
+    torch.manual_seed(0)
+    model = Blur(groups)
+    archgrow.grow(archgrow.trace(model, IMG[:1]), "stem", 2)
+    assert model.filt.shape == (10, 1, 3, 3) and (groups != "attribute" or model.channels == 10)
+
+
+def test_depthwise_functional_conv_with_groups_written_as_a_number_freezes() -> None:
+    g = trace(lambda: Blur("number"), IMG)
+    assert not g.group("stem").growable and "groups=8 fixed in the code" in g.group("stem").reason

@@ -29,6 +29,7 @@ import contextlib
 import inspect
 import io
 import logging
+import operator
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -156,8 +157,67 @@ def _strip(path: str) -> str:
     return path[len(WRAPPED) + 1 :] if path.startswith(WRAPPED + ".") else path
 
 
+# Higher-order ops that only set a mode around a region of the forward (``torch.autocast``,
+# ``torch.no_grad`` inside it, as EfficientViT's LiteMLA does): the region's ops are inlined.
+MODE_REGIONS = ("wrap_with_autocast", "wrap_with_set_grad_enabled")
+
+
+def _inline_mode_regions(gm: fx.GraphModule) -> None:
+    """Replace each call of a mode-setting higher-order op by the ops of its region, so the rules
+    see them; any other higher-order op (``cond``, ``map``: control flow) is refused by name."""
+    graph = gm.graph
+    while True:
+        hops = [n for n in graph.nodes if n.op == "call_function" and isinstance(n.target, torch._ops.HigherOrderOperator)]
+        if not hops:
+            break
+        node = hops[0]
+        name = getattr(node.target, "__name__", str(node.target))
+        subs = [
+            i for i, a in enumerate(node.args)
+            if isinstance(a, fx.Node) and a.op == "get_attr" and isinstance(getattr(gm, str(a.target), None), fx.GraphModule)
+        ]  # fmt: skip
+        stack = list((node.meta.get("nn_module_stack") or {}).values())
+        where = _strip(stack[-1][0]) if stack else ""
+        if name not in MODE_REGIONS or len(subs) != 1:
+            raise TraceError(
+                f"torch.export captured the higher-order op '{name}' (control flow or a wrapped region) "
+                f"{f'inside submodule {where!r}' if where else 'in the forward'}, which archgrow cannot analyse; "
+                "mark that module as a leaf (leaf_modules=[...]: its widths are then frozen)"
+            )
+        region = getattr(gm, str(node.args[subs[0]].target))
+        env: dict[fx.Node, Any] = dict(
+            zip([n for n in region.graph.nodes if n.op == "placeholder"], node.args[subs[0] + 1 :], strict=False)
+        )
+        outputs: Any = ()
+        with graph.inserting_before(node):
+            for inner in region.graph.nodes:
+                if inner.op == "placeholder":
+                    continue
+                if inner.op == "output":
+                    outputs = fx.map_arg(inner.args[0], env.__getitem__)
+                    continue
+                if inner.op == "get_attr":  # a nested region or a constant of the region
+                    target = f"_archgrow_region_{len(list(graph.nodes))}"
+                    setattr(gm, target, getattr(region, str(inner.target)))
+                    env[inner] = graph.get_attr(target)
+                    env[inner].meta = dict(inner.meta)
+                    continue
+                env[inner] = graph.node_copy(inner, env.__getitem__)
+        for user in list(node.users):
+            if user.op == "call_function" and user.target is operator.getitem:
+                user.replace_all_uses_with(outputs[user.args[1]])
+                graph.erase_node(user)
+        if node.users:
+            node.replace_all_uses_with(outputs)  # type: ignore[arg-type]
+        owner = node.args[subs[0]]
+        graph.erase_node(node)
+        if not owner.users:  # type: ignore[union-attr]
+            graph.erase_node(owner)  # type: ignore[arg-type]
+
+
 def _convert(program: Any) -> tuple[fx.Graph, dict[str, torch.Tensor]]:
     """The exported graph with lifted tensors as ``get_attr`` nodes and only the user's outputs."""
+    _inline_mode_regions(program.graph_module)
     sig = program.graph_signature
     lifted = {**sig.inputs_to_parameters, **sig.inputs_to_buffers}
     lifted_constants = sig.inputs_to_lifted_tensor_constants

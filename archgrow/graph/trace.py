@@ -30,7 +30,7 @@ except ImportError:  # older torch
     _AnalysisModule = fx.GraphModule
 
 from archgrow.errors import TraceError
-from archgrow.ir.attribute_sizes import attribute_ints
+from archgrow.ir.attribute_sizes import STRUCTURAL_ATTRIBUTES, attribute_ints
 
 if TYPE_CHECKING:
     from archgrow.ops.registry import OpTable
@@ -152,7 +152,7 @@ def symbolic_trace(
     tracer = _Tracer(leaf_modules, autowrap_functions, is_leaf)
     try:
         traced = lambda m, path: path == "" or not tracer.is_leaf_module(m, path)  # noqa: E731
-        with _modes(model, True), kept_buffers(model), attribute_ints(model, traced):
+        with _modes(model, True), kept_buffers(model), attribute_ints(model, traced) as uses:
             graph = tracer.trace(model, concrete_args=concrete_args)
     except Exception as exc:  # fx raises many types; all are reported the same way
         where = tracer.failed_in
@@ -174,7 +174,9 @@ def symbolic_trace(
         raise TraceError(
             f"torch.fx could not trace {cls_name} {where_txt}: {type(exc).__name__}: {exc}. To fix: {fix}."
         ) from exc
-    return _AnalysisModule(tracer.root, graph, cls_name_of(model))
+    gm = _AnalysisModule(tracer.root, graph, cls_name_of(model))
+    gm.meta[STRUCTURAL_ATTRIBUTES] = dict(uses.found)
+    return gm
 
 
 def leaf_test(

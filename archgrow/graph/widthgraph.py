@@ -527,11 +527,19 @@ def trace(
         options["frontend"] = "export"
     analysis = analyze(gm, values, model, ops)
     graph = WidthGraph(model, inputs, analysis, options)
-    if options["frontend"] == "export":
-        # surgery builds on this module, so it is imported here, where it runs
-        from archgrow.surgery.check import freeze_groups_that_break_the_forward
+    # surgery builds on this module, so it is imported here, where it runs
+    from archgrow.surgery.check import freeze_groups_that_break_the_forward
 
+    if options["frontend"] == "export":
         freeze_groups_that_break_the_forward(graph)
+    elif analysis.sourced_at:
+        # growth rewrites attributes the code reads (x[:, :self.n]): check those groups once
+        rewritten = {key[:2] for key in analysis.sourced_at}
+        checked = [
+            g for g in graph.groups
+            if g.growable and any((a.module, a.attr) in rewritten for a in graph.attr_bindings(g))
+        ]  # fmt: skip
+        freeze_groups_that_break_the_forward(graph, checked)
     return graph
 
 

@@ -52,15 +52,41 @@ class SizeSource:
         where = f"{self.module}.{self.attr}" if self.module else self.attr
         return where if self.index is None else f"{where}[{self.index}]"
 
+    @property
+    def key(self) -> tuple[str, str, int | None]:
+        return (self.module, self.attr, self.index)
+
+
+# GraphModule.meta key under which tracing leaves the attributes used structurally
+STRUCTURAL_ATTRIBUTES = "archgrow_structural_attributes"
+
+
+class StructuralUses:
+    """Attributes whose value the traced Python used to decide something fx cannot record: a
+    condition (``if self.n > 1``, ``max(self.n, 8)``).  Rewriting such an attribute would change
+    the forward's structure, not just a size, so it is never bound.  Only uses while fx traces
+    count (``open``).  A loop count (``range(self.n)``) is not seen: Python reads an int subclass's
+    value without asking it."""
+
+    def __init__(self) -> None:
+        self.open = True
+        self.found: dict[tuple[str, str, int | None], str] = {}
+
+    def note(self, source: SizeSource, how: str) -> None:
+        if self.open:
+            self.found.setdefault(source.key, how)
+
 
 class AttributeInt(int):
     """An int read from a module attribute (or computed affinely from one) while fx traces."""
 
     source: SizeSource
+    uses: StructuralUses | None
 
-    def __new__(cls, value: int, source: SizeSource) -> AttributeInt:
+    def __new__(cls, value: int, source: SizeSource, uses: StructuralUses | None = None) -> AttributeInt:
         out = super().__new__(cls, value)
         out.source = source
+        out.uses = uses
         return out
 
     def __reduce__(self) -> tuple[Any, ...]:  # pickles and copies as the plain number
@@ -68,7 +94,33 @@ class AttributeInt(int):
 
     def _derived(self, value: int, scale: Fraction, period: int) -> AttributeInt:
         s = self.source
-        return AttributeInt(value, SizeSource(s.module, s.attr, s.index, s.attr0, value, scale, period))
+        return AttributeInt(value, SizeSource(s.module, s.attr, s.index, s.attr0, value, scale, period), self.uses)
+
+    def _structural(self, how: str) -> None:
+        if self.uses is not None:
+            self.uses.note(self.source, how)
+
+    def __bool__(self) -> bool:
+        self._structural("a condition")
+        return int.__bool__(self)
+
+    def __lt__(self, other: Any) -> Any:
+        self._structural("a comparison")
+        return int.__lt__(self, other)
+
+    def __le__(self, other: Any) -> Any:
+        self._structural("a comparison")
+        return int.__le__(self, other)
+
+    def __gt__(self, other: Any) -> Any:
+        self._structural("a comparison")
+        return int.__gt__(self, other)
+
+    def __ge__(self, other: Any) -> Any:
+        self._structural("a comparison")
+        return int.__ge__(self, other)
+
+    __hash__ = int.__hash__
 
     def _same(self, other: Any) -> bool:
         s, o = self.source, other.source
@@ -136,10 +188,12 @@ def _is_int(value: Any) -> bool:
 
 
 @contextlib.contextmanager
-def attribute_ints(model: nn.Module, traced: Callable[[nn.Module, str], bool]) -> Iterator[None]:
+def attribute_ints(model: nn.Module, traced: Callable[[nn.Module, str], bool]) -> Iterator[StructuralUses]:
     """Int attributes of every module for which ``traced(module, path)`` holds replaced by
-    :class:`AttributeInt` for the duration, each restored (the very object) on exit."""
+    :class:`AttributeInt` for the duration, each restored (the very object) on exit.  Yields the
+    record of attributes used structurally meanwhile."""
     saved: list[tuple[dict[str, Any], str, Any]] = []
+    uses = StructuralUses()
     try:
         for path, module in model.named_modules():
             if not traced(module, path):
@@ -149,19 +203,20 @@ def attribute_ints(model: nn.Module, traced: Callable[[nn.Module, str], bool]) -
                 if name.startswith("_") or isinstance(value, bool):
                     continue
                 if _is_int(value):
-                    wrapped: Any = AttributeInt(value, SizeSource(path, name, None, value, value, Fraction(1)))
+                    wrapped: Any = AttributeInt(value, SizeSource(path, name, None, value, value, Fraction(1)), uses)
                 elif isinstance(value, (list, tuple)) and type(value) in (list, tuple) and value and all(map(_is_int, value)):
                     wrapped = type(value)(
-                        AttributeInt(v, SizeSource(path, name, i, v, v, Fraction(1))) for i, v in enumerate(value)
+                        AttributeInt(v, SizeSource(path, name, i, v, v, Fraction(1)), uses) for i, v in enumerate(value)
                     )
                 else:
                     continue
                 saved.append((state, name, value))
                 state[name] = wrapped
-        yield
+        yield uses
     finally:
+        uses.open = False
         for state, name, value in reversed(saved):
             state[name] = value
 
 
-__all__ = ["AttributeInt", "SizeSource", "attribute_ints", "size_source"]
+__all__ = ["STRUCTURAL_ATTRIBUTES", "AttributeInt", "SizeSource", "StructuralUses", "attribute_ints", "size_source"]

@@ -20,7 +20,7 @@ import torch.fx as fx
 from torch import nn
 
 from archgrow.errors import RegistrationError
-from archgrow.ir.attribute_sizes import SizeSource, size_source
+from archgrow.ir.attribute_sizes import STRUCTURAL_ATTRIBUTES, SizeSource, size_source
 from archgrow.ir.bindings import AttrBinding, MemberRecord, TensorBinding
 from archgrow.ir.layout import Layout, Seg, TensorMeta, WidthVars
 
@@ -114,6 +114,7 @@ class LayoutState:
     direct_params: dict[str, str] = field(default_factory=dict)  # parameter path -> node using it directly
     param_roles: dict[str, str] = field(default_factory=dict)  # parameter path -> role, when a rule knows it
     bound_params: dict[str, str] = field(default_factory=dict)  # parameter path -> node whose rule bound it
+    sourced_at: dict[tuple[str, str, int | None], set[str]] = field(default_factory=dict)  # attribute -> nodes binding it
 
 
 def bind_tensor(state: LayoutState, name: str, module: nn.Module, tensor: str, dim: int, layout: Layout | None, role: str) -> None:
@@ -412,11 +413,20 @@ class RuleContext:
 
     def bind_source(self, source: SizeSource, layout: Layout, what: str) -> bool:
         """Bind the attribute a traced number came from (``source``) to the size of ``layout``,
-        which the number equals, so growth rewrites it; False (nothing bound) when the number
-        does not grow with the attribute."""
+        which the number equals, so growth rewrites it.  When it cannot be (the number shrinks as
+        the attribute grows, or the forward also used the attribute as a loop count, an index or
+        a condition), nothing is bound, ``layout`` freezes saying why, and the answer is False."""
         scale = source.scale
-        if scale <= 0:
+        structural = (self.state.gm.meta.get(STRUCTURAL_ATTRIBUTES) or {}).get(source.key)
+        if scale <= 0 or structural is not None:
+            why = f"as {structural}" if structural else "in a way that shrinks the size as it grows"
+            self.freeze(
+                layout,
+                f"{what} is read from '{source.describe()}', which the forward also uses {why}; growth cannot "
+                "rewrite it",
+            )
             return False
+        self.state.sourced_at.setdefault(source.key, set()).add(self.node.name)
         vars_ = self.vars
         size0 = vars_.layout_size(layout)
         p, q = scale.numerator, scale.denominator  # attr = attr0 + (size - size0) * q / p

@@ -94,26 +94,27 @@ def slice_width(ctx: RuleContext, lay: Layout, sl: slice, total: int) -> Layout 
         if before is None:
             continue  # only fixed channels before it: the position stays right
         source = size_source(given)
-        if source is None:
+        if source is None:  # channels after a fixed position may grow; those before it may not
             ctx.freeze(
-                cut,
+                before,
                 f"slicing a width dim at {where} at position {int(given)} written in the code ({name}); growth "
                 f"would move the channels after it; {FOLLOWING_BOUNDS_HINT}",
             )
-            return None
-        if not ctx.bind_source(source, before, f"the {name} of a slice at {where}"):
-            ctx.freeze(cut, f"slicing a width dim at {where} at a position that shrinks as '{source.describe()}' grows")
-            return None
+        else:
+            ctx.bind_source(source, before, f"the {name} of a slice at {where}")
     return piece(ctx, cut, lo, hi)
 
 
 def sourced_split(ctx: RuleContext, lay: Layout, sizes: list[Any], name: str) -> list[Layout | None] | None:
-    """``split(x, [a, b, ...], dim)`` with sizes read from module attributes: one run per size, each
-    growing apart with the attribute entry it came from; None (after freezing) otherwise."""
+    """``split(x, [a, b, ...], dim)`` with sizes read from module attributes or from tensors
+    (FocalNet's ``split(x, (C, C, self.focal_level + 1), 1)``): one run per size, each growing
+    apart with what it came from; a size written in the code fixes its own part only.  None
+    (after freezing) when the sizes do not cut this width."""
     where = ctx.where
     total = ctx.vars.layout_size(lay)
-    values = [int(s) for s in sizes]
-    if sum(values) != total or any(v <= 0 for v in values):
+    values = [_value(ctx, s) for s in sizes]
+    if not all(_is_int(v) for v in values) or sum(values) != total or any(v <= 0 for v in values):
+        ctx.freeze(lay, f"{name} at {where} cuts a width dim into sizes {values} that are not all known")
         return None
     ends = [sum(values[: i + 1]) for i in range(len(values))]
     cut = cut_layout(ctx, lay, ends[:-1])
@@ -125,12 +126,15 @@ def sourced_split(ctx: RuleContext, lay: Layout, sizes: list[Any], name: str) ->
         if part is None:
             continue
         source = size_source(given)
-        if source is None or not ctx.bind_source(source, part, f"part {i} of {name} at {where}"):
+        if isinstance(given, fx.Node) and ctx.adaptive(given, part):
+            continue  # read from a tensor whose width it follows
+        if source is not None:
+            ctx.bind_source(source, part, f"part {i} of {name} at {where}")
+        else:
             ctx.freeze(
-                cut,
+                part,
                 f"{name} at {where} fixes the size of part {i} ({values[i]}) in the code; {FOLLOWING_BOUNDS_HINT}",
             )
-            return None
     return pieces
 
 

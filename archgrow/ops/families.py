@@ -372,7 +372,8 @@ def _part_size(ctx: RuleContext, size: Any, lay: Layout, count: int, *, probe: b
         return False
     if probe:
         known = ctx.state.size_layout.get(whole) if isinstance(whole, fx.Node) else None
-        return known is not None and ctx.vars.layout_size(ctx.vars.resolve(known)) == ctx.vars.layout_size(ctx.vars.resolve(lay))
+        vars_ = ctx.vars
+        return known is not None and vars_.layout_size(vars_.resolve(known)) == vars_.layout_size(vars_.resolve(lay))
     if not ctx.adaptive(whole, lay):
         return False
     ctx.consumed.add(size)

@@ -25,6 +25,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
+from archgrow.ir.attribute_sizes import size_source
 from archgrow.ir.layout import Layout, TensorMeta
 from archgrow.ir.roles import MEAN
 from archgrow.ops import families
@@ -131,7 +132,27 @@ def conv_core(ctx: RuleContext, owner: Owner, src: TensorMeta, shape: tuple[int,
     if not isinstance(groups, int):
         raise NoRule(f"conv with groups={groups!r}")
     weight = sizes["weight"]  # (out, in / groups, *kernel)
-    return _CONV.apply_to(ctx, owner, src, shape, groups, weight[1] * groups, weight[0])
+    out = _CONV.apply_to(ctx, owner, src, shape, groups, weight[1] * groups, weight[0])
+    if groups > 1 and weight[1] == 1 and weight[0] == groups and src.dims[1] is not None:
+        _groups_follow(ctx, arg(ctx.node, 6, "groups", 1), src.dims[1])
+    return out
+
+
+def _groups_follow(ctx: RuleContext, given: Any, lay: Layout) -> None:
+    """A depthwise conv grows by whole groups, so the ``groups`` the code passes must follow its
+    channels: read from the tensor (``x.shape[1]``) or from a module attribute, which growth
+    rewrites (timm's ``BlurPool2d``: ``F.conv2d(x, self.filt, groups=self.channels)``)."""
+    if isinstance(given, fx.Node) and ctx.adaptive(given, lay):
+        return
+    source = size_source(given)
+    if source is not None:
+        ctx.bind_source(source, lay, f"the groups of a depthwise conv at {ctx.where}")
+        return
+    ctx.freeze(
+        lay,
+        f"depthwise conv at {ctx.where} passes groups={given!r} fixed in the code, and growth adds groups; read it "
+        "from the tensor (groups=x.shape[1]) or a module attribute",
+    )
 
 
 def conv_transpose_core(ctx: RuleContext, owner: Owner, src: TensorMeta, shape: tuple[int, ...], sizes: dict) -> Any:

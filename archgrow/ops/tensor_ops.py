@@ -147,7 +147,7 @@ def split_rule(ctx: RuleContext) -> Any:
                 path, found = ctx.size_attributes(sizes, "part")  # split(self.split_size) by value
                 if len(found) == 1:
                     n, attribute = src.shape[d] // sizes, (path, found[0])
-        elif isinstance(sizes, (tuple, list)) and len(items) > 1 and all(size_source(s) for s in items):
+        elif isinstance(sizes, (tuple, list)) and len(items) > 1 and _followed(ctx, items):
             out = ctx.out
             pieces = cuts.sourced_split(ctx, src.dims[d], items, op_name(ctx))
             if pieces is not None and isinstance(out, (tuple, list)) and all(is_tensor(o) for o in out):
@@ -161,8 +161,7 @@ def split_rule(ctx: RuleContext) -> Any:
     if part is not None and attribute is not None:
         ctx.bind_attr(*attribute, part)
     elif part is not None and size_source(sizes) is not None:
-        if not ctx.bind_source(size_source(sizes), part, f"the size of a part of {op_name(ctx)} at {ctx.where}"):
-            ctx.freeze(part, f"{op_name(ctx)} at {ctx.where} reads a part size that shrinks as its attribute grows")
+        ctx.bind_source(size_source(sizes), part, f"the size of a part of {op_name(ctx)} at {ctx.where}")  # type: ignore[arg-type]
     return out
 
 
@@ -182,6 +181,13 @@ def unbind_rule(ctx: RuleContext) -> Any:
 
 def glu_rule(ctx: RuleContext) -> Any:
     return families.gated(ctx, _src(ctx), arg(ctx.node, 1, "dim", -1), op_name(ctx))
+
+
+def _followed(ctx: RuleContext, items: list[Any]) -> bool:
+    """Split sizes of which at least one follows something (a module attribute, a tensor's size)
+    and the others are numbers or follow too: each part then grows, or stays, on its own."""
+    known = [size_source(s) is not None or (isinstance(s, fx.Node) and ctx.state.size_layout.get(s) is not None) for s in items]
+    return any(known) and all(k or _is_int(s) for k, s in zip(known, items, strict=True))
 
 
 def _is_int(x: Any) -> bool:

@@ -1,16 +1,21 @@
-"""Attributes bound twice must agree: one module attribute, one size.
+"""Attributes growth rewrites must mean one size only.
 
 Growth rewrites a module attribute from the width its binding names (a conv's ``out_channels``,
 CSPNet's ``expand_chs``, DPN's ``num_1x1_c``).  An attribute the forward reads for two sizes that
-grow apart (``self.dim`` for a residual stream and for a head count) cannot follow both: after
-growth the code would compute one of them wrong.  This pass finds attributes bound to sizes that
-are not the same function of the same widths and freezes those widths, naming the attribute.
+grow apart (``self.dim`` for a residual stream and for a head count) cannot follow both, and one
+it also reads for something else (FocalNet divides by ``self.focal_level + 1`` as well as slicing
+at it) would change that too.  This pass freezes the widths bound to such an attribute, naming it
+and the node that reads it otherwise.
 """
 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from typing import Any
 
+import torch.fx as fx
+
+from archgrow.ir.attribute_sizes import AttributeInt
 from archgrow.ir.bindings import AttrBinding
 from archgrow.ir.layout import WidthVars
 from archgrow.ops.context import LayoutState, freeze_layout
@@ -29,11 +34,49 @@ def _signature(vars_: WidthVars, a: AttrBinding) -> tuple[object, ...]:
     return (tuple(sorted(counts.items())), fixed, a.multiplier, a.offset, a.divisor)
 
 
+def _attribute_ints(value: Any, found: list[AttributeInt]) -> None:
+    if isinstance(value, AttributeInt):
+        found.append(value)
+    elif isinstance(value, (tuple, list)):
+        for v in value:
+            _attribute_ints(v, found)
+    elif isinstance(value, dict):
+        for v in value.values():
+            _attribute_ints(v, found)
+    elif isinstance(value, slice):
+        _attribute_ints((value.start, value.stop, value.step), found)
+
+
+def _readers(gm: fx.GraphModule) -> dict[tuple[str, str, int | None], list[str]]:
+    """Per traced attribute, the nodes whose arguments hold a number computed from it."""
+    readers: dict[tuple[str, str, int | None], list[str]] = defaultdict(list)
+    for node in gm.graph.nodes:
+        found: list[AttributeInt] = []
+        _attribute_ints((node.args, node.kwargs), found)
+        for value in found:
+            readers[value.source.key].append(node.name)
+    return readers
+
+
 def check_attribute_bindings(state: LayoutState) -> None:
     vars_ = state.vars
     by_attr: dict[tuple[str, str, int | None], list[AttrBinding]] = defaultdict(list)
     for a in state.attr_bindings:
         by_attr[(a.module, a.attr, a.index)].append(a)
+    readers = _readers(state.gm) if state.sourced_at else {}
+    for key, bound_at in state.sourced_at.items():
+        others = [n for n in readers.get(key, []) if n not in bound_at]
+        if not others:
+            continue
+        module, attr, index = key
+        where = f"{module}.{attr}" if module else attr
+        where = where if index is None else f"{where}[{index}]"
+        reason = (
+            f"attribute '{where}' sets a size growth would rewrite, and the forward also reads it at node "
+            f"'{others[0]}' for another value, which would change too"
+        )
+        for a in by_attr.get(key, []):
+            freeze_layout(vars_, vars_.resolve(a.layout), reason)
     for (module, attr, index), bindings in by_attr.items():
         if len({_signature(vars_, a) for a in bindings}) < 2:
             continue

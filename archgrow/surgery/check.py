@@ -3,11 +3,14 @@
 torch.export captures a forward with static shapes: a size the code reads from a tensor
 (``B, N, C = x.shape; ... .reshape(B, 1, C)`` in CrossViT's cross-attention) becomes a number in
 the graph, so analysis cannot see that it ties two widths, and growing one of them would break
-the user's forward.  fx keeps such reads as nodes and never needs this.  For a model captured by
-export, every growable group is grown by its step inside :func:`~archgrow.surgery.channels.trial`
-(which undoes it exactly), and the model's own forward runs on the example inputs; groups under
-which it fails, or returns other shapes, are frozen with the error.  All groups are tried at once
-first (one forward when nothing breaks), then halves, down to the groups at fault.
+the user's forward.  Under fx, growth that rewrites a module attribute (``x[:, :self.n]``) is
+exact only if the code reads the attribute for nothing analysis missed (a loop count).  So the
+groups in doubt (every group of an export capture; under fx, those rewriting an attribute) are
+grown by their step inside :func:`~archgrow.surgery.channels.trial` (which undoes it exactly),
+and the model's own forward runs on the example inputs: groups under which it fails, returns
+other shapes, or (where the group claims to keep the function) returns other values, are frozen
+with what went wrong.  All groups are tried at once first (one forward when nothing breaks),
+then halves, down to the groups at fault.
 """
 
 from __future__ import annotations
@@ -34,8 +37,35 @@ def _shapes(value: Any) -> Any:
     return None
 
 
-def _failure(graph: WidthGraph, groups: Sequence[WidthGroup], expected: Any) -> str | None:
-    """What goes wrong when every group in ``groups`` grows by its step (None: the forward runs)."""
+def _tensors(value: Any) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in _tensors(v)]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _tensors(v)]
+    return []
+
+
+def _changed(before: list[torch.Tensor], after: list[torch.Tensor]) -> str | None:
+    for a, b in zip(before, after, strict=True):
+        if a.shape != b.shape:
+            return f"an output's shape changed from {tuple(a.shape)} to {tuple(b.shape)}"
+        if a.is_floating_point():
+            scale = a.abs().max().clamp_min(1e-12)
+            diff = float((a - b).abs().max() / scale)
+            if diff > FUNCTION_TOLERANCE:
+                return f"the output changed by {diff:.1e} (relative), though the group keeps the function"
+    return None
+
+
+# Relative change of an output above which growth said to keep the function did not (float32
+# reordering in wider layers stays far below it).
+FUNCTION_TOLERANCE = 1e-3
+
+
+def _failure(graph: WidthGraph, groups: Sequence[WidthGroup], reference: Any) -> str | None:
+    """What goes wrong when every group in ``groups`` grows by its step (None: nothing)."""
     model = graph.model
     with contextlib.ExitStack() as stack:
         for grp in groups:
@@ -45,9 +75,12 @@ def _failure(graph: WidthGraph, groups: Sequence[WidthGroup], expected: Any) -> 
             out = model(*graph.example_inputs)
         except Exception as exc:  # the user's forward: any error means growth broke it
             return f"{type(exc).__name__}: {exc}"
-        if _shapes(out) != expected:
+        if _shapes(out) != _shapes(reference):
             return "the forward returns a different structure"
-    return None
+        before, after = _tensors(reference), _tensors(out)
+        if all(g.preserves_function for g in groups):
+            return _changed(before, after)
+        return next((_changed([a], [b]) for a, b in zip(before, after, strict=True) if a.shape != b.shape), None)
 
 
 def _at_fault(graph: WidthGraph, groups: list[WidthGroup], expected: Any, failure: str) -> dict[str, str]:
@@ -64,25 +97,34 @@ def _at_fault(graph: WidthGraph, groups: list[WidthGroup], expected: Any, failur
     return found
 
 
-def freeze_groups_that_break_the_forward(graph: WidthGraph) -> list[str]:
-    """Freeze, with the error, each growable group whose growth by its step breaks the model's
-    forward on the graph's example inputs; returns their names.  Nothing stays changed."""
+def freeze_groups_that_break_the_forward(graph: WidthGraph, groups: Sequence[WidthGroup] | None = None) -> list[str]:
+    """Freeze, with what went wrong, each of ``groups`` (default: every growable group) whose
+    growth by its step breaks the model's forward on the graph's example inputs, or changes its
+    output where the group says it keeps the function; returns their names.  Nothing stays
+    changed."""
     model = graph.model
-    groups = [g for g in graph.groups if g.growable]
-    if not groups:
+    candidates = [g for g in (graph.groups if groups is None else groups) if g.growable]
+    if not candidates:
         return []
     with training_flags(model, False), torch.no_grad(), forked_rng(model), kept_buffers(model):
-        expected = _shapes(model(*graph.example_inputs))
-        failure = _failure(graph, groups, expected)
-        broken = {} if failure is None else _at_fault(graph, groups, expected, failure)
+        reference = model(*graph.example_inputs)
+        broken: dict[str, str] = {}
+        for kind in (True, False):  # groups keeping the function are checked on values too
+            batch = [g for g in candidates if g.preserves_function == kind]
+            failure = _failure(graph, batch, reference) if batch else None
+            if failure is not None:
+                broken.update(_at_fault(graph, batch, reference, failure))
+    exported = graph.frontend == "export"
     for name, error in broken.items():
-        graph.freeze(
-            name,
-            f"growing it breaks the model's own forward ({error[:300]}); the model was captured with torch.export, "
-            "whose graph shows sizes the code reads from tensors (x.shape) as fixed numbers, so what ties this "
-            "width to others is not visible: trace with fx (frontend='fx', marking untraceable modules as "
-            "leaf_modules) to see it",
+        why = (
+            "the model was captured with torch.export, whose graph shows sizes the code reads from tensors "
+            "(x.shape) as fixed numbers, so what ties this width to others is not visible: trace with fx "
+            "(frontend='fx', marking untraceable modules as leaf_modules) to see it"
+            if exported
+            else "growth rewrites a module attribute the forward also reads for something analysis does not see "
+            "(a loop count, say)"
         )
+        graph.freeze(name, f"growing it breaks the model's own forward ({error[:300]}); {why}")
     return sorted(broken)
 
 
