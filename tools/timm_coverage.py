@@ -6,7 +6,8 @@ of timm's families, and what freezes the rest.
     python tools/timm_coverage.py resnet18 vit_tiny_patch16_224
 
 Each model is built with ``pretrained=False`` and traced once on a batch of one at the smallest
-input it accepts (64 px unless listed in ``SIZE``); nothing is grown (tests/test_timm.py checks
+input it accepts (64 px unless listed in ``SIZE``; a model whose timm config fixes its input
+size, or that fails at 64 px, at its own size); nothing is grown (tests/test_timm.py checks
 that growth keeps models running).  It prints one row per model, the growable fraction over all
 width groups of all models that traced (issue 18's measure, whose target is 85%), the same
 without the groups that reach the model output (the classifier's width is the number of
@@ -81,10 +82,20 @@ def measure(name: str, size: int) -> dict[str, Any]:
         model = timm.create_model(name, pretrained=False).eval()
     except Exception as exc:  # a name this timm does not have
         return {"model": name, "size": size, "error": f"create_model: {type(exc).__name__}: {exc}"}
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    own = int(cfg.get("input_size", (3, 224, 224))[-1])
+    if cfg.get("fixed_input_size") and name not in SIZE:
+        size = own  # its position embedding or windows fix the size
     try:
         graph = archgrow.trace(model, torch.randn(1, 3, size, size))
     except archgrow.ArchgrowError as exc:
-        return {"model": name, "size": size, "error": f"{type(exc).__name__}: {exc}"}
+        if size == own:
+            return {"model": name, "size": size, "error": f"{type(exc).__name__}: {exc}"}
+        size = own  # too small for it: its own input size
+        try:
+            graph = archgrow.trace(model, torch.randn(1, 3, size, size))
+        except archgrow.ArchgrowError as exc2:
+            return {"model": name, "size": size, "error": f"{type(exc2).__name__}: {exc2}"}
     groups = [
         {"name": g.name, "width": g.width, "growable": g.growable, "reason": g.reasons[0] if g.reasons else ""}
         for g in graph.groups
