@@ -39,7 +39,7 @@ DEFAULT = ("resnet18", "resnet50", "mobilenet_v2", "densenet121", "vgg11", "wrn2
 VERSUS = (
     "mobilenet_v3_small", "efficientnet_b0", "densenet121", "swin_t", "shufflenet_v2_x0_5", "resnet18", "resnet50",
     "convnext_tiny", "timm:regnety_002", "timm:efficientnet_b0", "timm:mobilenetv3_small_050", "timm:resnet18d",
-    "timm:convnext_atto", "timm:lcnet_050",
+    "timm:convnext_atto", "timm:lcnet_050", "timm:cspresnet50", "timm:dpn48b", "timm:ghostnet_050",
 )  # fmt: skip
 
 
