@@ -730,6 +730,37 @@ def test_per_sample_mask_from_new_empty() -> None:
     check_growth(DropPath, IMG, ["stem"])
 
 
+class EinsumAttention(nn.Module):
+    """Attention written with einsum (torchvision's MaxViT): q and k share the summed letter."""
+
+    def __init__(self, ellipsis: bool = False) -> None:
+        super().__init__()
+        self.ellipsis = ellipsis
+        self.q, self.k, self.v = nn.Linear(6, 4), nn.Linear(6, 4), nn.Linear(6, 5)
+        self.proj = nn.Linear(5, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.q(x), self.k(x), self.v(x)
+        if self.ellipsis:
+            scores = torch.einsum("...nd,...md->...nm", q, k)
+        else:
+            scores = torch.einsum("bnd,bmd->bnm", q, k)
+        out = torch.einsum("bnm,bmd->bnd", scores.softmax(-1), v)
+        return self.proj(out)
+
+
+def test_einsum() -> None:
+    x = torch.randn(2, 5, 6, generator=torch.Generator().manual_seed(4))
+    g = trace(EinsumAttention, x[:1])
+    qk, v = g.group("q"), g.group("v")
+    assert qk.growable and names(qk.producers) == {"q", "k"} and not qk.preserves_function
+    assert "sums over it" in qk.not_preserving_reasons[0]
+    assert v.growable and v.preserves_function and names(v.consumers) == {"proj"}
+    check_growth(EinsumAttention, x, ["q", "v"])
+    g = trace(lambda: EinsumAttention(ellipsis=True), x[:1])
+    assert not g.group("q").growable and "'...'" in g.group("q").reason
+
+
 # --------------------------------------------------------------------------- 13. broadcast mask
 
 

@@ -422,6 +422,51 @@ def matmul(ctx: RuleContext, a: Any, b: Any, name: str) -> Any:
     return TensorMeta(shape, (*batch, a.dims[-2], b.dims[-1]))
 
 
+def einsum(ctx: RuleContext, equation: Any, operands: list[Any], name: str) -> Any:
+    """``torch.einsum("bhqd,bkd->bhqk", a, b)``: the dims sharing a letter are tied, the output
+    keeps each of its letters' layout, and a width summed over (a letter the output drops) adds
+    terms to every result, as the contracted dim of a matmul does.  A letter of size 1 against a
+    width broadcasts it, which freezes; ``...`` and repeated letters in one operand are refused."""
+    out = ctx.out
+    if (
+        not isinstance(equation, str) or "..." in equation or not is_tensor(out)
+        or not all(isinstance(t, TensorMeta) for t in operands)
+    ):  # fmt: skip
+        return ctx.unknown(f"{name} (with '...', or on non-tensors)")
+    spec = equation.replace(" ", "")
+    inputs, _, output = spec.partition("->")
+    terms = inputs.split(",")
+    if "->" not in spec:
+        output = "".join(sorted(c for c in set(inputs.replace(",", "")) if inputs.replace(",", "").count(c) == 1))
+    if len(terms) != len(operands) or any(len(t) != m.ndim or len(set(t)) != len(t) for t, m in zip(terms, operands, strict=False)):
+        return ctx.unknown(f"{name} '{equation}' (a letter repeated in one operand)")
+    found: dict[str, list[tuple[Layout | None, int]]] = {}
+    for term, meta in zip(terms, operands, strict=True):
+        for letter, lay, size in zip(term, meta.dims, meta.shape, strict=True):
+            found.setdefault(letter, []).append((lay, size))
+    layout: dict[str, Layout | None] = {}
+    for letter, uses in found.items():
+        sizes = {size for _, size in uses}
+        lays = [lay for lay, size in uses if size != 1 or len(sizes) == 1]
+        for lay, size in uses:
+            if size == 1 and len(sizes) > 1:
+                ctx.freeze(lay, f"{name} at {ctx.where} broadcasts a width from size 1")
+        widths = [lay for lay in lays if lay is not None]
+        if not widths:
+            layout[letter] = None
+            continue
+        if len(widths) != len(lays):
+            ctx.unify_all(lays)  # a width tied to a dim that never grows: frozen, with that reason
+        merged = ctx.unify_all(widths)
+        layout[letter] = merged
+        if letter not in output:
+            ctx.not_preserving(merged, f"{name} '{equation}' at {ctx.where} sums over it (new entries on both sides add terms)")
+    shape = out[1]
+    if len(output) != len(shape):
+        return ctx.unknown(f"{name} '{equation}'")
+    return TensorMeta(shape, tuple(layout.get(c) for c in output))
+
+
 def attention(ctx: RuleContext, q: Any, k: Any, v: Any, mask: Any, name: str) -> Any:
     """``softmax(q @ k^T * scale + mask) @ v`` (``F.scaled_dot_product_attention``): batch and head
     dims broadcast, q and k share their last dim (a head dim: growing it changes the logits and

@@ -218,6 +218,16 @@ def matmul_rule(ctx: RuleContext) -> Any:
     return families.matmul(ctx, ctx.meta(arg(node, 0, "input")), ctx.meta(arg(node, 1, "other", node.kwargs.get("mat2"))), op_name(ctx))
 
 
+def einsum_rule(ctx: RuleContext) -> Any:
+    """``torch.einsum(equation, *operands)`` (or with the operands in one list)."""
+    node = ctx.node
+    equation = arg(node, 0, "equation")
+    rest = node.args[1:]
+    if len(rest) == 1 and isinstance(rest[0], (tuple, list)):
+        rest = tuple(rest[0])
+    return families.einsum(ctx, equation, [ctx.meta(a) for a in rest], op_name(ctx))
+
+
 def sdpa_rule(ctx: RuleContext) -> Any:
     """``F.scaled_dot_product_attention(q, k, v, attn_mask, ...)``."""
     node = ctx.node
@@ -483,6 +493,7 @@ def register_builtin_ops(table: OpTable) -> None:
     _functions(table, spatial, spatial_rule)
     _functions(table, existing_attrs(F, "pad"), pad_rule)
     _functions(table, existing_attrs(torch, "roll flip"), reorder_rule)
+    _functions(table, existing_attrs(torch, "einsum"), einsum_rule)
     _functions(table, existing_attrs(torch, "zeros ones empty full rand randn randint"), creation_rule)
     shuffles = existing_attrs(torch, "channel_shuffle pixel_shuffle pixel_unshuffle")
     _functions(table, shuffles + existing_attrs(F, "channel_shuffle pixel_shuffle pixel_unshuffle"), shuffle_rule)
