@@ -8,15 +8,19 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_step_cost.py"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_step_cost", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _load("bench_step_cost")
 
 
 def test_step_cost_table_has_a_row_per_strategy_with_positive_figures(bench, monkeypatch, capsys) -> None:
@@ -74,15 +78,9 @@ def test_capped_table_has_every_group_capped_and_no_trigger_evaluated(bench, mon
     assert table["linear-schedule"][1] == "68/68"
 
 
-GROW_SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_grow.py"
-
-
 @pytest.fixture(scope="module")
 def bench_grow():
-    spec = importlib.util.spec_from_file_location("bench_grow", GROW_SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _load("bench_grow")
 
 
 def test_grow_table_reports_a_failing_comparison_in_its_cell(bench_grow, monkeypatch, capsys) -> None:

@@ -150,3 +150,20 @@ def test_registration_errors() -> None:
         register_op(squash, elementwise=True, method=True)
     with pytest.raises(RegistrationError, match=r"trace\(rules=...\) takes registrations"):
         archgrow.trace(SquashNet(), torch.randn(1, 8), rules=[squash])
+
+
+def test_add_leaf_hands_a_subclass_to_its_base_rule() -> None:
+    """A module fx cannot trace into, with the channels of its base (timm's Conv2dSame): a leaf."""
+
+    class PaddedConv(nn.Conv2d):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            pad = int(x.shape[-1]) % 2  # int() of a traced size: fx cannot trace this
+            return super().forward(F.pad(x, (0, pad, 0, pad)))
+
+    table = OPS.with_rules(())
+    table.add_leaf(PaddedConv)
+    assert table.is_leaf(PaddedConv(3, 6, 3)) and not OPS.is_leaf(PaddedConv(3, 6, 3))
+    with pytest.raises(RegistrationError, match="not an nn.Module subclass"):
+        table.add_leaf(int)
+    with pytest.raises(RegistrationError, match=r"add_leaf\(Mystery\): no base class has a layer rule"):
+        table.add_leaf(type("Mystery", (nn.Module,), {}))

@@ -1232,6 +1232,20 @@ def test_unknown_group_lists_names() -> None:
     assert "b0" in g.summary()
 
 
+def test_freeze_keeps_a_group_out_of_growth() -> None:
+    g = trace(ResidualMLP, torch.randn(2, 8))
+    frozen = g.freeze("a1", "kept at its width by the user")
+    assert g.group("a1") is frozen and not frozen.growable and frozen.reason == "kept at its width by the user"
+    assert [grp for grp in g.groups if grp.name == "a1"] == [frozen]
+    with pytest.raises(archgrow.GrowthError, match="'a1' is frozen: kept at its width by the user"):
+        archgrow.grow(g, "a1", 1)
+    with pytest.raises(archgrow.UnknownGroupError, match="nope"):
+        g.freeze("nope", "x")
+    other = trace(ResidualMLP, torch.randn(2, 8))
+    with pytest.raises(archgrow.GrowthError, match="belongs to another WidthGraph"):
+        g.freeze(other.group("a2"), "x")
+
+
 class BNDropNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()

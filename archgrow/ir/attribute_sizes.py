@@ -26,27 +26,19 @@ from torch import nn
 
 @dataclass(frozen=True)
 class SizeSource:
-    """A number equal to ``value0 + (attr - attr0) * scale`` whenever the attribute moves by a
-    multiple of ``period`` (the floor divisions on the way are exact then)."""
+    """A number that moves by ``(attr - attr0) * scale`` when the attribute moves from its traced
+    value ``attr0`` by a multiple of ``period`` (the floor divisions on the way are exact then)."""
 
     module: str  # path of the module owning the attribute ("" for the root)
     attr: str
     index: int | None  # position inside a list or tuple attribute
     attr0: int
-    value0: int
     scale: Fraction
     period: int = 1
 
     def step(self) -> int:
         """The smallest growth of the number the attribute can follow (``scale * period`` whole)."""
         return abs((self.scale * self.period).numerator)
-
-    def attr_for(self, value: int) -> int:
-        """The attribute's value that makes the number ``value`` (``value - value0`` a multiple of :meth:`step`)."""
-        delta = Fraction(value - self.value0) / self.scale
-        if delta.denominator != 1 or delta.numerator % self.period:
-            raise ValueError(f"{self.describe()} cannot equal {value}: it moves in steps of {self.step()}")
-        return self.attr0 + delta.numerator
 
     def describe(self) -> str:
         where = f"{self.module}.{self.attr}" if self.module else self.attr
@@ -77,6 +69,16 @@ class StructuralUses:
             self.found.setdefault(source.key, how)
 
 
+def _noting(compare: Callable[[int, Any], Any]) -> Callable[[AttributeInt, Any], Any]:
+    """An int comparison that first notes the attribute was compared (a condition's input)."""
+
+    def method(self: AttributeInt, other: Any) -> Any:
+        self._structural("a comparison")
+        return compare(self, other)
+
+    return method
+
+
 class AttributeInt(int):
     """An int read from a module attribute (or computed affinely from one) while fx traces."""
 
@@ -94,7 +96,7 @@ class AttributeInt(int):
 
     def _derived(self, value: int, scale: Fraction, period: int) -> AttributeInt:
         s = self.source
-        return AttributeInt(value, SizeSource(s.module, s.attr, s.index, s.attr0, value, scale, period), self.uses)
+        return AttributeInt(value, SizeSource(s.module, s.attr, s.index, s.attr0, scale, period), self.uses)
 
     def _structural(self, how: str) -> None:
         if self.uses is not None:
@@ -104,34 +106,17 @@ class AttributeInt(int):
         self._structural("a condition")
         return int.__bool__(self)
 
-    def __lt__(self, other: Any) -> Any:
-        self._structural("a comparison")
-        return int.__lt__(self, other)
-
-    def __le__(self, other: Any) -> Any:
-        self._structural("a comparison")
-        return int.__le__(self, other)
-
-    def __gt__(self, other: Any) -> Any:
-        self._structural("a comparison")
-        return int.__gt__(self, other)
-
-    def __ge__(self, other: Any) -> Any:
-        self._structural("a comparison")
-        return int.__ge__(self, other)
-
-    __hash__ = int.__hash__
-
-    def _same(self, other: Any) -> bool:
-        s, o = self.source, other.source
-        return (s.module, s.attr, s.index) == (o.module, o.attr, o.index)
+    __lt__ = _noting(int.__lt__)
+    __le__ = _noting(int.__le__)
+    __gt__ = _noting(int.__gt__)
+    __ge__ = _noting(int.__ge__)
 
     def __add__(self, other: Any) -> Any:
         value = int.__add__(self, other)
         if value is NotImplemented or isinstance(other, bool):
             return value
         if isinstance(other, AttributeInt):
-            if not self._same(other):
+            if self.source.key != other.source.key:
                 return value
             s, o = self.source, other.source
             return self._derived(value, s.scale + o.scale, math.lcm(s.period, o.period))
@@ -161,7 +146,7 @@ class AttributeInt(int):
         value = int.__mul__(self, other)
         if type(other) is int and value is not NotImplemented:
             return self._derived(value, self.source.scale * other, self.source.period)
-        return value if not isinstance(other, AttributeInt) else int(value)
+        return value
 
     __rmul__ = __mul__
 
@@ -203,10 +188,10 @@ def attribute_ints(model: nn.Module, traced: Callable[[nn.Module, str], bool]) -
                 if name.startswith("_") or isinstance(value, bool):
                     continue
                 if _is_int(value):
-                    wrapped: Any = AttributeInt(value, SizeSource(path, name, None, value, value, Fraction(1)), uses)
-                elif isinstance(value, (list, tuple)) and type(value) in (list, tuple) and value and all(map(_is_int, value)):
+                    wrapped: Any = AttributeInt(value, SizeSource(path, name, None, value, Fraction(1)), uses)
+                elif type(value) in (list, tuple) and value and all(map(_is_int, value)):
                     wrapped = type(value)(
-                        AttributeInt(v, SizeSource(path, name, i, v, v, Fraction(1)), uses) for i, v in enumerate(value)
+                        AttributeInt(v, SizeSource(path, name, i, v, Fraction(1)), uses) for i, v in enumerate(value)
                     )
                 else:
                     continue

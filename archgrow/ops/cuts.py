@@ -63,10 +63,6 @@ def piece(ctx: RuleContext, lay: Layout, start: int, stop: int) -> Layout | None
     return tuple(out) if any(s.var is not None for s in out) else None
 
 
-def _grows(lay: Layout) -> bool:
-    return any(s.var is not None for s in lay)
-
-
 def slice_width(ctx: RuleContext, lay: Layout, sl: slice, total: int) -> Layout | None:
     """The layout of ``x[..., start:stop]`` along a width dim (None: the piece carries no width)."""
     where = ctx.where
@@ -114,7 +110,9 @@ def sourced_split(ctx: RuleContext, lay: Layout, sizes: list[Any], name: str) ->
     total = ctx.vars.layout_size(lay)
     values = [_value(ctx, s) for s in sizes]
     if not all(_is_int(v) for v in values) or sum(values) != total or any(v <= 0 for v in values):
-        ctx.freeze(lay, f"{name} at {where} cuts a width dim into sizes {values} that are not all known")
+        ctx.freeze(
+            lay, f"{name} at {where} cuts a width dim of {total} channels into sizes {values}, not all known or not adding up"
+        )
         return None
     ends = [sum(values[: i + 1]) for i in range(len(values))]
     cut = cut_layout(ctx, lay, ends[:-1])

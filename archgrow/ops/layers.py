@@ -14,7 +14,6 @@ roles.
 
 from __future__ import annotations
 
-import math
 import operator
 from collections.abc import Mapping
 from typing import Any
@@ -254,25 +253,15 @@ class ConvLayer(TensorLayer):
         again, first_out = owner.first_call(ctx, lay_in)
         if again:
             return _channels_out(src, first_out, shape)
-        vars_ = ctx.vars
         if groups > 1 and cin_g == cout_g == 1 and lay_in is not None:
-            # Depthwise: channels pass through, and growth adds whole groups at the end of each
-            # grown segment.
-            bad = [s for s in lay_in if vars_.seg_size(s) % cin_g or (s.inner > 1 and s.inner % cin_g)]
-            offsets_ok = all(sum(vars_.seg_size(x) for x in lay_in[:i]) % cin_g == 0 for i in range(len(lay_in)))
-            if bad or not offsets_ok:
-                ctx.freeze(lay_in, f"grouped conv '{name}' (groups={groups}) does not align with its input parts")
-            for s in lay_in:
-                if s.var is not None:
-                    multiple = cin_g // math.gcd(cin_g, s.inner)
-                    vars_.require_step(s.var, multiple, f"grouped conv '{name}' has {cin_g} channels per group")
+            # Depthwise: channels pass through, one group each, and growth adds whole groups at
+            # the end of each grown segment.
             owner.remember_call(ctx, [lay_in], lay_in)
             owner.member(ctx, "follower", lay_in)
             owner.bind(ctx, "weight", 0, lay_in, FAN_IN)
             owner.bind(ctx, "bias", 0, lay_in, ZERO)
-            for attr in ("in_channels", "out_channels"):
+            for attr in ("in_channels", "out_channels", "groups"):
                 owner.bind_attr(ctx, attr, lay_in)
-            owner.bind_attr(ctx, "groups", lay_in, divisor=cin_g)
             return _channels_out(src, lay_in, shape)
         if groups > 1:
             return self._per_group(ctx, owner, src, shape, groups, cin_g, cout_g)

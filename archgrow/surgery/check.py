@@ -21,20 +21,10 @@ from typing import Any
 
 import torch
 
-from archgrow.graph.trace import forked_rng, kept_buffers, training_flags
+from archgrow.graph.trace import forked_rng, kept_buffers, skeleton, training_flags
 from archgrow.graph.widthgraph import WidthGraph, WidthGroup
 from archgrow.surgery.channels import trial
 from archgrow.surgery.grow import grow
-
-
-def _shapes(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return ("tensor", value.ndim)
-    if isinstance(value, (tuple, list)):
-        return tuple(_shapes(v) for v in value)
-    if isinstance(value, dict):
-        return {k: _shapes(v) for k, v in value.items()}
-    return None
 
 
 def _tensors(value: Any) -> list[torch.Tensor]:
@@ -45,18 +35,6 @@ def _tensors(value: Any) -> list[torch.Tensor]:
     if isinstance(value, dict):
         return [t for v in value.values() for t in _tensors(v)]
     return []
-
-
-def _changed(before: list[torch.Tensor], after: list[torch.Tensor]) -> str | None:
-    for a, b in zip(before, after, strict=True):
-        if a.shape != b.shape:
-            return f"an output's shape changed from {tuple(a.shape)} to {tuple(b.shape)}"
-        if a.is_floating_point():
-            scale = a.abs().max().clamp_min(1e-12)
-            diff = float((a - b).abs().max() / scale)
-            if diff > FUNCTION_TOLERANCE:
-                return f"the output changed by {diff:.1e} (relative), though the group keeps the function"
-    return None
 
 
 # Relative change of an output above which growth said to keep the function did not (float32
@@ -75,23 +53,28 @@ def _failure(graph: WidthGraph, groups: Sequence[WidthGroup], reference: Any) ->
             out = model(*graph.example_inputs)
         except Exception as exc:  # the user's forward: any error means growth broke it
             return f"{type(exc).__name__}: {exc}"
-        if _shapes(out) != _shapes(reference):
-            return "the forward returns a different structure"
-        before, after = _tensors(reference), _tensors(out)
-        if all(g.preserves_function for g in groups):
-            return _changed(before, after)
-        return next((_changed([a], [b]) for a, b in zip(before, after, strict=True) if a.shape != b.shape), None)
+        if skeleton(out) != skeleton(reference):
+            return f"the outputs changed from {skeleton(reference)} to {skeleton(out)}"
+        if not all(g.preserves_function for g in groups):
+            return None
+        for before, after in zip(_tensors(reference), _tensors(out), strict=True):
+            if before.is_floating_point():
+                diff = float((before - after).abs().max() / before.abs().max().clamp_min(1e-12))
+                if diff > FUNCTION_TOLERANCE:
+                    return f"the output changed by {diff:.1e} (relative), though the group keeps the function"
+    return None
 
 
-def _at_fault(graph: WidthGraph, groups: list[WidthGroup], expected: Any, failure: str) -> dict[str, str]:
+def _at_fault(graph: WidthGraph, groups: list[WidthGroup], reference: Any, failure: str) -> dict[str, str]:
+    """The groups in ``groups`` (which together fail with ``failure``) at fault, by halving."""
     if len(groups) == 1:
         return {groups[0].name: failure}
     half = len(groups) // 2
     found: dict[str, str] = {}
     for part in (groups[:half], groups[half:]):
-        error = _failure(graph, part, expected)
+        error = _failure(graph, part, reference)
         if error is not None:
-            found.update(_at_fault(graph, part, expected, error))
+            found.update(_at_fault(graph, part, reference, error))
     if not found:  # only together: freeze them all
         found = dict.fromkeys((g.name for g in groups), failure)
     return found
