@@ -115,6 +115,25 @@ def test_separate_qkv_head_dim() -> None:
     check_growth(lambda: SeparateQKV(grow="head_dim"), TOKENS, ["q", "v"])
 
 
+def test_a_head_dim_of_c_over_one_head_is_the_width_itself() -> None:
+    class OneHead(SeparateQKV):
+        """PVT/Twins' first stage: ``C // self.num_heads`` with one head, C read from the input."""
+
+        def __init__(self) -> None:
+            super().__init__(heads=1)
+            self.num_heads = 1
+
+        def split(self, t: torch.Tensor) -> torch.Tensor:
+            B, N, C = t.shape
+            return t.view(B, N, self.num_heads, C // self.num_heads).transpose(1, 2)
+
+    g = trace(OneHead, TOKENS)
+    qk, v = g.group("q"), g.group("v")  # C // 1 is each projection's own width
+    assert qk.growable and names(qk.producers) == {"q", "k"} and not qk.preserves_function
+    assert v.growable and v.preserves_function
+    check_growth(OneHead, TOKENS, ["q", "v"])
+
+
 def test_hard_coded_head_split_freezes_with_reason() -> None:
     class Fixed(SeparateQKV):
         def split(self, t: torch.Tensor) -> torch.Tensor:
@@ -123,6 +142,133 @@ def test_hard_coded_head_split_freezes_with_reason() -> None:
     g = trace(Fixed, TOKENS)
     q = g.group("q")
     assert not q.growable and "(..., heads, head_dim)" in q.reason and "-1" in q.reason
+
+
+class MultiQuery(nn.Module):
+    """Multi-query attention as MobileNetV4 writes it: ``num_heads`` query heads over one shared
+    key/value head (broadcast by SDPA), the heads merged back with the value dim read from the
+    tensor: ``reshape(B, N, o.shape[-1] * self.num_heads)``."""
+
+    def __init__(self, dim: int = 12, num_heads: int = 3, key_dim: int = 4, value_dim: int = 5) -> None:
+        super().__init__()
+        self.num_heads, self.key_dim = num_heads, key_dim
+        self.inp = nn.Linear(dim, dim)
+        self.query = nn.Linear(dim, num_heads * key_dim)
+        self.key = nn.Linear(dim, key_dim)
+        self.value = nn.Linear(dim, value_dim)
+        self.output = nn.Linear(num_heads * value_dim, dim)
+        self.out = nn.Linear(dim, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.inp(x)
+        B, N, _ = x.shape
+        q = self.query(x).reshape(B, N, self.num_heads, self.key_dim).transpose(1, 2)
+        k, v = self.key(x).unsqueeze(1), self.value(x).unsqueeze(1)
+        o = F.scaled_dot_product_attention(q, k, v).transpose(1, 2)
+        o = o.reshape(B, N, o.shape[-1] * self.num_heads)
+        return self.out(x + self.output(o))
+
+
+def test_multi_query_attention_grows_query_heads() -> None:
+    g = trace(MultiQuery, TOKENS)
+    heads = g.group("query")
+    assert heads.width == 3 and heads.growable and heads.preserves_function
+    assert names(heads.consumers) == {"output"}
+    # the shared key is tied to the fixed head dim of the queries; the value dim is merged into
+    # the heads and can only be copied whole per head
+    assert not g.group("key").growable and "fixed-size" in g.group("key").reason
+    value = g.group("value")
+    assert not value.growable and "merges this width into 'query" in value.reason
+    check_growth(MultiQuery, TOKENS, ["inp", "query"])
+    torch.manual_seed(0)
+    model = MultiQuery()
+    archgrow.grow(archgrow.trace(model, TOKENS[:1]), "query", 2)
+    assert model.num_heads == 5 and model.output.weight.shape == (12, 25)
+
+
+def test_merging_a_width_into_a_product_with_a_hard_coded_number_freezes() -> None:
+    class Hard(MultiQuery):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.inp(x)
+            B, N, _ = x.shape
+            q = self.query(x).reshape(B, N, self.num_heads, self.key_dim).transpose(1, 2)
+            o = F.scaled_dot_product_attention(q, self.key(x).unsqueeze(1), self.value(x).unsqueeze(1))
+            return self.out(x + self.output(o.transpose(1, 2).reshape(B, N, 15)))
+
+    g = trace(Hard, TOKENS)
+    assert not g.group("query").growable and "hard-codes size 15" in g.group("query").reason
+
+
+class HeadsInBatch(nn.Module):
+    """BoTNet's attention: q, k, v cut from one conv at ``self.dim_out_qk``, each reshaped with
+    its heads merged into the batch, ``reshape(B * self.num_heads, self.dim_head_qk, -1)``."""
+
+    def __init__(self, dim: int = 6, num_heads: int = 2, dim_head: int = 3) -> None:
+        super().__init__()
+        self.num_heads, self.dim_head_qk, self.dim_head_v = num_heads, dim_head, dim_head
+        self.dim_out_qk = self.dim_out_v = num_heads * dim_head
+        self.inp = nn.Conv2d(3, dim, 1)
+        self.qkv = nn.Conv2d(dim, 3 * self.dim_out_qk, 1)
+        self.out = nn.Conv2d(self.dim_out_v, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.inp(x)
+        B, _, H, W = x.shape
+        q, k, v = torch.split(self.qkv(x), [self.dim_out_qk, self.dim_out_qk, self.dim_out_v], dim=1)
+        q = q.reshape(B * self.num_heads, self.dim_head_qk, -1).transpose(-1, -2)
+        k = k.reshape(B * self.num_heads, self.dim_head_qk, -1)
+        v = v.reshape(B * self.num_heads, self.dim_head_v, -1).transpose(-1, -2)
+        attn = (q @ k).softmax(dim=-1)
+        return self.out((attn @ v).transpose(-1, -2).reshape(B, self.dim_out_v, H, W))
+
+
+def test_heads_merged_into_the_batch_grow_their_head_dims() -> None:
+    image = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(2))
+    g = trace(HeadsInBatch, image[:1])  # seen as such with a batch of one only: B * heads is then heads
+    qk, v = g.group("qkv[0]"), g.group("qkv[1]")
+    assert {qk.width, v.width} == {3} and qk.growable and v.growable
+    assert not qk.preserves_function and v.preserves_function  # q . k sums over the head dim
+    check_growth(HeadsInBatch, image, ["inp", "qkv[0]", "qkv[1]"])
+    torch.manual_seed(0)
+    model = HeadsInBatch()
+    graph = archgrow.trace(model, image[:1])
+    archgrow.grow(graph, "qkv[1]", 1)  # every head's value dim: 2 heads x 4
+    assert (model.dim_head_v, model.dim_out_v, model.dim_out_qk) == (4, 8, 6)
+    assert model(image).shape == (2, 4, 4, 4)
+
+
+class ChannelsLastHeads(nn.Module):
+    """timm's MaxViT attention (channels last): heads split with ``view(B, -1, heads, 3 * dim_head)``
+    and merged back with a shape built from the input's, ``reshape(x.shape[:-1] + (-1,))``."""
+
+    def __init__(self, dim: int = 6, num_heads: int = 2, dim_head: int = 3, last: str = "-1") -> None:
+        super().__init__()
+        self.num_heads, self.dim_head, self.last = num_heads, dim_head, last
+        self.merged = num_heads * dim_head  # no size-attribute name: read only as written
+        self.inp = nn.Linear(3, dim)
+        self.qkv = nn.Linear(dim, 3 * num_heads * dim_head)
+        self.proj = nn.Linear(num_heads * dim_head, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.inp(x)  # B, H, W, C
+        B = x.shape[0]
+        restore = x.shape[:-1]
+        q, k, v = self.qkv(x).view(B, -1, self.num_heads, self.dim_head * 3).transpose(1, 2).chunk(3, dim=3)
+        y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2)
+        tail = {"-1": -1, "attribute": self.merged, "number": 6}[self.last]
+        return self.proj(y.reshape(restore + (tail,)))
+
+
+def test_a_shape_built_from_the_input_shape_follows_growth() -> None:
+    grid = torch.randn(2, 3, 3, 3, generator=torch.Generator().manual_seed(3))
+    g = trace(ChannelsLastHeads, grid)
+    heads = g.group("qkv")
+    assert heads.width == 2 and heads.growable and heads.preserves_function
+    check_growth(ChannelsLastHeads, grid, ["inp", "qkv"])
+    check_growth(lambda: ChannelsLastHeads(last="attribute"), grid, ["inp", "qkv"])  # merged rewritten
+
+    g = trace(lambda: ChannelsLastHeads(last="number"), grid)  # the merged size written as a number
+    assert not g.group("qkv").growable and "hard-codes size 6" in g.group("qkv").reason
 
 
 class MHABlock(nn.Module):

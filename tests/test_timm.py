@@ -36,13 +36,16 @@ SWEEP = [
     # selective kernels, shifted windows, pooling-based ViT, and two captured by torch.export
     "skresnet18", "ghostnetv2_100", "swin_tiny_patch4_window7_224", "pit_ti_224", "crossvit_tiny_240",
     "mobilevitv2_050",
+    # heads merged into the batch (BoTNet), channels-last heads merged back from the input's shape (MaxViT)
+    "botnet26t_256", "maxvit_rmlp_pico_rw_256",
 ]  # fmt: skip
 # Smallest input each accepts (64 px otherwise): LeViT's attention biases, ViT's position
 # embedding, Swin's windows, PiT's and CrossViT's position embeddings fix theirs; Inception v3's
-# stem needs 75 px; MobileViT's patches need 256.
+# stem needs 75 px; MobileViT's patches, BoTNet's and MaxViT's position tables need 256.
 SWEEP_SIZE = {
     "levit_128s": 224, "deit_tiny_patch16_224": 224, "inception_v3": 75, "swin_tiny_patch4_window7_224": 224,
-    "pit_ti_224": 224, "crossvit_tiny_240": 240, "mobilevitv2_050": 256,
+    "pit_ti_224": 224, "crossvit_tiny_240": 240, "mobilevitv2_050": 256, "botnet26t_256": 256,
+    "maxvit_rmlp_pico_rw_256": 256,
 }  # fmt: skip
 
 

@@ -24,13 +24,10 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-try:  # builds its Python code on first use only: archgrow never runs the traced graph
-    from torch.fx._lazy_graph_module import _LazyGraphModule as _AnalysisModule
-except ImportError:  # older torch
-    _AnalysisModule = fx.GraphModule
-
 from archgrow.errors import TraceError
+from archgrow.graph.fx_patching import scoped_to
 from archgrow.ir.attribute_sizes import STRUCTURAL_ATTRIBUTES, attribute_ints
+from archgrow.ir.captured import CapturedGraph
 
 if TYPE_CHECKING:
     from archgrow.ops.registry import OpTable
@@ -55,6 +52,7 @@ class _Tracer(fx.Tracer):
         self._archgrow_stack: list[str] = []
         self._archgrow_names: dict[tuple[str, int], tuple[str, torch.Tensor]] = {}
         self.failed_in: str | None = None
+        self.constants: dict[str, torch.Tensor] = {}
 
     def trace(self, root: nn.Module | Callable[..., Any], concrete_args: dict[str, Any] | None = None) -> fx.Graph:
         # fx finds the name of each module tensor read in the forward by scanning the root's
@@ -84,9 +82,18 @@ class _Tracer(fx.Tracer):
         return super().getattr(attr, attr_val, parameter_proxy_cache)
 
     def create_arg(self, a: Any) -> Any:
-        """A module's tensor passed as an argument: its ``get_attr`` found through the index."""
+        """A module's tensor passed as an argument: its ``get_attr`` found through the index.  A
+        tensor the forward makes from constants (``torch.tensor([...])``) is kept in
+        :attr:`constants`: fx would store it as ``_tensor_constant0`` on the user's model, one more
+        attribute per trace."""
         if isinstance(a, torch.Tensor):
             name = self._archgrow_name(a, "p" if isinstance(a, nn.Parameter) else "b")
+            if name is None and not isinstance(a, nn.Parameter) and a not in self.tensor_attrs:
+                name = f"_archgrow_constant{len(self.constants)}"
+                while hasattr(self.root, name):
+                    name += "_"
+                self.constants[name] = a
+                self.tensor_attrs[a] = name
             if name is not None:
                 return self.create_node("get_attr", name, (), {})
         return super().create_arg(a)
@@ -147,12 +154,12 @@ def symbolic_trace(
     autowrap_functions: Sequence[Any] = (),
     concrete_args: dict[str, Any] | None = None,
     is_leaf: Callable[[nn.Module], bool] | None = None,
-) -> fx.GraphModule:
+) -> CapturedGraph:
     """fx-trace ``model`` in training mode; failures name the module and the way out."""
     tracer = _Tracer(leaf_modules, autowrap_functions, is_leaf)
     try:
         traced = lambda m, path: path == "" or not tracer.is_leaf_module(m, path)  # noqa: E731
-        with _modes(model, True), kept_buffers(model), attribute_ints(model, traced) as uses:
+        with _modes(model, True), kept_buffers(model), attribute_ints(model, traced) as uses, scoped_to(model):
             graph = tracer.trace(model, concrete_args=concrete_args)
     except Exception as exc:  # fx raises many types; all are reported the same way
         where = tracer.failed_in
@@ -174,9 +181,7 @@ def symbolic_trace(
         raise TraceError(
             f"torch.fx could not trace {cls_name} {where_txt}: {type(exc).__name__}: {exc}. To fix: {fix}."
         ) from exc
-    gm = _AnalysisModule(tracer.root, graph, cls_name_of(model))
-    gm.meta[STRUCTURAL_ATTRIBUTES] = dict(uses.found)
-    return gm
+    return CapturedGraph(graph, model, {STRUCTURAL_ATTRIBUTES: dict(uses.found)}, tracer.constants)
 
 
 def leaf_test(
@@ -223,32 +228,66 @@ def _skeleton(value: Any) -> Any:
     return ("opaque", type(value).__name__)
 
 
-class _Recorder(fx.Interpreter):
-    """Runs the traced graph once and keeps a shape skeleton of every node's value; ops whose
-    traced arguments are their training-mode ones are called as in eval mode."""
+def _run(
+    captured: CapturedGraph, inputs: tuple[Any, ...], ops: OpTable | None
+) -> dict[fx.Node, Any]:
+    """Run the graph node by node on ``inputs`` and keep a shape skeleton of every node's value.
 
-    def __init__(self, gm: fx.GraphModule, ops: OpTable | None = None):
-        super().__init__(gm, garbage_collect_values=True)
-        self.values: dict[fx.Node, Any] = {}
-        self.ops = ops
-
-    def call_function(self, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        info = self.ops.function(target) if self.ops is not None else None
-        if info is not None and info.in_eval is not None:
-            args, kwargs = info.in_eval(args, kwargs)
-        return super().call_function(target, args, kwargs)
-
-    def run_node(self, n: fx.Node) -> Any:
+    A loop of its own rather than ``fx.Interpreter``, whose per-node dispatch cost about 3x the
+    forward itself on small inputs; each value is dropped after its last use, as there.
+    """
+    nodes = list(captured.graph.nodes)
+    last_use: dict[fx.Node, list[fx.Node]] = {}
+    seen: set[fx.Node] = set()
+    for node in reversed(nodes):
+        for used in node.all_input_nodes:
+            if used not in seen:
+                seen.add(used)
+                last_use.setdefault(node, []).append(used)
+    env: dict[fx.Node, Any] = {}
+    values: dict[fx.Node, Any] = {}
+    remaining = iter(inputs)
+    load = env.__getitem__
+    for node in nodes:
+        op, target = node.op, node.target
         try:
-            out = super().run_node(n)
+            if op == "placeholder":
+                if str(target).startswith("*"):
+                    value = list(remaining)
+                else:
+                    value = next(remaining, _MISSING)
+                    if value is _MISSING:
+                        value = node.args[0]  # the default (the input count was checked before)
+            elif op == "get_attr":
+                value = captured.fetch(str(target))
+            else:
+                args = fx.node.map_arg(node.args, load)
+                kwargs = fx.node.map_arg(node.kwargs, load)
+                if op == "call_function":
+                    info = ops.function(target) if ops is not None else None
+                    if info is not None and info.in_eval is not None:
+                        args, kwargs = info.in_eval(args, kwargs)
+                    value = target(*args, **kwargs)
+                elif op == "call_method":
+                    value = getattr(args[0], target)(*args[1:], **kwargs)
+                elif op == "call_module":
+                    value = captured.get_submodule(str(target))(*args, **kwargs)
+                else:  # output
+                    value = args[0]
         except Exception as exc:
             raise TraceError(
-                f"running the traced graph failed at node '{n.name}' ({n.op} {n.target!r}): "
+                f"running the traced graph failed at node '{node.name}' ({op} {target!r}): "
                 f"{type(exc).__name__}: {exc}. Check that example_inputs match what the model "
                 "expects (shape, dtype, device)."
             ) from exc
-        self.values[n] = _skeleton(out)
-        return out
+        env[node] = value
+        values[node] = _skeleton(value)
+        for used in last_use.get(node, ()):
+            del env[used]
+    return values
+
+
+_MISSING = object()
 
 
 def forked_rng(model: nn.Module) -> Any:
@@ -258,22 +297,21 @@ def forked_rng(model: nn.Module) -> Any:
 
 
 def record_shapes(
-    gm: fx.GraphModule, model: nn.Module, example_inputs: tuple[Any, ...], ops: OpTable | None = None
+    captured: CapturedGraph, model: nn.Module, example_inputs: tuple[Any, ...], ops: OpTable | None = None
 ) -> dict[fx.Node, Any]:
-    """Run ``gm`` on ``example_inputs`` in eval mode, without autograd, RNG or statistics side effects.
+    """Run ``captured`` on ``example_inputs`` in eval mode, without autograd, RNG or statistics side effects.
 
     ``ops``: the op registry whose ``in_eval`` rewrites give the eval-mode call of ops traced with
     training-mode arguments (without it, the graph runs as traced).
     """
+    placeholders = [n for n in captured.graph.nodes if n.op == "placeholder"]
+    required = sum(1 for n in placeholders if not n.args and not str(n.target).startswith("*"))
+    starred = any(str(n.target).startswith("*") for n in placeholders)
+    if len(example_inputs) < required or (len(example_inputs) > len(placeholders) and not starred):
+        raise TraceError(
+            f"the traced forward takes {required} to {len(placeholders)} input(s) but "
+            f"example_inputs has {len(example_inputs)}; pass a tuple with one example per "
+            "forward argument"
+        )
     with _modes(model, False), torch.no_grad(), forked_rng(model), kept_buffers(model):
-        recorder = _Recorder(gm, ops)
-        placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-        required = sum(1 for n in placeholders if not n.args)
-        if not required <= len(example_inputs) <= len(placeholders):
-            raise TraceError(
-                f"the traced forward takes {required} to {len(placeholders)} input(s) but "
-                f"example_inputs has {len(example_inputs)}; pass a tuple with one example per "
-                "forward argument"
-            )
-        recorder.run(*example_inputs)
-    return recorder.values
+        return _run(captured, example_inputs, ops)

@@ -21,6 +21,7 @@ from archgrow.errors import GrowthError, TraceError, UnknownGroupError
 from archgrow.graph.export import export_graph
 from archgrow.graph.trace import LeafSpec, record_shapes, symbolic_trace
 from archgrow.ir.bindings import AttrBinding, TensorBinding
+from archgrow.ir.captured import CapturedGraph, as_captured
 from archgrow.ir.layout import Layout, TensorMeta, WidthVars
 from archgrow.ops.context import LayoutState
 from archgrow.ops.integrations import register_installed_integrations
@@ -218,9 +219,9 @@ class WidthGraph:
 
     # ------------------------------------------------------------------ internal API (surgery, growth)
     @property
-    def fx(self) -> torch.fx.GraphModule:
-        """The traced GraphModule, for passes that read its nodes; never run it (fx bakes sizes into
-        it that growth makes stale)."""
+    def fx(self) -> CapturedGraph:
+        """The captured graph and the module its targets name, for passes that read its nodes; never
+        run it (fx bakes sizes into it that growth makes stale)."""
         return self._gm
 
     @property
@@ -523,7 +524,7 @@ def trace(
                 "forward traceable by one of them, or mark the failing submodule as a leaf "
                 "(leaf_modules=[...]: its widths are then frozen)"
             ) from exc
-        gm, values = exported.gm, exported.values
+        gm, values = as_captured(exported.gm), exported.values
         options["frontend"] = "export"
     analysis = analyze(gm, values, model, ops)
     graph = WidthGraph(model, inputs, analysis, options)

@@ -10,7 +10,9 @@ reaching the node is then frozen with that reason, never guessed.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import operator
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -22,6 +24,7 @@ from torch import nn
 from archgrow.errors import RegistrationError
 from archgrow.ir.attribute_sizes import STRUCTURAL_ATTRIBUTES, SizeSource, size_source
 from archgrow.ir.bindings import AttrBinding, MemberRecord, TensorBinding
+from archgrow.ir.captured import CapturedGraph
 from archgrow.ir.layout import Layout, Seg, TensorMeta, WidthVars
 
 if TYPE_CHECKING:
@@ -37,7 +40,7 @@ if TYPE_CHECKING:
 # stands.  Extend with :func:`register_size_attribute`.
 SIZE_ATTRIBUTES: dict[str, str] = {
     **dict.fromkeys("num_heads heads n_head n_heads num_attention_heads".split(), "heads"),
-    **dict.fromkeys("head_dim dim_head d_head head_size attention_head_size".split(), "head_dim"),
+    **dict.fromkeys("head_dim dim_head d_head head_size attention_head_size dim_head_qk dim_head_v".split(), "head_dim"),
     **dict.fromkeys("attn_dim all_head_size inner_dim hidden_dim hidden_size embed_dim".split(), "width"),
     "split_size": "part",
 }
@@ -53,6 +56,18 @@ def register_size_attribute(name: str, kind: str = "width") -> None:
     if kind not in SIZE_KINDS:
         raise RegistrationError(f"register_size_attribute({name!r}): kind must be one of {SIZE_KINDS}, not {kind!r}")
     SIZE_ATTRIBUTES[name] = kind
+
+
+@dataclass(frozen=True)
+class TensorDim:
+    """One element of a shape the code built from a tensor's shape (``x.shape[:-1] + (-1,)``):
+    that dim's size, following its layout (None: a dim that never grows)."""
+
+    layout: Layout | None
+    size: int
+
+    def __repr__(self) -> str:
+        return f"{self.size} (read from a tensor)"
 
 
 class NoRule(Exception):
@@ -95,7 +110,7 @@ def arg(node: fx.Node, pos: int, name: str, default: Any = None) -> Any:
 class LayoutState:
     """Everything the layout pass learns, shared by all rules and read by the passes after it."""
 
-    gm: fx.GraphModule
+    gm: CapturedGraph
     values: dict[fx.Node, Any]
     model: nn.Module
     ops: OpTable
@@ -359,6 +374,11 @@ class RuleContext:
 
     def adaptive(self, size: Any, layout: Layout) -> bool:
         """Does a size argument follow growth (-1, or read from a tensor with the same width)?"""
+        if isinstance(size, TensorDim):
+            if size.layout is None:
+                return False
+            self.unify(layout, size.layout)
+            return True
         if isinstance(size, int) and not isinstance(size, bool):
             return size == -1
         state = self.state
@@ -392,6 +412,13 @@ class RuleContext:
             return True
         if self.sourced(size, kind):
             return self.bind_source(size_source(size), layout, f"a size at {self.where}")  # type: ignore[arg-type]
+        scaled = self._scaled_source(size, kind)
+        if scaled is not None:
+            if not self.bind_source(scaled, layout, f"a size at {self.where}"):
+                return False
+            self.state.sourced_at[scaled.key].add(size.name)
+            self.consumed.add(size)
+            return True
         for k in RESHAPE_KINDS if kind is None else (kind,):
             path, attrs = self.size_attributes(size, k)
             if len(attrs) == 1:
@@ -400,6 +427,36 @@ class RuleContext:
             if attrs:
                 return False
         return False
+
+    def _scaled_source(self, size: Any, kind: str | None) -> SizeSource | None:
+        """``size`` computed at run time as an attribute times a size that never grows
+        (multi-query attention's ``x.shape[-1] * self.num_heads``): the attribute, scaled by it."""
+        if not (isinstance(size, fx.Node) and size.op == "call_function" and size.target is operator.mul):
+            return None
+        if len(size.args) != 2 or size.kwargs:
+            return None
+        for attribute, other in (size.args, size.args[::-1]):
+            if kind not in (None, "heads") or not self.sourced(attribute, "heads"):
+                continue
+            if isinstance(other, fx.Node):
+                if other not in self.state.size_layout or not self._never_grows(self.state.size_layout[other]):
+                    continue  # not a size read from a tensor, or one that grows
+                factor = self.state.values.get(other)
+            else:
+                factor = other
+            if isinstance(factor, int) and not isinstance(factor, bool) and factor > 0:
+                source = size_source(attribute)
+                assert source is not None
+                return dataclasses.replace(source, scale=source.scale * factor)
+        return None
+
+    def _never_grows(self, layout: Layout | None) -> bool:
+        """A fixed dim, or one of widths already frozen."""
+        if layout is None:
+            return True
+        vars_ = self.vars
+        frozen = {vars_.find(v) for v in vars_.frozen}
+        return all(s.var is None or vars_.find(s.var) in frozen for s in layout)
 
     def sourced(self, size: Any, kind: str | None) -> bool:
         """Was ``size`` read from a module attribute that can stand for ``kind``?  A whole width
@@ -426,7 +483,8 @@ class RuleContext:
                 "rewrite it",
             )
             return False
-        self.state.sourced_at.setdefault(source.key, set()).add(self.node.name)
+        # the nodes this one consumed built the size from the attribute (x.shape[:-1] + (self.n,))
+        self.state.sourced_at.setdefault(source.key, set()).update({self.node.name, *(n.name for n in self.consumed)})
         vars_ = self.vars
         size0 = vars_.layout_size(layout)
         p, q = scale.numerator, scale.denominator  # attr = attr0 + (size - size0) * q / p
@@ -453,7 +511,42 @@ class RuleContext:
         if len(shape) == 1 and isinstance(shape[0], fx.Node) and shape[0] in self.state.shape_of:
             self.consumed.add(shape[0])
             return None  # x.view(y.size()): every dim follows y
+        if len(shape) == 1 and isinstance(shape[0], fx.Node):
+            joined = self._joined_shape(shape[0])
+            if joined is not None:  # x.reshape(x.shape[:-1] + (-1,)): element by element
+                return joined
         return list(shape)
+
+    def _joined_shape(self, node: Any) -> list[Any] | None:
+        """A shape the code built as one value (``x.shape[:-1] + (-1,)``, timm's MaxViT), element
+        by element: numbers as written, a tensor's dims as :class:`TensorDim`; None when it is
+        built any other way.  The nodes read are consumed (the sizes are used where they stand)."""
+        state = self.state
+        if isinstance(node, (tuple, list)):
+            found: list[Any] = []
+            for x in node:
+                if isinstance(x, fx.Node):
+                    if state.size_layout.get(x, False) is False:
+                        return None
+                    found.append(x)
+                elif isinstance(x, int) and not isinstance(x, bool):
+                    found.append(x)
+                else:
+                    return None
+            return found
+        if not isinstance(node, fx.Node):
+            return None
+        if node in state.shape_of:
+            self.consumed.add(node)
+            meta = state.shape_of[node]
+            return [TensorDim(lay, size) for lay, size in zip(meta.dims, meta.shape, strict=True)]
+        if node.op == "call_function" and node.target is operator.add and len(node.args) == 2 and not node.kwargs:
+            left, right = (self._joined_shape(a) for a in node.args)
+            if left is None or right is None:
+                return None
+            self.consumed.add(node)
+            return left + right
+        return None
 
     # ------------------------------------------------------------------ what growth changes
     def new_width(self, size: int, origin: str) -> Layout:

@@ -18,7 +18,7 @@ import torch.fx as fx
 
 from archgrow.ir.layout import Layout, Seg, TensorMeta
 from archgrow.ops import cuts
-from archgrow.ops.context import RuleContext, fixed, is_tensor, norm_dim
+from archgrow.ops.context import RuleContext, TensorDim, fixed, is_tensor, norm_dim
 
 
 def elementwise(ctx: RuleContext, metas: list[TensorMeta]) -> Any:
@@ -265,16 +265,27 @@ def reshape(ctx: RuleContext, src: Any, shape_args: list[Any] | None, name: str)
         carriers = [i for i in ins if src.dims[i] is not None]
         if not carriers:
             continue
-        if len(carriers) > 1:
+        if len(carriers) > 1 and len(outs) != 1:
             for i in carriers:
                 ctx.freeze(src.dims[i], f"{name} merges two width dims at {ctx.where}")
             continue
         i = carriers[0]
+        for j in carriers[1:]:
+            # (heads, v_dim) -> heads * v_dim with the two from different tensors (multi-query
+            # attention): the outer width keeps growing in blocks of the inner dims' sizes
+            ctx.freeze(
+                src.dims[j],
+                f"{name} at {ctx.where} merges this width into '{ctx.vars.describe(src.dims[i])}', "
+                "which grows in whole blocks of it there (two widths merged into one dim cannot both grow)",
+            )
         lay = src.dims[i]
         if len(outs) != 1:
             sizes = [shape[o] for o in outs]
             split = None
-            if len(ins) == 1 and shape_args is not None and all(o < len(shape_args) for o in outs):
+            # a batch of one merged with the width (BoTNet's reshape(B * heads, head_dim, -1)) is
+            # no part of it: only the head dim can follow, as the head count is fused with the batch
+            widths_in = [j for j in ins if src.shape[j] != 1 or src.dims[j] is not None]
+            if len(widths_in) == 1 and shape_args is not None and all(o < len(shape_args) for o in outs):
                 split = split_width(ctx, lay, sizes, [shape_args[o] for o in outs])
             if split is None:
                 ctx.freeze(
@@ -295,7 +306,10 @@ def reshape(ctx: RuleContext, src: Any, shape_args: list[Any] | None, name: str)
         after = math.prod(src.shape[j] for j in ins if j > i)
         merged = lay if after == 1 else tuple(Seg(s.var, s.inner * after, s.fixed * after) for s in lay)
         merged = merged * before  # (heads, head_dim) -> heads * head_dim: one copy of the width per head
-        if shape_args is not None and (o >= len(shape_args) or not ctx.follows(shape_args[o], merged)):
+        if shape_args is not None and (
+            o >= len(shape_args)
+            or not (ctx.follows(shape_args[o], merged) or _part_size(ctx, shape_args[o], merged, 1))
+        ):  # C // self.num_heads with one head: C itself
             given = shape_args[o] if o < len(shape_args) else "?"
             ctx.freeze(
                 lay,
@@ -313,6 +327,8 @@ MAX_REPEATS = 256
 
 def _may_follow(ctx: RuleContext, size: Any, kind: str) -> bool:
     """Could a size argument follow growth (see ``RuleContext.follows``)?"""
+    if isinstance(size, TensorDim):
+        return size.layout is not None
     if isinstance(size, int) and not isinstance(size, bool):
         return size == -1 or ctx.sourced(size, kind) or len(ctx.size_attributes(size, kind)[1]) == 1
     return isinstance(size, fx.Node) and ctx.state.size_layout.get(size) is not None

@@ -22,6 +22,7 @@ from typing import Any
 import torch.fx as fx
 from torch import nn
 
+from archgrow.ir.captured import CapturedGraph
 from archgrow.ops.context import LayoutState
 from archgrow.ops.registry import OpTable
 from archgrow.passes.attributes import check_attribute_bindings
@@ -30,7 +31,7 @@ from archgrow.passes.parameters import bind_direct_parameters, freeze_shared_par
 from archgrow.passes.parts import settle_parts
 
 
-def analyze(gm: fx.GraphModule, values: dict[fx.Node, Any], model: nn.Module, ops: OpTable) -> LayoutState:
+def analyze(gm: CapturedGraph, values: dict[fx.Node, Any], model: nn.Module, ops: OpTable) -> LayoutState:
     state = propagate_layouts(gm, values, model, ops)
     bind_direct_parameters(state)
     freeze_shared_parameters(state)

@@ -11,19 +11,20 @@ and the node that reads it otherwise.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from fractions import Fraction
 from typing import Any
-
-import torch.fx as fx
 
 from archgrow.ir.attribute_sizes import AttributeInt
 from archgrow.ir.bindings import AttrBinding
+from archgrow.ir.captured import CapturedGraph
 from archgrow.ir.layout import WidthVars
 from archgrow.ops.context import LayoutState, freeze_layout
 
 
 def _signature(vars_: WidthVars, a: AttrBinding) -> tuple[object, ...]:
-    """What the attribute's new value depends on: channels per width (by root), the constant run
-    of fixed positions, and the affine map applied to their sum."""
+    """The attribute's new value as a function of the widths: per root the channels it counts
+    times the binding's scale, and the constant.  ``num_heads`` bound to the heads of a
+    ``(heads, head_dim)`` reshape and to ``heads * v_dim`` where they merge back means the same."""
     counts: Counter[int] = Counter()
     fixed = 0
     for s in vars_.resolve(a.layout):
@@ -31,7 +32,8 @@ def _signature(vars_: WidthVars, a: AttrBinding) -> tuple[object, ...]:
             fixed += s.fixed
         else:
             counts[vars_.find(s.var)] += s.inner
-    return (tuple(sorted(counts.items())), fixed, a.multiplier, a.offset, a.divisor)
+    scale = Fraction(a.multiplier, a.divisor)
+    return (tuple(sorted((r, c * scale) for r, c in counts.items())), (fixed * a.multiplier + a.offset) / Fraction(a.divisor))
 
 
 def _attribute_ints(value: Any, found: list[AttributeInt]) -> None:
@@ -47,7 +49,7 @@ def _attribute_ints(value: Any, found: list[AttributeInt]) -> None:
         _attribute_ints((value.start, value.stop, value.step), found)
 
 
-def _readers(gm: fx.GraphModule) -> dict[tuple[str, str, int | None], list[str]]:
+def _readers(gm: CapturedGraph) -> dict[tuple[str, str, int | None], list[str]]:
     """Per traced attribute, the nodes whose arguments hold a number computed from it."""
     readers: dict[tuple[str, str, int | None], list[str]] = defaultdict(list)
     for node in gm.graph.nodes:

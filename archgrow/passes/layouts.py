@@ -17,6 +17,7 @@ import torch.fx as fx
 from torch import nn
 
 from archgrow.errors import ArchgrowError, RuleError
+from archgrow.ir.captured import CapturedGraph
 from archgrow.ir.layout import Seg, TensorMeta
 from archgrow.ops.context import LayoutState, NoRule, RuleContext
 from archgrow.ops.registry import OpTable
@@ -26,7 +27,7 @@ from archgrow.passes.size_taint import check_size_uses
 LAYOUT_KEY = "archgrow_layout"
 
 
-def propagate_layouts(gm: fx.GraphModule, values: dict[fx.Node, Any], model: nn.Module, ops: OpTable) -> LayoutState:
+def propagate_layouts(gm: CapturedGraph, values: dict[fx.Node, Any], model: nn.Module, ops: OpTable) -> LayoutState:
     state = LayoutState(gm, values, model, ops, modules=dict(model.named_modules()))
     for node in gm.graph.nodes:
         ctx = RuleContext(state, node)

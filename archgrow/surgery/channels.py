@@ -111,11 +111,15 @@ class _Saved:
 
 
 @contextlib.contextmanager
-def trial(graph: WidthGraph, group: WidthGroup, model: nn.Module) -> Iterator[None]:
+def trial(graph: WidthGraph, group: WidthGroup, model: nn.Module, *, growth_only: bool = False) -> Iterator[None]:
     """Everything done to ``group`` inside (growth, channel edits, forwards in training mode that
     move norm statistics) is undone on exit, exactly: tensors, gradients, module sizes, width.
 
     Pass ``optimizer=None`` to :func:`archgrow.grow` inside: optimizer state is not restored.
+    ``growth_only=True`` is for callers that only grow inside and run forwards in eval mode (the
+    growth check): growth replaces tensors rather than writing into them, so the group's tensors
+    are kept without copies and other buffers are not saved.  Copying them for each of many nested
+    trials cost more than the forwards checked.
     """
     saved: list[_Saved] = []
     seen: set[tuple[str, str]] = set()
@@ -124,11 +128,18 @@ def trial(graph: WidthGraph, group: WidthGroup, model: nn.Module) -> Iterator[No
             continue
         seen.add((b.module, b.tensor))
         t = getattr(mod, b.tensor)
-        grad = t.grad.clone() if isinstance(t, nn.Parameter) and t.grad is not None else None
-        saved.append(_Saved(mod, b.tensor, t.detach().clone(), grad, isinstance(t, nn.Parameter)))
-    buffers = [(m, n, buf.clone()) for m in model.modules() for n, buf in m._buffers.items() if buf is not None]
+        grad = t.grad if isinstance(t, nn.Parameter) else None
+        if grad is not None and not growth_only:
+            grad = grad.clone()
+        data = t.detach() if growth_only else t.detach().clone()
+        saved.append(_Saved(mod, b.tensor, data, grad, isinstance(t, nn.Parameter)))
+    buffers = (
+        [(m, n, buf.clone()) for m in model.modules() for n, buf in m._buffers.items() if buf is not None]
+        if not growth_only
+        else []
+    )
     attrs = []
-    for a in graph.attr_bindings():
+    for a in graph.attr_bindings(group if growth_only else None):  # growth writes only its group's
         mod = graph.model.get_submodule(a.module)
         attrs.append((mod, a.attr, getattr(mod, a.attr)))
     width = group.width

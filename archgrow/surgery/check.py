@@ -47,7 +47,7 @@ def _failure(graph: WidthGraph, groups: Sequence[WidthGroup], reference: Any) ->
     model = graph.model
     with contextlib.ExitStack() as stack:
         for grp in groups:
-            stack.enter_context(trial(graph, grp, model))
+            stack.enter_context(trial(graph, grp, model, growth_only=True))
             grow(graph, grp, grp.step)
         try:
             out = model(*graph.example_inputs)

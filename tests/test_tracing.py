@@ -1,0 +1,134 @@
+"""The fx front-end's own mechanics: scoped interception, the user's model left as it was, and the
+shape-recording loop (inputs with defaults, errors naming the node)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import archgrow
+from archgrow.errors import TraceError
+from archgrow.graph.fx_patching import scoped_to
+
+
+class _Block(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 8)
+        self.scale = nn.Parameter(torch.ones(8))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x) * self.scale  # ``self.scale`` read through Module.__getattr__
+
+
+class _Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = _Block()
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.block(x)))
+
+
+class _OwnGetattr(_Block):
+    """A module class with its own ``__getattr__`` (as some libraries write): fx must patch the base."""
+
+    def __getattr__(self, name: str):
+        return super().__getattr__(name)
+
+
+def _own_methods(cls: type) -> set[str]:
+    return {n for n in ("__call__", "__getattr__") if n in vars(cls)}
+
+
+def test_tracing_patches_only_the_models_classes_and_restores_them() -> None:
+    base = (vars(nn.Module)["__call__"], vars(nn.Module)["__getattr__"])
+    seen_inside: dict[type, set[str]] = {}
+
+    class Spy(nn.Module):
+        """Notes, while fx runs the forward, which classes carry fx's interception."""
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            for cls in (_Net, _Block, nn.Linear, nn.Conv2d):
+                seen_inside[cls] = _own_methods(cls)
+            seen_inside[nn.Module] = {n for n in ("__call__", "__getattr__") if vars(nn.Module)[n] not in base}
+            return x
+
+    class Spied(_Net):
+        def __init__(self) -> None:
+            super().__init__()
+            self.spy = Spy()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.spy(super().forward(x))
+
+    graph = archgrow.trace(Spied(), torch.randn(2, 4))
+    assert seen_inside[_Block] == {"__call__", "__getattr__"}  # the model's classes, while tracing
+    assert seen_inside[nn.Module] == set() and seen_inside[nn.Conv2d] == set()  # no other class
+    for cls in (Spied, Spy, _Block, nn.Linear):
+        assert _own_methods(cls) == set(), cls
+    assert (vars(nn.Module)["__call__"], vars(nn.Module)["__getattr__"]) == base
+    assert graph.group("block.fc").growable  # the parameter read through __getattr__ was seen
+
+
+def test_a_class_with_its_own_getattr_falls_back_to_fx_patching_the_base() -> None:
+    model = nn.Sequential(_OwnGetattr(), nn.ReLU(), nn.Linear(8, 3))
+    with scoped_to(model) as scoped:
+        assert scoped is False
+    with scoped_to(_Net()) as scoped:
+        assert scoped is True
+    graph = archgrow.trace(model, torch.randn(2, 4))
+    group = graph.group("0.fc")
+    assert group.growable
+    assert {m.name for m in group.consumers} >= {"2"}
+    archgrow.grow(graph, group, 2)
+    assert model(torch.randn(5, 4)).shape == (5, 3)
+    assert _own_methods(_OwnGetattr) == {"__getattr__"}  # its own method kept
+
+
+def test_constant_tensors_made_in_the_forward_stay_off_the_users_model() -> None:
+    class WithConstant(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(2, 4)
+            self.b = nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.b(self.a(x) + torch.tensor([1.0, 2.0, 3.0, 4.0]))
+
+    model = WithConstant()
+    before = set(vars(model))
+    for _ in range(2):
+        graph = archgrow.trace(model, torch.randn(1, 2))
+    assert set(vars(model)) == before
+    # the constant's fixed size still ties the width it is added to
+    assert not graph.group("a").growable
+    assert "never grows" in graph.group("a").reason
+
+
+def test_recording_takes_defaults() -> None:
+    class Flexible(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(3, 6)
+            self.b = nn.Linear(6, 2)
+
+        def forward(self, x: torch.Tensor, scale: torch.Tensor | float = 2.0) -> torch.Tensor:
+            return self.b(torch.relu(self.a(x))) * scale
+
+    model = Flexible()
+    x = torch.randn(1, 3)
+    assert archgrow.trace(model, x, frontend="fx").group("a").growable  # the default scale
+    assert archgrow.trace(model, (x, torch.ones(2)), frontend="fx").group("a").growable
+    with pytest.raises(TraceError, match=r"takes 1 to 2 input\(s\) but example_inputs has 3"):
+        archgrow.trace(model, (x, torch.ones(2), x), frontend="fx")
+    with pytest.raises(TraceError, match=r"takes 1 to 2 input\(s\) but example_inputs has 0"):
+        archgrow.trace(model, (), frontend="fx")
+
+
+def test_a_failing_node_is_named_with_the_way_out() -> None:
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    with pytest.raises(TraceError, match=r"failed at node '_0'.*Check that example_inputs match"):
+        archgrow.trace(model, torch.randn(1, 5), frontend="fx")
