@@ -88,17 +88,19 @@ def test_a_class_with_its_own_getattr_falls_back_to_fx_patching_the_base() -> No
     assert _own_methods(_OwnGetattr) == {"__getattr__"}  # its own method kept
 
 
-def test_constant_tensors_made_in_the_forward_stay_off_the_users_model() -> None:
-    class WithConstant(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.a = nn.Linear(2, 4)
-            self.b = nn.Linear(4, 2)
+class _TwoLinears(nn.Module):
+    def __init__(self, features: int, hidden: int) -> None:
+        super().__init__()
+        self.a = nn.Linear(features, hidden)
+        self.b = nn.Linear(hidden, 2)
 
+
+def test_constant_tensors_made_in_the_forward_stay_off_the_users_model() -> None:
+    class WithConstant(_TwoLinears):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.b(self.a(x) + torch.tensor([1.0, 2.0, 3.0, 4.0]))
 
-    model = WithConstant()
+    model = WithConstant(2, 4)
     before = set(vars(model))
     for _ in range(2):
         graph = archgrow.trace(model, torch.randn(1, 2))
@@ -109,16 +111,11 @@ def test_constant_tensors_made_in_the_forward_stay_off_the_users_model() -> None
 
 
 def test_recording_takes_defaults() -> None:
-    class Flexible(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.a = nn.Linear(3, 6)
-            self.b = nn.Linear(6, 2)
-
+    class Flexible(_TwoLinears):
         def forward(self, x: torch.Tensor, scale: torch.Tensor | float = 2.0) -> torch.Tensor:
             return self.b(torch.relu(self.a(x))) * scale
 
-    model = Flexible()
+    model = Flexible(3, 6)
     x = torch.randn(1, 3)
     assert archgrow.trace(model, x, frontend="fx").group("a").growable  # the default scale
     assert archgrow.trace(model, (x, torch.ones(2)), frontend="fx").group("a").growable

@@ -205,10 +205,6 @@ def skeleton(value: Any) -> Any:
     return _skeleton(value)
 
 
-def cls_name_of(model: nn.Module) -> str:
-    return type(model).__name__
-
-
 def _skeleton(value: Any) -> Any:
     """What the analysis needs of a runtime value: shapes of tensors, small Python values as is."""
     if isinstance(value, torch.Tensor):

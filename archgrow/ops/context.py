@@ -435,8 +435,10 @@ class RuleContext:
             return None
         if len(size.args) != 2 or size.kwargs:
             return None
+        if kind not in (None, "heads"):
+            return None
         for attribute, other in (size.args, size.args[::-1]):
-            if kind not in (None, "heads") or not self.sourced(attribute, "heads"):
+            if not self.sourced(attribute, "heads"):
                 continue
             if isinstance(other, fx.Node):
                 if other not in self.state.size_layout or not self._never_grows(self.state.size_layout[other]):
@@ -512,15 +514,18 @@ class RuleContext:
             self.consumed.add(shape[0])
             return None  # x.view(y.size()): every dim follows y
         if len(shape) == 1 and isinstance(shape[0], fx.Node):
-            joined = self._joined_shape(shape[0])
+            read: list[fx.Node] = []
+            joined = self._joined_shape(shape[0], read)
             if joined is not None:  # x.reshape(x.shape[:-1] + (-1,)): element by element
+                self.consumed.update(read)
                 return joined
         return list(shape)
 
-    def _joined_shape(self, node: Any) -> list[Any] | None:
+    def _joined_shape(self, node: Any, read: list[fx.Node]) -> list[Any] | None:
         """A shape the code built as one value (``x.shape[:-1] + (-1,)``, timm's MaxViT), element
         by element: numbers as written, a tensor's dims as :class:`TensorDim`; None when it is
-        built any other way.  The nodes read are consumed (the sizes are used where they stand)."""
+        built any other way.  ``read`` collects the shape nodes it went through, which the caller
+        consumes only when the whole shape was understood."""
         state = self.state
         if isinstance(node, (tuple, list)):
             found: list[Any] = []
@@ -537,14 +542,14 @@ class RuleContext:
         if not isinstance(node, fx.Node):
             return None
         if node in state.shape_of:
-            self.consumed.add(node)
+            read.append(node)
             meta = state.shape_of[node]
             return [TensorDim(lay, size) for lay, size in zip(meta.dims, meta.shape, strict=True)]
         if node.op == "call_function" and node.target is operator.add and len(node.args) == 2 and not node.kwargs:
-            left, right = (self._joined_shape(a) for a in node.args)
+            left, right = (self._joined_shape(a, read) for a in node.args)
             if left is None or right is None:
                 return None
-            self.consumed.add(node)
+            read.append(node)
             return left + right
         return None
 

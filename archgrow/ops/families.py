@@ -306,10 +306,7 @@ def reshape(ctx: RuleContext, src: Any, shape_args: list[Any] | None, name: str)
         after = math.prod(src.shape[j] for j in ins if j > i)
         merged = lay if after == 1 else tuple(Seg(s.var, s.inner * after, s.fixed * after) for s in lay)
         merged = merged * before  # (heads, head_dim) -> heads * head_dim: one copy of the width per head
-        if shape_args is not None and (
-            o >= len(shape_args)
-            or not (ctx.follows(shape_args[o], merged) or _part_size(ctx, shape_args[o], merged, 1))
-        ):  # C // self.num_heads with one head: C itself
+        if shape_args is not None and (o >= len(shape_args) or not ctx.follows(shape_args[o], merged)):
             given = shape_args[o] if o < len(shape_args) else "?"
             ctx.freeze(
                 lay,

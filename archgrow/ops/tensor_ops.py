@@ -63,23 +63,16 @@ def elementwise_rule(ctx: RuleContext) -> Any:
     return ctx.fixed()
 
 
-_IDENTITIES = {operator.floordiv: 1, operator.mul: 1, operator.truediv: 1, operator.add: 0, operator.sub: 0}
-
-
 def _same_size(ctx: RuleContext) -> None:
     """``C // 1`` or ``C * 1`` of a size read from a tensor (``C // self.num_heads`` with one
     head) is that size: it follows growth as ``C`` does."""
     node, state = ctx.node, ctx.state
-    unit = _IDENTITIES.get(node.target) if node.op == "call_function" else None
-    if unit is None or len(node.args) != 2 or node.kwargs or not isinstance(ctx.out, int):
+    if node.target not in (operator.floordiv, operator.mul) or len(node.args) != 2 or node.kwargs:
         return
     size, other = node.args
-    if node.target in (operator.mul, operator.add) and isinstance(other, fx.Node):
+    if node.target is operator.mul and isinstance(other, fx.Node):
         size, other = other, size
-    if (
-        isinstance(size, fx.Node) and state.size_layout.get(size) is not None
-        and isinstance(other, int) and not isinstance(other, bool) and other == unit
-    ):  # fmt: skip
+    if isinstance(size, fx.Node) and state.size_layout.get(size) is not None and type(other) is not bool and isinstance(other, int) and other == 1:
         state.size_layout[node] = state.size_layout[size]
 
 
@@ -393,7 +386,7 @@ def getitem_rule(ctx: RuleContext) -> Any:
     if isinstance(obj, fx.Node) and obj in state.shape_of and isinstance(idx, slice):
         meta = state.shape_of[obj]  # x.shape[:-1]: the shape of those dims
         state.shape_of[node] = TensorMeta(meta.shape[idx], meta.dims[idx])
-        state.taint[node] = [lay for lay in meta.dims[idx]]
+        state.taint[node] = list(meta.dims[idx])
         ctx.consumed.add(obj)
         return out
     if isinstance(src, TensorMeta):
