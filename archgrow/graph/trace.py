@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 LeafSpec = type | nn.Module | str
 
 
+_PLAIN_ARGUMENTS = frozenset({int, float, bool, complex, str, type(None), type(...)})
+
+
 class _Tracer(fx.Tracer):
     """fx tracer that knows which module it is inside when something fails."""
 
@@ -85,7 +88,20 @@ class _Tracer(fx.Tracer):
         """A module's tensor passed as an argument: its ``get_attr`` found through the index.  A
         tensor the forward makes from constants (``torch.tensor([...])``) is kept in
         :attr:`constants`: fx would store it as ``_tensor_constant0`` on the user's model, one more
-        attribute per trace."""
+        attribute per trace.
+
+        Plain numbers, proxies, tuples and lists (most arguments) skip fx's checks for parameters,
+        buffers, modules and registered constant types, none of which they can be: fx walks
+        those checks for every argument of every node."""
+        kind = type(a)
+        if kind in _PLAIN_ARGUMENTS:
+            return a
+        if kind is fx.Proxy:
+            return a.node
+        if kind is tuple:
+            return tuple(self.create_arg(e) for e in a)
+        if kind is list:
+            return [self.create_arg(e) for e in a]
         if isinstance(a, torch.Tensor):
             name = self._archgrow_name(a, "p" if isinstance(a, nn.Parameter) else "b")
             if name is None and not isinstance(a, nn.Parameter) and a not in self.tensor_attrs:

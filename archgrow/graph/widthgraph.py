@@ -7,7 +7,10 @@ live in one table shared by groups and graph nodes), so it never needs re-tracin
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
+import gc
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -252,8 +255,7 @@ class WidthGraph:
         if found is None:
             found = self._bound[group._root] = tuple(
                 BoundTensor(b, self.model.get_submodule(b.module))
-                for b in self._tensor_bindings
-                if self._in_group(b.layout, group._root)
+                for b in self._tensors_by_root.get(group._root, ())
             )
         return found
 
@@ -266,7 +268,7 @@ class WidthGraph:
         if group is None:
             return tuple(self._attr_bindings)
         self._check_owner(group)
-        return tuple(a for a in self._attr_bindings if self._in_group(a.layout, group._root))
+        return tuple(self._attrs_by_root.get(group._root, ()))
 
     def segment_sizes(self, layout: Layout, group: WidthGroup) -> tuple[SegmentSize, ...]:
         vars_ = self._vars
@@ -282,25 +284,39 @@ class WidthGraph:
         self._check_owner(group)
         root = group._root
         self._vars.width[root] += k
-        for a in self._attr_bindings:
-            if self._in_group(a.layout, root):
-                module = self.model.get_submodule(a.module)
-                size = a.value(self._vars.layout_size(a.layout))
-                if a.index is None:
-                    setattr(module, a.attr, size)
-                else:
-                    current = getattr(module, a.attr)
-                    value = list(current)
-                    value[a.index] = size
-                    setattr(module, a.attr, value if isinstance(current, list) else tuple(value))
+        for a in self._attrs_by_root.get(root, ()):
+            module = self.model.get_submodule(a.module)
+            size = a.value(self._vars.layout_size(a.layout))
+            if a.index is None:
+                setattr(module, a.attr, size)
+            else:
+                current = getattr(module, a.attr)
+                value = list(current)
+                value[a.index] = size
+                setattr(module, a.attr, value if isinstance(current, list) else tuple(value))
         self._refresh_shapes(root)
 
     def _check_owner(self, group: WidthGroup) -> None:
         if group._graph is not self:
             raise GrowthError(f"group '{group.name}' belongs to another WidthGraph")
 
-    def _in_group(self, layout: Layout, root: int) -> bool:
-        return any(s.var is not None and self._vars.find(s.var) == root for s in layout)
+    @functools.cached_property
+    def _attrs_by_root(self) -> dict[int, list[AttrBinding]]:
+        return self._by_root(self._attr_bindings)
+
+    @functools.cached_property
+    def _tensors_by_root(self) -> dict[int, list[TensorBinding]]:
+        return self._by_root(self._tensor_bindings)
+
+    def _by_root(self, bindings: list[Any]) -> dict[int, list[Any]]:
+        """``bindings`` by the group roots their layouts carry, in order.  Indexed once: growth and
+        its trials look a group's bindings up every time, and groups never merge after tracing
+        (freezing changes no root)."""
+        index: dict[int, list[Any]] = {}
+        for b in bindings:
+            for root in dict.fromkeys(self._vars.find(s.var) for s in b.layout if s.var is not None):
+                index.setdefault(root, []).append(b)
+        return index
 
     def node_shape(self, node: str) -> Any:
         """Current shape(s) of a traced node's output, following any growth since tracing."""
@@ -485,6 +501,34 @@ def trace(
     one only.  The export front-end takes ``concrete_args`` as keyword arguments of the forward and
     ignores ``autowrap_functions``; :attr:`WidthGraph.frontend` says which one traced.
     """
+    return _trace(model, example_inputs, leaf_modules, autowrap_functions, concrete_args, rules, frontend)
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off for the duration, as it was after.  fx tracing and
+    the analysis allocate tens of thousands of small objects (nodes, proxies, layouts), which set
+    off collections that each walk every object of the process (with timm imported, about half a
+    million): about a tenth of the trace time of a small CNN.  What they leave behind is collected
+    later.  Not used around torch.export, whose fake tensors are worth collecting as it goes."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _trace(
+    model: nn.Module,
+    example_inputs: torch.Tensor | Sequence[torch.Tensor],
+    leaf_modules: Sequence[LeafSpec],
+    autowrap_functions: Sequence[Any],
+    concrete_args: dict[str, Any] | None,
+    rules: Sequence[Registration],
+    frontend: str,
+) -> WidthGraph:
     if frontend not in FRONTENDS:
         raise TraceError(f"trace(frontend={frontend!r}): the front-ends are {', '.join(map(repr, FRONTENDS))}")
     register_installed_integrations()
@@ -500,11 +544,12 @@ def trace(
     fx_error: TraceError | None = None
     if frontend != "export":
         try:
-            gm = symbolic_trace(
-                model, leaf_modules=options["leaf_modules"], autowrap_functions=options["autowrap_functions"],
-                concrete_args=concrete_args, is_leaf=ops.is_leaf,
-            )  # fmt: skip
-            values = record_shapes(gm, model, inputs, ops)
+            with _collector_paused():
+                gm = symbolic_trace(
+                    model, leaf_modules=options["leaf_modules"], autowrap_functions=options["autowrap_functions"],
+                    concrete_args=concrete_args, is_leaf=ops.is_leaf,
+                )  # fmt: skip
+                values = record_shapes(gm, model, inputs, ops)
         except TraceError as exc:
             if frontend == "fx":
                 raise
@@ -526,8 +571,9 @@ def trace(
             ) from exc
         gm, values = as_captured(exported.gm), exported.values
         options["frontend"] = "export"
-    analysis = analyze(gm, values, model, ops)
-    graph = WidthGraph(model, inputs, analysis, options)
+    with _collector_paused():
+        analysis = analyze(gm, values, model, ops)
+        graph = WidthGraph(model, inputs, analysis, options)
     # surgery builds on this module, so it is imported here, where it runs
     from archgrow.surgery.check import freeze_groups_that_break_the_forward
 

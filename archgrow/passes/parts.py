@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from typing import Any
 
 from archgrow.ir.layout import Layout, TensorMeta, WidthVars
@@ -23,16 +24,17 @@ def settle_parts(state: LayoutState) -> None:
     vars_ = state.vars
     if not vars_.parts:
         return
+    resolve = vars_.resolver()
     for node, value in state.meta.items():
-        resolved = _resolve_value(vars_, value)
+        resolved = _resolve_value(resolve, value)
         state.meta[node] = resolved
         if LAYOUT_KEY in node.meta:
             node.meta[LAYOUT_KEY] = resolved
-    state.tensor_bindings[:] = [dataclasses.replace(b, layout=vars_.resolve(b.layout)) for b in state.tensor_bindings]
-    state.members[:] = [dataclasses.replace(m, layout=vars_.resolve(m.layout)) for m in state.members]
+    state.tensor_bindings[:] = [dataclasses.replace(b, layout=resolve(b.layout)) for b in state.tensor_bindings]
+    state.members[:] = [dataclasses.replace(m, layout=resolve(m.layout)) for m in state.members]
     attrs = []
     for a in state.attr_bindings:
-        lay = vars_.resolve(a.layout)
+        lay = resolve(a.layout)
         if a.divisor > 1 and lay != a.layout:
             _check_groups(vars_, lay, a.divisor, f"'{a.module}.{a.attr}'")
         attrs.append(dataclasses.replace(a, layout=lay))
@@ -51,13 +53,13 @@ def _check_groups(vars_: WidthVars, lay: Layout, size: int, attr: str) -> None:
             vars_.require_step(s.var, size // math.gcd(size, s.inner), f"{attr} counts groups of {size} channels")
 
 
-def _resolve_value(vars_: WidthVars, value: Any) -> Any:
+def _resolve_value(resolve: Callable[[Layout], Layout], value: Any) -> Any:
     if isinstance(value, TensorMeta):
-        return TensorMeta(value.shape, tuple(None if lay is None else vars_.resolve(lay) for lay in value.dims))
+        return TensorMeta(value.shape, tuple(None if lay is None else resolve(lay) for lay in value.dims))
     if isinstance(value, (tuple, list)):
-        return type(value)(_resolve_value(vars_, v) for v in value)
+        return type(value)(_resolve_value(resolve, v) for v in value)
     if isinstance(value, dict):
-        return {k: _resolve_value(vars_, v) for k, v in value.items()}
+        return {k: _resolve_value(resolve, v) for k, v in value.items()}
     return value
 
 
