@@ -474,3 +474,30 @@ def test_split_by_a_size_attribute_follows_growth():
     assert m.split_size == 6 and m.fc.out_features == 18
     torch.testing.assert_close(m(x), before)
 
+
+
+def test_memoized_resolver_matches_resolve_on_nested_parts_and_on_a_width_tied_to_its_own_part() -> None:
+    """``WidthVars.resolver`` (used by the pass that settles every recorded layout) must give
+    what ``resolve`` gives: parts nested through blocks and splits, shared segments, fixed runs,
+    and a width tied to one of its own parts (where it falls back to ``resolve``)."""
+    from archgrow.ir.layout import Seg, WidthVars
+
+    vars_ = WidthVars()
+    a = vars_.new(48, "a")
+    halves = vars_.refine(a, 2)  # a = 2 x 24
+    blocks = vars_.coarsen(halves[0].var, 8)  # each half = 3 blocks of 8
+    b = vars_.new(16, "b")
+    layouts = [(Seg(a),), (Seg(a, inner=4), Seg(None, fixed=3), Seg(b)), (Seg(b), Seg(a)), (Seg(a),)]
+    resolve = vars_.resolver()
+    assert resolve is not vars_.resolve
+    for lay in layouts:
+        assert resolve(lay) == vars_.resolve(lay)
+    assert resolve((Seg(a),)) == (Seg(blocks[0].var, inner=8),) * 2
+    assert resolve((Seg(a, inner=4),)) == (Seg(blocks[0].var, inner=32),) * 2
+
+    tied = WidthVars()
+    c = tied.new(8, "c")
+    part = tied.refine(c, 2)[0].var
+    tied.union(part, c, "a test tie")  # sizes differ: frozen, and c's parts now lead back to c
+    assert tied.resolver() == tied.resolve
+    assert tied.frozen
