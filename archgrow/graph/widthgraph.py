@@ -501,34 +501,6 @@ def trace(
     one only.  The export front-end takes ``concrete_args`` as keyword arguments of the forward and
     ignores ``autowrap_functions``; :attr:`WidthGraph.frontend` says which one traced.
     """
-    return _trace(model, example_inputs, leaf_modules, autowrap_functions, concrete_args, rules, frontend)
-
-
-@contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Python's cyclic garbage collector off for the duration, as it was after.  fx tracing and
-    the analysis allocate tens of thousands of small objects (nodes, proxies, layouts), which set
-    off collections that each walk every object of the process (with timm imported, about half a
-    million): about a tenth of the trace time of a small CNN.  What they leave behind is collected
-    later.  Not used around torch.export, whose fake tensors are worth collecting as it goes."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
-def _trace(
-    model: nn.Module,
-    example_inputs: torch.Tensor | Sequence[torch.Tensor],
-    leaf_modules: Sequence[LeafSpec],
-    autowrap_functions: Sequence[Any],
-    concrete_args: dict[str, Any] | None,
-    rules: Sequence[Registration],
-    frontend: str,
-) -> WidthGraph:
     if frontend not in FRONTENDS:
         raise TraceError(f"trace(frontend={frontend!r}): the front-ends are {', '.join(map(repr, FRONTENDS))}")
     register_installed_integrations()
@@ -588,6 +560,22 @@ def _trace(
         ]  # fmt: skip
         freeze_groups_that_break_the_forward(graph, checked)
     return graph
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off for the duration, as it was after.  fx tracing and
+    the analysis allocate tens of thousands of small objects (nodes, proxies, layouts), which set
+    off collections that each walk every object of the process (with timm imported, about half a
+    million): about a tenth of the trace time of a small CNN.  What they leave behind is collected
+    later.  Not used around torch.export, whose fake tensors are worth collecting as it goes."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 FRONTENDS = ("auto", "fx", "export")

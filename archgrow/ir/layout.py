@@ -24,6 +24,7 @@ into two widths that grow apart (:meth:`WidthVars.cut`).  A width reshaped into 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import Counter
 from collections.abc import Callable
@@ -201,50 +202,10 @@ class WidthVars:
         ]
 
     def resolver(self) -> Callable[[Layout], Layout]:
-        """:meth:`resolve`, remembering each layout and each width's parts, for a pass that
-        resolves every recorded layout while the parts stay as they are (nodes share layouts,
-        and grouped convs nest parts several deep).  Where a width is tied to one of its own parts
-        (frozen, sizes differ) it resolves without memory, as :meth:`resolve` does."""
-        if not self.parts or self._parts_cycle():
-            return self.resolve
-        of_root: dict[int, list[Seg]] = {}
-        of_layout: dict[Layout, Layout] = {}
-
-        def units(seg: Seg) -> list[Seg]:
-            if seg.var is None:
-                return [seg]
-            r = self.find(seg.var)
-            if r not in self.parts:
-                return [seg]
-            found = of_root.get(r)
-            if found is None:
-                found = of_root[r] = [x for part in self.parts[r] for x in units(part)]
-            return [Seg(x.var, x.inner * seg.inner, x.fixed * seg.inner) for x in found]
-
-        def resolve(layout: Layout) -> Layout:
-            out = of_layout.get(layout)
-            if out is None:
-                out = of_layout[layout] = tuple(x for seg in layout for x in units(seg))
-            return out
-
-        return resolve
-
-    def _parts_cycle(self) -> bool:
-        """Whether some width's parts lead back to it."""
-        state: dict[int, int] = {}  # root -> 1 while visiting, 2 when done
-
-        def visit(r: int) -> bool:
-            if state.get(r) == 1:
-                return True
-            if state.get(r) == 2 or r not in self.parts:
-                return False
-            state[r] = 1
-            if any(p.var is not None and visit(self.find(p.var)) for p in self.parts[r]):
-                return True
-            state[r] = 2
-            return False
-
-        return any(visit(r) for r in list(self.parts))
+        """:meth:`resolve`, remembering each layout, for a pass that resolves every recorded
+        layout while the parts stay as they are: nodes share layouts, and resolving one walks
+        every segment through every level of parts (RegNets nest them through grouped convs)."""
+        return functools.cache(self.resolve)
 
     def carry_to_parts(self) -> None:
         """What was recorded on a refined width applies to its parts: reasons to freeze, reasons it
