@@ -167,3 +167,43 @@ def test_add_leaf_hands_a_subclass_to_its_base_rule() -> None:
         table.add_leaf(int)
     with pytest.raises(RegistrationError, match=r"add_leaf\(Mystery\): no base class has a layer rule"):
         table.add_leaf(type("Mystery", (nn.Module,), {}))
+
+
+class ActBlock(nn.Module):
+    """A layer-free composite wrapping an activation module, as timm's norm-act layers do."""
+
+    def __init__(self, act: nn.Module):
+        super().__init__()
+        self.act = act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(x)
+
+
+class ActBlockRule(TensorLayer):
+    """Describes an ActBlock whole only when its act is a ReLU or a GELU; asks the act what it does at 0."""
+
+    def whole(self, module, ops):
+        return isinstance(module.act, (nn.ReLU, nn.GELU))
+
+    def is_dead_at_zero(self, module, ops):
+        return ops.layer(module.act).is_dead_at_zero(module.act, ops)
+
+    def layout(self, ctx, name, module, src, shape):
+        return TensorMeta(shape, src.dims)
+
+
+def test_a_leaf_rule_decides_per_instance_whether_it_is_a_leaf_and_what_it_does_at_zero() -> None:
+    from archgrow.growth.dead_at_zero import dead_at_zero
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(4, 6), ActBlock(nn.ReLU()), nn.Linear(6, 5), ActBlock(nn.GELU()), nn.Linear(5, 4),
+        ActBlock(nn.Sigmoid()), nn.Linear(4, 2),
+    )  # fmt: skip
+    graph = archgrow.trace(model, torch.randn(1, 4), rules=[layer(ActBlock, ActBlockRule())])
+    called = [str(n.target) for n in graph.fx.graph.nodes if n.op == "call_module"]
+    assert called == ["0", "1", "2", "3", "4", "5.act", "6"]  # the Sigmoid block was traced into
+    assert dead_at_zero(graph, graph.group("0")) == ["_1"]  # the node calling block 1: its ReLU
+    assert dead_at_zero(graph, graph.group("2")) == []
+    assert all(graph.group(name).growable for name in ("0", "2", "4"))

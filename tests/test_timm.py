@@ -146,3 +146,102 @@ def test_timm_same_padding_and_standardised_convs() -> None:
     archgrow.grow(g, "stem", 3)
     assert model.stem.out_channels == 11 and model.std.in_channels == 11 and model(x).shape == before.shape
     assert g.retrace().widths() == g.widths()
+
+
+# --------------------------------------------------------------------------- norm + act modules
+
+
+class NoRuleAct(torch.nn.Module):
+    """An activation archgrow has no layer rule for: its norm-act module is traced into."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(x)
+
+
+class NormActs(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        norm_act = timm.layers.norm_act
+        self.c1 = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.n1 = norm_act.BatchNormAct2d(8)  # ReLU
+        self.c2 = torch.nn.Conv2d(8, 6, 3, padding=1)
+        self.n2 = norm_act.BatchNormAct2d(6, act_layer=torch.nn.GELU)
+        self.n2.act = torch.nn.PReLU(6)  # a per-channel act: its slopes grow with the norm
+        self.c3 = torch.nn.Conv2d(6, 8, 1)
+        self.n3 = norm_act.GroupNormAct(8, num_groups=4, act_layer=torch.nn.GELU)
+        self.c4 = torch.nn.Conv2d(8, 4, 1)
+        self.n4 = norm_act.BatchNormAct2d(4)
+        self.n4.act = NoRuleAct()
+        self.fc = torch.nn.Linear(4, 5)
+        self.n5 = norm_act.LayerNormAct(5, act_layer=torch.nn.SiLU)
+        self.out = torch.nn.Linear(5, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.n4(self.c4(self.n3(self.c3(self.n2(self.c2(self.n1(self.c1(x))))))))
+        return self.out(self.n5(self.fc(x.mean((2, 3)))))
+
+
+def _warm_statistics(model: torch.nn.Module) -> torch.nn.Module:
+    """Non-trivial running statistics and affine parameters, so that output checks can fail."""
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(4, 3, 9, 9))
+        for m in model.modules():
+            if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.GroupNorm, torch.nn.LayerNorm)):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+    return model.eval()
+
+
+def test_norm_act_modules_are_leaves_described_by_norm_then_act() -> None:
+    """timm's BatchNormAct2d, GroupNormAct and LayerNormAct are described whole: one fx node each,
+    the norm's bindings, then the act's (a PReLU's slopes grow with the channels).  One whose act
+    has no rule is traced into, as before, and grows the same way."""
+    from archgrow.growth.dead_at_zero import dead_at_zero
+
+    torch.manual_seed(0)
+    model = _warm_statistics(NormActs())
+    x = torch.randn(2, 3, 9, 9)
+    g = archgrow.trace(model, x[:1], frontend="fx")
+    modules = {str(n.target) for n in g.fx.graph.nodes if n.op == "call_module"}
+    assert {"n1", "n2", "n3", "n5"} <= modules and "n4" not in modules and "n4.act" not in modules
+    assert "n2.act" not in modules  # inside the leaf n2
+    for name in ("c1", "c2", "c3", "c4", "fc"):
+        assert g.group(name).growable, (name, g.group(name).reason)
+    assert g.group("c3").step == 2  # GroupNormAct: two channels per group
+    assert "n2.act.weight" in {f"{b.module_name}.{b.tensor}" for b in g.group("c2").bindings()}
+    # ReLU inside n1 has gradient 0 at 0; GELU inside n3 does not; n4 was traced into.
+    assert dead_at_zero(g, g.group("c1")) == ["n1"]
+    assert dead_at_zero(g, g.group("c3")) == []
+    assert len(dead_at_zero(g, g.group("c4"))) == 0
+    before = model(x)
+    for name, k in (("c1", 3), ("c2", 2), ("c3", 4), ("c4", 2), ("fc", 3)):
+        grp = g.group(name)
+        archgrow.grow(g, name, k)
+        if grp.preserves_function:
+            torch.testing.assert_close(model(x), before, rtol=0, atol=1e-5, msg=name)
+    assert model.n2.act.weight.shape == (8,) and (model.n3.num_channels, model.n3.num_groups) == (12, 6) and model.n5.normalized_shape == (8,)
+    assert model.n1.running_var.shape == (11,) and model(x).shape == before.shape
+    assert g.retrace().widths() == g.widths()
+
+
+def test_norm_act_probe_replays_the_leaf_in_eval_mode() -> None:
+    """A norm-act module depends on the mode: the probe replays it in eval mode (running
+    statistics), and its value is the act's output."""
+    torch.manual_seed(0)
+    model = _warm_statistics(NormActs()).train()
+    x = torch.randn(2, 3, 9, 9)
+    g = archgrow.trace(model, x[:1], frontend="fx")
+    from archgrow.growth.measure import measure, measuring
+    from archgrow.growth.probes import build_probe
+
+    probe = build_probe(g, g.group("c1"))
+    assert not probe.stateless and [n.name for n in probe.chain] == ["n1"]
+    stats = model.n1.running_mean.clone()
+    with measuring(model):
+        h = measure(model, [probe], (x,))["c1"].h
+        expected = model.n1.eval()(model.c1(x))
+    model.n1.train()
+    torch.testing.assert_close(h, expected)
+    assert (expected == 0).any() and torch.equal(model.n1.running_mean, stats)

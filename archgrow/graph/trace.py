@@ -7,8 +7,8 @@ after the first growth event; archgrow never runs it after growing.
 Tracing happens in training mode (growth happens during training, and several torchvision models
 only call their auxiliary heads in training mode), shape recording in eval mode under ``no_grad``
 (BatchNorm statistics stay untouched, batch-1 inputs work).  A function called inside a module
-traced in training mode keeps its training-mode arguments in the graph (timm's ``BatchNormAct2d``
-calls ``F.batch_norm(..., training=True)``): the recorder calls such an op as it runs in eval mode
+traced in training mode keeps its training-mode arguments in the graph (a ``BatchNormAct2d`` of
+timm's traced into calls ``F.batch_norm(..., training=True)``): the recorder calls such an op as it runs in eval mode
 (the op registry's ``in_eval``), so the analysis never depends on batch statistics of the example
 input.  Both restore every module's own ``training`` flag, its buffers (a forward traced in
 training mode may count batches in place) and the global RNG state afterwards.
@@ -152,15 +152,20 @@ def kept_buffers(model: nn.Module) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _modes(model: nn.Module, training: bool) -> Iterator[None]:
-    """Temporarily set every module's training flag, restoring each one's own flag after."""
+    """Temporarily set every module's training flag, restoring each one's own flag after.
+
+    ``object.__setattr__`` as ``nn.Module.train`` would set it, without ``nn.Module.__setattr__``'s
+    checks for parameters, buffers and submodules (a bool is none of them): 4x faster, and this
+    runs twice per trace over every module."""
     saved = [(m, m.training) for m in model.modules()]
+    put = object.__setattr__
     try:
         for m, _ in saved:
-            m.training = training
+            put(m, "training", training)
         yield
     finally:
         for m, flag in saved:
-            m.training = flag
+            put(m, "training", flag)
 
 
 def symbolic_trace(

@@ -40,8 +40,9 @@ def dead_at_zero(graph: WidthGraph, group: WidthGroup, limit: int = 256) -> list
 
 def _is_dead_at_zero(graph: WidthGraph, node: Any) -> bool:
     if node.op == "call_module":
-        rule = graph.ops.layer(graph.fx.get_submodule(str(node.target)))
-        return rule is not None and rule.dead_at_zero
+        module = graph.fx.get_submodule(str(node.target))
+        rule = graph.ops.layer(module)
+        return rule is not None and rule.is_dead_at_zero(module, graph.ops)
     info = graph.ops.info(node.op, node.target)
     return info is not None and info.dead_at_zero
 

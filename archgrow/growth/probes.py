@@ -129,8 +129,9 @@ def _stateless(graph: WidthGraph, chain: list[fx.Node]) -> bool:
     switch and no RNG side effect (anything else is replayed under :func:`measuring`)."""
     for n in chain:
         if n.op == "call_module":
-            rule = graph.ops.layer(graph.fx.get_submodule(str(n.target)))
-            if rule is None or not rule.mode_free:
+            module = graph.fx.get_submodule(str(n.target))
+            rule = graph.ops.layer(module)
+            if rule is None or not rule.is_mode_free(module, graph.ops):
                 return False
         elif n.op in ("call_function", "call_method"):
             name = function_name(n.target) if n.op == "call_function" else str(n.target)

@@ -68,7 +68,9 @@ class LayerRule:
     ``ctx.bind_attr`` for the tensor dims and attributes that must grow, ``ctx.unknown`` where the
     rule does not apply.  Class attributes answer the other passes: ``mode_free`` (the same output
     in training and eval mode, no randomness), ``dead_at_zero`` (gradient 0 at input 0),
-    ``normalizes`` (a norm layer whose ``one``-role weights scale new channels).
+    ``normalizes`` (a norm layer whose ``one``-role weights scale new channels).  A rule whose
+    answer depends on the instance (a composite whose activation is a module of its own) overrides
+    :meth:`is_mode_free` / :meth:`is_dead_at_zero`, which the passes ask, and :meth:`whole`.
     """
 
     mode_free = False
@@ -77,6 +79,17 @@ class LayerRule:
 
     def apply(self, ctx: RuleContext, name: str, module: nn.Module) -> Any:
         raise NotImplementedError
+
+    def whole(self, module: nn.Module, ops: OpTable) -> bool:
+        """Whether this rule describes ``module`` as one leaf.  A leaf-registered composite says no
+        for an instance holding a part it cannot describe, and fx then traces into that instance."""
+        return True
+
+    def is_mode_free(self, module: nn.Module, ops: OpTable) -> bool:
+        return self.mode_free
+
+    def is_dead_at_zero(self, module: nn.Module, ops: OpTable) -> bool:
+        return self.dead_at_zero
 
 
 OpTarget = Callable[..., Any] | str
@@ -91,6 +104,7 @@ class OpTable:
         self._methods: dict[str, OpInfo] = {}
         self._layers: dict[type, LayerRule] = {}
         self._leaves: set[type] = set()
+        self._leaf_types: tuple[type, ...] = ()  # _leaves, for isinstance on every module fx meets
 
     # ------------------------------------------------------------------ registering
     def add_op(self, target: OpTarget, info: OpInfo, *, method: bool = False, replace_existing: bool = True) -> None:
@@ -129,7 +143,7 @@ class OpTable:
             )
         self._layers[module_type] = rule
         if leaf:
-            self._leaves.add(module_type)
+            self._add_leaf_type(module_type)
 
     def add_leaf(self, module_type: type) -> None:
         """fx does not trace into modules of ``module_type``; the layer rule of its nearest
@@ -141,7 +155,11 @@ class OpTable:
             raise RegistrationError(
                 f"add_leaf({module_type.__name__}): no base class has a layer rule; register one with register_layer"
             )
+        self._add_leaf_type(module_type)
+
+    def _add_leaf_type(self, module_type: type) -> None:
         self._leaves.add(module_type)
+        self._leaf_types = tuple(self._leaves)
 
     def remove_op(self, target: OpTarget, *, method: bool = False) -> None:
         """Forget an op (tests, or a plugin being unloaded); unknown targets are ignored."""
@@ -155,6 +173,7 @@ class OpTable:
     def remove_layer(self, module_type: type) -> None:
         self._layers.pop(module_type, None)
         self._leaves.discard(module_type)
+        self._leaf_types = tuple(self._leaves)
 
     def copy(self) -> OpTable:
         other = OpTable()
@@ -163,6 +182,7 @@ class OpTable:
         other._methods = dict(self._methods)
         other._layers = dict(self._layers)
         other._leaves = set(self._leaves)
+        other._leaf_types = self._leaf_types
         return other
 
     def with_rules(self, rules: Iterable[Registration]) -> OpTable:
@@ -197,6 +217,13 @@ class OpTable:
         klass = self.rule_type(module)
         return None if klass is None else self._layers[klass]
 
+    def type_rule(self, module_type: type) -> LayerRule | None:
+        """The rule describing modules of ``module_type``: its own, or its nearest base's."""
+        for klass in module_type.__mro__:
+            if klass in self._layers:
+                return self._layers[klass]
+        return None
+
     def rule_type(self, module: nn.Module) -> type | None:
         """The class along ``module``'s MRO whose layer rule describes it (its own, or a base's)."""
         for klass in type(module).__mro__:
@@ -205,7 +232,12 @@ class OpTable:
         return None
 
     def is_leaf(self, module: nn.Module) -> bool:
-        return isinstance(module, tuple(self._leaves)) if self._leaves else False
+        """fx does not trace into ``module``: its type was registered as a leaf and its rule can
+        describe this instance whole (:meth:`LayerRule.whole`)."""
+        if not self._leaf_types or not isinstance(module, self._leaf_types):
+            return False
+        rule = self.layer(module)
+        return rule is None or rule.whole(module, self)
 
     # ------------------------------------------------------------------ facts for other passes
     def info(self, op: str, target: Any) -> OpInfo | None:

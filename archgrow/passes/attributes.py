@@ -80,7 +80,7 @@ def check_attribute_bindings(state: LayoutState) -> None:
         for a in by_attr.get(key, []):
             freeze_layout(vars_, vars_.resolve(a.layout), reason)
     for (module, attr, index), bindings in by_attr.items():
-        if len({_signature(vars_, a) for a in bindings}) < 2:
+        if len(bindings) < 2 or len({_signature(vars_, a) for a in bindings}) < 2:
             continue
         where = f"{module}.{attr}" if module else attr
         where = where if index is None else f"{where}[{index}]"
