@@ -245,3 +245,22 @@ def test_norm_act_probe_replays_the_leaf_in_eval_mode() -> None:
     model.n1.train()
     torch.testing.assert_close(h, expected)
     assert (expected == 0).any() and torch.equal(model.n1.running_mean, stats)
+
+
+def test_norm_act_leaves_collapse_alike_under_torch_export() -> None:
+    """The export front-end collapses the same norm-act modules into one call each: same groups."""
+
+    def groups(graph: archgrow.WidthGraph) -> list[tuple]:
+        return [
+            (g.name, g.width, g.step, g.growable, g.preserves_function, [(m.name, m.slots) for m in g.members])
+            for g in graph.groups
+        ]
+
+    torch.manual_seed(0)
+    model = _warm_statistics(NormActs())
+    x = torch.randn(1, 3, 9, 9)
+    traced = archgrow.trace(model, x, frontend="fx")
+    exported = archgrow.trace(model, x, frontend="export")
+    assert exported.frontend == "export"
+    assert {"n1", "n2", "n3", "n5"} <= {str(n.target) for n in exported.fx.graph.nodes if n.op == "call_module"}
+    assert groups(exported) == groups(traced)
