@@ -221,7 +221,7 @@ def test_norm_act_modules_are_leaves_described_by_norm_then_act() -> None:
         archgrow.grow(g, name, k)
         if grp.preserves_function:
             torch.testing.assert_close(model(x), before, rtol=0, atol=1e-5, msg=name)
-    assert model.n2.act.weight.shape == (8,) and (model.n3.num_channels, model.n3.num_groups) == (12, 6) and model.n5.normalized_shape == (8,)
+    assert model.n2.act.weight.shape == (8,) and model.n2.act.num_parameters == 8 and (model.n3.num_channels, model.n3.num_groups) == (12, 6) and model.n5.normalized_shape == (8,)
     assert model.n1.running_var.shape == (11,) and model(x).shape == before.shape
     assert g.retrace().widths() == g.widths()
 
