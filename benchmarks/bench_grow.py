@@ -22,6 +22,7 @@ had not finished after 300 s (3 GB resident and growing) at 64 px.  MODEL is a t
 from __future__ import annotations
 
 import argparse
+import gc
 import statistics
 import time
 import warnings
@@ -90,11 +91,16 @@ def time_traces(
 ) -> tuple[float, float | str | None]:
     """Median seconds of archgrow.trace, and of Torch-Pruning's analysis (or why it failed),
     alternating the two rep by rep on the same model (eval mode) and input, after one untimed
-    call of each (first calls pay for lazy imports and caches)."""
+    call of each (first calls pay for lazy imports and caches).
+
+    Each timed call starts right after an untimed ``gc.collect()``: otherwise the garbage one
+    side leaves sets off a collection (about 0.1 s with timm imported: it walks every object of
+    the process) inside the other side's timing."""
     ours: list[float] = []
     theirs: list[float] = []
     failure: str | None = None
     for rep in range(-1, reps):
+        gc.collect()
         start = time.perf_counter()
         archgrow.trace(model, x)
         if rep >= 0:
@@ -102,6 +108,7 @@ def time_traces(
         if tp_groups is None or failure is not None:
             continue
         try:
+            gc.collect()
             start = time.perf_counter()
             tp_groups(model, x)
             if rep >= 0:

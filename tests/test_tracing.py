@@ -129,29 +129,3 @@ def test_a_failing_node_is_named_with_the_way_out() -> None:
     model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
     with pytest.raises(TraceError, match=r"failed at node '_0'.*Check that example_inputs match"):
         archgrow.trace(model, torch.randn(1, 5), frontend="fx")
-
-
-class _Untraceable(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.sum() > 0:  # control flow on a tensor value: fx cannot trace it
-            return x
-        return -x
-
-
-@pytest.mark.parametrize("enabled", [True, False])
-def test_tracing_leaves_the_garbage_collector_as_it_found_it(enabled: bool) -> None:
-    """Tracing pauses Python's garbage collector for speed; it must come back on (or stay off, if
-    the user had turned it off) after a trace, and after a trace that fails."""
-    import gc
-
-    was = gc.isenabled()
-    try:
-        (gc.enable if enabled else gc.disable)()
-        graph = archgrow.trace(_Net(), torch.randn(1, 4))
-        assert graph.group("block.fc").growable
-        assert gc.isenabled() is enabled
-        with pytest.raises(TraceError):
-            archgrow.trace(_Untraceable(), torch.randn(1, 4), frontend="fx")
-        assert gc.isenabled() is enabled
-    finally:
-        (gc.enable if was else gc.disable)()

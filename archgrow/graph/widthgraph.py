@@ -7,10 +7,8 @@ live in one table shared by groups and graph nodes), so it never needs re-tracin
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
-import gc
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -516,12 +514,11 @@ def trace(
     fx_error: TraceError | None = None
     if frontend != "export":
         try:
-            with _collector_paused():
-                gm = symbolic_trace(
-                    model, leaf_modules=options["leaf_modules"], autowrap_functions=options["autowrap_functions"],
-                    concrete_args=concrete_args, is_leaf=ops.is_leaf,
-                )  # fmt: skip
-                values = record_shapes(gm, model, inputs, ops)
+            gm = symbolic_trace(
+                model, leaf_modules=options["leaf_modules"], autowrap_functions=options["autowrap_functions"],
+                concrete_args=concrete_args, is_leaf=ops.is_leaf,
+            )  # fmt: skip
+            values = record_shapes(gm, model, inputs, ops)
         except TraceError as exc:
             if frontend == "fx":
                 raise
@@ -543,9 +540,8 @@ def trace(
             ) from exc
         gm, values = as_captured(exported.gm), exported.values
         options["frontend"] = "export"
-    with _collector_paused():
-        analysis = analyze(gm, values, model, ops)
-        graph = WidthGraph(model, inputs, analysis, options)
+    analysis = analyze(gm, values, model, ops)
+    graph = WidthGraph(model, inputs, analysis, options)
     # surgery builds on this module, so it is imported here, where it runs
     from archgrow.surgery.check import freeze_groups_that_break_the_forward
 
@@ -560,22 +556,6 @@ def trace(
         ]  # fmt: skip
         freeze_groups_that_break_the_forward(graph, checked)
     return graph
-
-
-@contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Python's cyclic garbage collector off for the duration, as it was after.  fx tracing and
-    the analysis allocate tens of thousands of small objects (nodes, proxies, layouts), which set
-    off collections that each walk every object of the process (with timm imported, about half a
-    million): about a tenth of the trace time of a small CNN.  What they leave behind is collected
-    later.  Not used around torch.export, whose fake tensors are worth collecting as it goes."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 FRONTENDS = ("auto", "fx", "export")
