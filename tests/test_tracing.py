@@ -129,3 +129,16 @@ def test_a_failing_node_is_named_with_the_way_out() -> None:
     model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
     with pytest.raises(TraceError, match=r"failed at node '_0'.*Check that example_inputs match"):
         archgrow.trace(model, torch.randn(1, 5), frontend="fx")
+
+
+def test_graph_module_lookup_is_indexed_and_finds_second_names_of_shared_modules() -> None:
+    shared = nn.Linear(4, 4)
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU())
+    model.add_module("first", shared)
+    model.add_module("second", shared)  # named_modules() lists it once, as 'first'
+    model.add_module("head", nn.Linear(4, 2))
+    graph = archgrow.trace(model, torch.randn(1, 3))
+    assert graph.module("first") is shared and graph.module("second") is shared
+    assert graph.module("0") is model[0] and graph.module("") is model
+    with pytest.raises(AttributeError, match="no attribute `missing`"):
+        graph.module("missing")

@@ -252,7 +252,7 @@ class WidthGraph:
         found = self._bound.get(group._root)
         if found is None:
             found = self._bound[group._root] = tuple(
-                BoundTensor(b, self.model.get_submodule(b.module))
+                BoundTensor(b, self.module(b.module))
                 for b in self._tensors_by_root.get(group._root, ())
             )
         return found
@@ -283,7 +283,7 @@ class WidthGraph:
         root = group._root
         self._vars.width[root] += k
         for a in self._attrs_by_root.get(root, ()):
-            module = self.model.get_submodule(a.module)
+            module = self.module(a.module)
             size = a.value(self._vars.layout_size(a.layout))
             if a.index is None:
                 setattr(module, a.attr, size)
@@ -297,6 +297,18 @@ class WidthGraph:
     def _check_owner(self, group: WidthGroup) -> None:
         if group._graph is not self:
             raise GrowthError(f"group '{group.name}' belongs to another WidthGraph")
+
+    def module(self, name: str) -> nn.Module:
+        """The model's submodule ``name`` (qualified, ``""`` for the model).  Indexed once: growth
+        and its trials look up every bound module on each event (the growth check, many times per
+        trace), and ``get_submodule`` walks the dotted path each time.  Growth replaces tensors,
+        never modules."""
+        found = self._modules.get(name)
+        return found if found is not None else self.model.get_submodule(name)  # a second name of a shared module
+
+    @functools.cached_property
+    def _modules(self) -> dict[str, nn.Module]:
+        return dict(self.model.named_modules())
 
     @functools.cached_property
     def _attrs_by_root(self) -> dict[int, list[AttrBinding]]:

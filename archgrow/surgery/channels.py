@@ -140,7 +140,7 @@ def trial(graph: WidthGraph, group: WidthGroup, model: nn.Module, *, growth_only
     )
     attrs = []
     for a in graph.attr_bindings(group if growth_only else None):  # growth writes only its group's
-        mod = graph.model.get_submodule(a.module)
+        mod = graph.module(a.module)
         attrs.append((mod, a.attr, getattr(mod, a.attr)))
     width = group.width
     try:
