@@ -207,3 +207,11 @@ def test_a_leaf_rule_decides_per_instance_whether_it_is_a_leaf_and_what_it_does_
     assert dead_at_zero(graph, graph.group("0")) == ["_1"]  # the node calling block 1: its ReLU
     assert dead_at_zero(graph, graph.group("2")) == []
     assert all(graph.group(name).growable for name in ("0", "2", "4"))
+
+
+def test_removing_a_leaf_layer_type_stops_it_being_a_leaf() -> None:
+    table = OPS.with_rules(())
+    table.add_layer(MaskedLinear, MaskedLinearRule(), leaf=True)
+    assert table.is_leaf(MaskedLinear(2, 3)) and not OPS.is_leaf(MaskedLinear(2, 3))
+    table.remove_layer(MaskedLinear)
+    assert not table.is_leaf(MaskedLinear(2, 3))

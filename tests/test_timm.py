@@ -264,3 +264,46 @@ def test_norm_act_leaves_collapse_alike_under_torch_export() -> None:
     assert exported.frontend == "export"
     assert {"n1", "n2", "n3", "n5"} <= {str(n.target) for n in exported.fx.graph.nodes if n.op == "call_module"}
     assert groups(exported) == groups(traced)
+
+
+@pytest.mark.parametrize(
+    "make, preserves",
+    [
+        (lambda: timm.layers.norm_act.BatchNormAct2d(8), True),
+        (lambda: timm.layers.norm_act.SyncBatchNormAct(8), True),  # as built: no act
+        (lambda: timm.layers.norm_act.convert_sync_batchnorm(timm.layers.norm_act.BatchNormAct2d(8)), True),
+        (lambda: timm.layers.norm_act.GroupNormAct(8, num_groups=4), True),
+        (lambda: timm.layers.norm_act.GroupNorm1Act(8), False),  # one group: new channels move the statistics
+        (lambda: timm.layers.norm_act.BatchNormAct2d(8, act_layer="gelu_tanh"), True),  # timm's own act
+        (lambda: timm.layers.norm_act.BatchNormAct2d(8, act_layer="prelu", drop_layer=torch.nn.Dropout), True),
+    ],
+    ids=["bn", "syncbn-bare", "syncbn-converted", "gn", "gn1", "timm-act", "timm-prelu-dropout"],
+)
+def test_each_norm_act_type_is_a_leaf_and_grows(make, preserves: bool) -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), make(), torch.nn.Conv2d(8, 4, 1)).eval()
+    x = torch.randn(2, 3, 6, 6)
+    graph = archgrow.trace(model, x[:1], frontend="fx")
+    assert [str(n.target) for n in graph.fx.graph.nodes if n.op == "call_module"] == ["0", "1", "2"]
+    group = graph.group("0")
+    assert group.growable and group.preserves_function is preserves, (group.reason, group.not_preserving_reasons)
+    before = model(x)
+    archgrow.grow(graph, "0", 2)
+    if preserves:
+        torch.testing.assert_close(model(x), before, rtol=0, atol=1e-6)
+    assert model(x).shape == before.shape and graph.retrace().widths() == graph.widths()
+
+
+def test_a_norm_act_forced_to_be_a_leaf_with_an_act_without_rule_says_what_to_do() -> None:
+    """Traced into, the act's ops are described one by one; forced whole by leaf_modules, the act
+    has no rule, and the reason names it and both ways out."""
+    torch.manual_seed(0)
+    norm = timm.layers.norm_act.BatchNormAct2d(8)
+    norm.act = NoRuleAct()
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), norm, torch.nn.Conv2d(8, 4, 1)).eval()
+    x = torch.randn(1, 3, 6, 6)
+    assert archgrow.trace(model, x, frontend="fx").group("0").growable
+    forced = archgrow.trace(model, x, frontend="fx", leaf_modules=[timm.layers.norm_act.BatchNormAct2d])
+    reason = forced.group("0").reason or ""
+    assert "NoRuleAct '1.act' inside BatchNormAct2d '1'" in reason and "register_layer" in reason
+    assert "leave BatchNormAct2d out of leaf_modules" in reason

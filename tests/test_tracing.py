@@ -131,14 +131,44 @@ def test_a_failing_node_is_named_with_the_way_out() -> None:
         archgrow.trace(model, torch.randn(1, 5), frontend="fx")
 
 
-def test_graph_module_lookup_is_indexed_and_finds_second_names_of_shared_modules() -> None:
+def test_graph_module_lookup_follows_replaced_modules_and_is_indexed_only_within_modules_fixed() -> None:
     shared = nn.Linear(4, 4)
     model = nn.Sequential(nn.Linear(3, 4), nn.ReLU())
     model.add_module("first", shared)
     model.add_module("second", shared)  # named_modules() lists it once, as 'first'
     model.add_module("head", nn.Linear(4, 2))
     graph = archgrow.trace(model, torch.randn(1, 3))
-    assert graph.module("first") is shared and graph.module("second") is shared
-    assert graph.module("0") is model[0] and graph.module("") is model
+    assert graph.module("first") is shared and graph.module("second") is shared and graph.module("") is model
     with pytest.raises(AttributeError, match="no attribute `missing`"):
         graph.module("missing")
+    with graph.modules_fixed():
+        assert graph.module("second") is shared  # not in the index: looked up
+        indexed = graph.module("0")
+        model[0] = nn.Linear(3, 4)  # nothing replaces modules inside (the growth check): the index answers
+        assert graph.module("0") is indexed
+    assert graph.module("0") is model[0] is not indexed  # outside, the model as it is now
+
+
+def test_growth_after_the_user_replaced_a_bound_module_edits_the_new_one() -> None:
+    """A module swapped between two growth events (a reload, a conversion) is the one grown."""
+    import copy
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 6, 1), nn.BatchNorm2d(6), nn.ReLU(),
+                          nn.Conv2d(6, 4, 1)).eval()  # fmt: skip
+    x = torch.randn(1, 3, 5, 5)
+    graph = archgrow.trace(model, x)
+    archgrow.grow(graph, "0", 2)
+    model[3] = copy.deepcopy(model[3])
+    archgrow.grow(graph, "2", 2)
+    assert model[3].num_features == 8 and model[3].running_mean.shape == (8,) and model(x).shape == (1, 4, 5, 5)
+
+
+def test_tracing_restores_the_training_flag_of_torchscript_submodules() -> None:
+    """A scripted module keeps its flag in C++: set through its own __setattr__, not around it."""
+    scripted = torch.jit.script(nn.Sequential(nn.ReLU()))
+    model = nn.Sequential(nn.Linear(3, 4), scripted, nn.Linear(4, 2)).eval()
+    archgrow.trace(model, torch.randn(1, 3), leaf_modules=[scripted])
+    assert "training" not in vars(scripted) and not scripted.training
+    model.train()
+    assert scripted.training and all(m.training for m in model.modules())

@@ -154,18 +154,26 @@ def kept_buffers(model: nn.Module) -> Iterator[None]:
 def _modes(model: nn.Module, training: bool) -> Iterator[None]:
     """Temporarily set every module's training flag, restoring each one's own flag after.
 
-    ``object.__setattr__`` as ``nn.Module.train`` would set it, without ``nn.Module.__setattr__``'s
-    checks for parameters, buffers and submodules (a bool is none of them): 4x faster, and this
-    runs twice per trace over every module."""
+    Where a module keeps ``nn.Module.__setattr__``, the flag is written with ``object.__setattr__``,
+    skipping its checks for parameters, buffers and submodules (a bool is none of them): 4x faster,
+    and this runs twice per trace over every module.  A module with its own ``__setattr__`` (a
+    TorchScript module keeps the flag in C++) is set through it."""
     saved = [(m, m.training) for m in model.modules()]
-    put = object.__setattr__
+    plain = nn.Module.__setattr__
     try:
         for m, _ in saved:
-            put(m, "training", training)
+            _set_training(m, training, plain)
         yield
     finally:
         for m, flag in saved:
-            put(m, "training", flag)
+            _set_training(m, flag, plain)
+
+
+def _set_training(module: nn.Module, flag: bool, plain: Callable[..., None]) -> None:
+    if type(module).__setattr__ is plain:
+        object.__setattr__(module, "training", flag)
+    else:
+        module.training = flag
 
 
 def symbolic_trace(

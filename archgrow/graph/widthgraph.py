@@ -7,6 +7,7 @@ live in one table shared by groups and graph nodes), so it never needs re-tracin
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -150,6 +151,7 @@ class WidthGraph:
         self._tensor_bindings: list[TensorBinding] = analysis.tensor_bindings
         self._attr_bindings: list[AttrBinding] = analysis.attr_bindings
         self._bound: dict[int, tuple[BoundTensor, ...]] = {}  # per group root, built on first use
+        self._module_index: dict[str, nn.Module] | None = None  # see modules_fixed
         # The traced graph is kept for passes that read it (measurement points), never run:
         # ints baked into it by fx can be stale after growth.
         self._gm = analysis.gm
@@ -299,16 +301,22 @@ class WidthGraph:
             raise GrowthError(f"group '{group.name}' belongs to another WidthGraph")
 
     def module(self, name: str) -> nn.Module:
-        """The model's submodule ``name`` (qualified, ``""`` for the model).  Indexed once: growth
-        and its trials look up every bound module on each event (the growth check, many times per
-        trace), and ``get_submodule`` walks the dotted path each time.  Growth replaces tensors,
-        never modules."""
-        found = self._modules.get(name)
-        return found if found is not None else self.model.get_submodule(name)  # a second name of a shared module
+        """The model's submodule ``name`` (qualified, ``""`` for the model), as it is now (a user
+        may have replaced it since tracing), or from the index of :meth:`modules_fixed`."""
+        index = self._module_index
+        found = index.get(name) if index is not None else None
+        return found if found is not None else self.model.get_submodule(name)  # or a shared module's second name
 
-    @functools.cached_property
-    def _modules(self) -> dict[str, nn.Module]:
-        return dict(self.model.named_modules())
+    @contextlib.contextmanager
+    def modules_fixed(self) -> Iterator[None]:
+        """Within, :meth:`module` looks modules up in an index built once.  For the growth check,
+        which grows and undoes many groups in a row with no user code in between that could
+        replace a module: ``get_submodule`` walked every dotted path again on each event."""
+        self._module_index = dict(self.model.named_modules())
+        try:
+            yield
+        finally:
+            self._module_index = None
 
     @functools.cached_property
     def _attrs_by_root(self) -> dict[int, list[AttrBinding]]:

@@ -338,9 +338,10 @@ class RuleContext:
         stack = node.meta.get("nn_module_stack") or {}
         for path, _ in reversed(list(stack.values())):
             module = self.state.modules.get(path)
-            base = self.ops.rule_type(module) if module is not None else None
-            if base is None:
-                continue
+            rule = self.ops.layer(module) if module is not None else None
+            if rule is None or not rule.whole(module, self.ops):
+                continue  # no rule, or one that cannot describe this instance whole
+            base = self.ops.rule_type(module)
             kind = type(module).__name__
             if base is type(module):
                 return f" (inside '{path}': trace with leaf_modules=[{kind}] so that its layer rule describes it whole)"

@@ -17,7 +17,9 @@
   Torch-Pruning's.  Described whole, they are the norm's rule followed by the rules of their drop
   and act (which see the same layout: the norm keeps it), and GradMax and the probes ask the act
   for what it does at zero and in eval mode.  An instance whose drop or act has no rule of its own
-  is traced into as before.  ``LayerNormAct2d`` and the RMS-norm variants permute or compute their
+  is traced into as before.  timm's own activations (``GELUTanh``, ``QuickGELU``, ``HardMish``,
+  the memory-efficient ``*Me`` variants, its ``PReLU``...) are element-wise leaves, as torch's are,
+  so that the norm-act layers built with them are described whole too.  ``LayerNormAct2d`` and the RMS-norm variants permute or compute their
   own norm, so they are traced into.
 """
 
@@ -31,7 +33,7 @@ from torch import nn
 from archgrow.ir.layout import TensorMeta
 from archgrow.ir.roles import ONE
 from archgrow.ops.context import RuleContext
-from archgrow.ops.layers import ConvLayer, Owner
+from archgrow.ops.layers import ConvLayer, ElementwiseLayer, Owner
 from archgrow.ops.registry import OPS, LayerRule, OpTable
 
 
@@ -58,56 +60,92 @@ class StandardizedConvLayer(ConvLayer):
 
 
 class NormActLayer(LayerRule):
-    """A norm layer with its ``drop`` and ``act`` modules in one forward (timm's ``*Act`` norms)."""
+    """A norm layer with its ``drop`` and ``act`` modules in one forward (timm's ``*Act`` norms).
+
+    The norm is described by the rule registered for ``norm_type`` (looked up at each use, so a
+    user's own rule for it applies here too), then each part by its own rule.
+    """
 
     PARTS = ("drop", "act")
+    normalizes = True  # batch, group and layer norms alike: ``one``-role weights scale channels
 
-    def __init__(self, norm: LayerRule):
-        self.norm = norm
-        self.normalizes = norm.normalizes
+    def __init__(self, norm_type: type):
+        self.norm_type = norm_type
 
     def whole(self, module: nn.Module, ops: OpTable) -> bool:
-        return all(_described_whole(getattr(module, part, None), ops) for part in self.PARTS)
+        return ops.type_rule(self.norm_type) is not None and all(
+            _described_whole(part, ops) for _, part in self._parts(module)
+        )
+
+    def _parts(self, module: nn.Module) -> list[tuple[str, nn.Module]]:
+        """The drop and act modules it has (``SyncBatchNormAct`` has them only once converted from
+        a ``BatchNormAct2d``; a missing one does nothing)."""
+        return [(name, part) for name in self.PARTS if (part := getattr(module, name, None)) is not None]
+
+    def is_mode_free(self, module: nn.Module, ops: OpTable) -> bool:
+        norm = ops.type_rule(self.norm_type)
+        if norm is None or not norm.is_mode_free(module, ops):
+            return False
+        return all(
+            (rule := ops.layer(part)) is not None and rule.is_mode_free(part, ops) for _, part in self._parts(module)
+        )
 
     def is_dead_at_zero(self, module: nn.Module, ops: OpTable) -> bool:
-        """A new unit sitting at 0 stays at 0 through the norm (its shift starts at 0), so the act decides."""
-        act = module.act
-        rule = ops.layer(act)
+        """The act decides.  Asked for the ops after a group's producers, the walk over a module
+        traced into would find the same: the norm's own gradient at 0 is not 0."""
+        act = getattr(module, "act", None)
+        rule = ops.layer(act) if act is not None else None
         return rule is not None and rule.is_dead_at_zero(act, ops)
 
     def apply(self, ctx: RuleContext, name: str, module: nn.Module) -> Any:
+        kind = type(module).__name__
+        norm = ctx.ops.type_rule(self.norm_type)
+        if norm is None:
+            return ctx.unknown(f"{kind} '{name}' (no layer rule for its norm, {self.norm_type.__name__})")
         src = ctx.meta(ctx.node.args[0]) if ctx.node.args else None
-        out = self.norm.apply(ctx, name, module)
-        for part in self.PARTS:
+        out = norm.apply(ctx, name, module)
+        for part, sub in self._parts(module):
             if not (isinstance(out, TensorMeta) and isinstance(src, TensorMeta) and out.dims == src.dims):
                 return out  # the parts' rules read the module's input, which must have the norm's layout
-            sub = getattr(module, part)
             rule = ctx.ops.layer(sub)
             if rule is None:  # a leaf by the user's leaf_modules, though whole() said no
-                return ctx.unknown(f"{type(sub).__name__} '{name}.{part}'")
+                what = type(sub).__name__
+                return ctx.unknown(
+                    f"{what} '{name}.{part}' inside {kind} '{name}' (describe {what} with archgrow.register_layer, "
+                    f"or leave {kind} out of leaf_modules so that fx traces into it)"
+                )
             out = rule.apply(ctx, f"{name}.{part}", sub)
         return out
 
 
-def _described_whole(module: Any, ops: OpTable) -> bool:
+def _described_whole(module: nn.Module, ops: OpTable) -> bool:
     """A module fx would not trace into (torch's own layers, registered leaves) that has a rule."""
-    if not isinstance(module, nn.Module) or ops.layer(module) is None:
+    if ops.layer(module) is None:
         return False
     torch_layer = type(module).__module__.startswith("torch.nn.") and not isinstance(module, nn.Sequential)
     return torch_layer or ops.is_leaf(module)
 
 
+# timm.layers.activations / activations_me: all element-wise, deterministic, none with gradient 0 at 0
+ACTIVATIONS = "Swish Mish Sigmoid Tanh HardSwish HardSigmoid HardMish GELU GELUTanh QuickGELU"
+ACTIVATIONS_ME = "SwishMe MishMe HardSigmoidMe HardSwishMe HardMishMe"
+
+
 def register_timm_layers(table: OpTable) -> None:
-    from timm.layers import pool2d_same
+    from timm.layers import activations, activations_me, norm_act, pool2d_same
 
     for t in _types(timm_layers, "Conv2dSame AvgPool2dSame") + _types(pool2d_same, "MaxPool2dSame"):
         table.add_leaf(t)
     for t in _types(timm_layers, "StdConv2d StdConv2dSame ScaledStdConv2d ScaledStdConv2dSame"):
         table.add_layer(t, StandardizedConvLayer(), leaf=True)
-    for t in _types(timm_layers, "BatchNormAct2d SyncBatchNormAct GroupNormAct GroupNorm1Act LayerNormAct"):
-        norm = table.type_rule(t.__mro__[1])
-        if norm is not None:
-            table.add_layer(t, NormActLayer(norm), leaf=True)
+    # timm's own activations (those torch lacks, and its memory-efficient variants): element-wise,
+    # so leaves like torch's, and parts a norm-act layer can be described with
+    for t in _types(activations, ACTIVATIONS) + _types(activations_me, ACTIVATIONS_ME):
+        table.add_layer(t, ElementwiseLayer(mode_free=True), leaf=True)
+    for t in _types(activations, "PReLU"):
+        table.add_leaf(t)  # nn.PReLU's rule
+    for t in _types(norm_act, "BatchNormAct2d SyncBatchNormAct GroupNormAct GroupNorm1Act LayerNormAct"):
+        table.add_layer(t, NormActLayer(t.__mro__[1]), leaf=True)
 
 
 register_timm_layers(OPS)
