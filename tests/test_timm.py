@@ -307,3 +307,16 @@ def test_a_norm_act_forced_to_be_a_leaf_with_an_act_without_rule_says_what_to_do
     reason = forced.group("0").reason or ""
     assert "NoRuleAct '1.act' inside BatchNormAct2d '1'" in reason and "register_layer" in reason
     assert "leave BatchNormAct2d out of leaf_modules" in reason
+
+
+class UnknownOpAct(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.special.i0e(x)  # an op archgrow has no rule for
+
+
+def test_the_leaf_hint_does_not_send_users_to_a_norm_act_that_cannot_describe_its_act() -> None:
+    norm = timm.layers.norm_act.BatchNormAct2d(8)
+    norm.act = UnknownOpAct()
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), norm, torch.nn.Conv2d(8, 4, 1)).eval()
+    reason = archgrow.trace(model, torch.randn(1, 3, 6, 6), frontend="fx").group("0").reason or ""
+    assert "special_i0e" in reason and "leaf_modules=[BatchNormAct2d]" not in reason, reason
