@@ -105,7 +105,7 @@ def freeze_groups_that_break_the_forward(graph: WidthGraph, groups: Sequence[Wid
             "(frontend='fx', marking untraceable modules as leaf_modules) to see it"
             if exported
             else "growth rewrites a module attribute the forward also reads for something analysis does not see "
-            "(a loop count, say)"
+            "(a loop count, or a number written in the code that only happens to equal the attribute)"
         )
         graph.freeze(name, f"growing it breaks the model's own forward ({error[:300]}); {why}")
     return sorted(broken)
