@@ -172,3 +172,25 @@ def test_tracing_restores_the_training_flag_of_torchscript_submodules() -> None:
     assert "training" not in vars(scripted) and not scripted.training
     model.train()
     assert scripted.training and all(m.training for m in model.modules())
+
+
+class _SingleChannelMap(nn.Module):
+    """A one-channel map (a spatial attention, ECA's conv1d) whose channel dim the code removes."""
+
+    def __init__(self, squeeze: bool) -> None:
+        super().__init__()
+        self.squeeze = squeeze
+        self.conv = nn.Conv2d(3, 1, 3, padding=1)
+        self.fc = nn.Linear(6 if squeeze else 36, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return self.fc(y.squeeze(1) if self.squeeze else y.view(x.shape[0], -1))
+
+
+@pytest.mark.parametrize("squeeze", [True, False], ids=["squeeze", "view"])
+def test_a_single_channel_width_whose_dim_is_removed_says_how_to_make_it_growable(squeeze: bool) -> None:
+    group = archgrow.trace(_SingleChannelMap(squeeze), torch.randn(1, 3, 6, 6)).group("conv")
+    assert not group.growable and group.width == 1
+    assert "removes a size-1 dim that is a width of one channel" in group.reason
+    assert "give that layer 2 or more channels" in group.reason

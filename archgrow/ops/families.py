@@ -260,7 +260,12 @@ def reshape(ctx: RuleContext, src: Any, shape_args: list[Any] | None, name: str)
     covered = {i for g in groups for i in g[0]}
     for i, lay in enumerate(src.dims):
         if lay is not None and i not in covered:
-            ctx.freeze(lay, f"{name} drops or re-creates a width-1 dim at {ctx.where}")
+            ctx.freeze(
+                lay,
+                f"{name} at {ctx.where} removes a size-1 dim that is a width of one channel (a size-1 dim "
+                "cannot be told from no dim, so the width cannot grow from here); give that layer 2 or more "
+                "channels to grow it",
+            )
     for ins, outs in groups:
         carriers = [i for i in ins if src.dims[i] is not None]
         if not carriers:
