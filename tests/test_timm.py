@@ -320,3 +320,20 @@ def test_the_leaf_hint_does_not_send_users_to_a_norm_act_that_cannot_describe_it
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), norm, torch.nn.Conv2d(8, 4, 1)).eval()
     reason = archgrow.trace(model, torch.randn(1, 3, 6, 6), frontend="fx").group("0").reason or ""
     assert "special_i0e" in reason and "leaf_modules=[BatchNormAct2d]" not in reason, reason
+
+
+class _LayoutDroppingNorm(archgrow.ops.TensorLayer):
+    """A user's BatchNorm2d rule whose output carries no widths (so the act's rule cannot read it)."""
+
+    def layout(self, ctx, name, module, src, shape):
+        return archgrow.ir.layout.TensorMeta(shape, (None,) * len(shape))
+
+
+def test_a_norm_act_whose_norm_rule_changes_the_layout_freezes_instead_of_skipping_its_act() -> None:
+    norm = timm.layers.norm_act.BatchNormAct2d(8)
+    norm.act = torch.nn.PReLU(8)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), norm, torch.nn.Conv2d(8, 4, 1)).eval()
+    x = torch.randn(1, 3, 6, 6)
+    rules = [archgrow.ops.layer(torch.nn.BatchNorm2d, _LayoutDroppingNorm())]
+    group = archgrow.trace(model, x, frontend="fx", rules=rules).group("0")
+    assert not group.growable and "its norm changes the layout its drop and act read" in (group.reason or "")

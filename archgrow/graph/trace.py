@@ -7,10 +7,10 @@ after the first growth event; archgrow never runs it after growing.
 Tracing happens in training mode (growth happens during training, and several torchvision models
 only call their auxiliary heads in training mode), shape recording in eval mode under ``no_grad``
 (BatchNorm statistics stay untouched, batch-1 inputs work).  A function called inside a module
-traced in training mode keeps its training-mode arguments in the graph (a ``BatchNormAct2d`` of
-timm's traced into calls ``F.batch_norm(..., training=True)``): the recorder calls such an op as it runs in eval mode
-(the op registry's ``in_eval``), so the analysis never depends on batch statistics of the example
-input.  Both restore every module's own ``training`` flag, its buffers (a forward traced in
+traced in training mode keeps its training-mode arguments in the graph (a timm ``BatchNormAct2d``
+traced into calls ``F.batch_norm(..., training=True)``): the recorder calls such an op as it runs
+in eval mode (the op registry's ``in_eval``), so the analysis never depends on batch statistics of
+the example input.  Both restore every module's own ``training`` flag, its buffers (a forward traced in
 training mode may count batches in place) and the global RNG state afterwards.
 """
 
@@ -159,18 +159,17 @@ def _modes(model: nn.Module, training: bool) -> Iterator[None]:
     and this runs twice per trace over every module.  A module with its own ``__setattr__`` (a
     TorchScript module keeps the flag in C++) is set through it."""
     saved = [(m, m.training) for m in model.modules()]
-    plain = nn.Module.__setattr__
     try:
         for m, _ in saved:
-            _set_training(m, training, plain)
+            _set_training(m, training)
         yield
     finally:
         for m, flag in saved:
-            _set_training(m, flag, plain)
+            _set_training(m, flag)
 
 
-def _set_training(module: nn.Module, flag: bool, plain: Callable[..., None]) -> None:
-    if type(module).__setattr__ is plain:
+def _set_training(module: nn.Module, flag: bool) -> None:
+    if type(module).__setattr__ is nn.Module.__setattr__:
         object.__setattr__(module, "training", flag)
     else:
         module.training = flag

@@ -103,8 +103,7 @@ class OpTable:
         self._qualified: dict[str, OpInfo] = {}
         self._methods: dict[str, OpInfo] = {}
         self._layers: dict[type, LayerRule] = {}
-        self._leaves: set[type] = set()
-        self._leaf_types: tuple[type, ...] = ()  # _leaves, for isinstance on every module fx meets
+        self._leaf_types: tuple[type, ...] = ()  # a tuple: isinstance runs on every module fx meets
 
     # ------------------------------------------------------------------ registering
     def add_op(self, target: OpTarget, info: OpInfo, *, method: bool = False, replace_existing: bool = True) -> None:
@@ -158,8 +157,8 @@ class OpTable:
         self._add_leaf_type(module_type)
 
     def _add_leaf_type(self, module_type: type) -> None:
-        self._leaves.add(module_type)
-        self._leaf_types = tuple(self._leaves)
+        if module_type not in self._leaf_types:
+            self._leaf_types += (module_type,)
 
     def remove_op(self, target: OpTarget, *, method: bool = False) -> None:
         """Forget an op (tests, or a plugin being unloaded); unknown targets are ignored."""
@@ -172,8 +171,7 @@ class OpTable:
 
     def remove_layer(self, module_type: type) -> None:
         self._layers.pop(module_type, None)
-        self._leaves.discard(module_type)
-        self._leaf_types = tuple(self._leaves)
+        self._leaf_types = tuple(t for t in self._leaf_types if t is not module_type)
 
     def copy(self) -> OpTable:
         other = OpTable()
@@ -181,7 +179,6 @@ class OpTable:
         other._qualified = dict(self._qualified)
         other._methods = dict(self._methods)
         other._layers = dict(self._layers)
-        other._leaves = set(self._leaves)
         other._leaf_types = self._leaf_types
         return other
 
@@ -214,8 +211,7 @@ class OpTable:
         return found
 
     def layer(self, module: nn.Module) -> LayerRule | None:
-        klass = self.rule_type(module)
-        return None if klass is None else self._layers[klass]
+        return self.type_rule(type(module))
 
     def type_rule(self, module_type: type) -> LayerRule | None:
         """The rule describing modules of ``module_type``: its own, or its nearest base's."""

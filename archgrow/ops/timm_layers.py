@@ -19,8 +19,8 @@
   for what it does at zero and in eval mode.  An instance whose drop or act has no rule of its own
   is traced into as before.  timm's own activations (``GELUTanh``, ``QuickGELU``, ``HardMish``,
   the memory-efficient ``*Me`` variants, its ``PReLU``...) are element-wise leaves, as torch's are,
-  so that the norm-act layers built with them are described whole too.  ``LayerNormAct2d`` and the RMS-norm variants permute or compute their
-  own norm, so they are traced into.
+  so that the norm-act layers built with them are described whole too.  ``LayerNormAct2d`` and
+  the RMS-norm variants permute or compute their own norm, so they are traced into.
 """
 
 from __future__ import annotations
@@ -104,9 +104,13 @@ class NormActLayer(LayerRule):
             return ctx.unknown(f"{kind} '{name}' (no layer rule for its norm, {self.norm_type.__name__})")
         src = ctx.meta(ctx.node.args[0]) if ctx.node.args else None
         out = norm.apply(ctx, name, module)
-        for part, sub in self._parts(module):
-            if not (isinstance(out, TensorMeta) and isinstance(src, TensorMeta) and out.dims == src.dims):
-                return out  # the parts' rules read the module's input, which must have the norm's layout
+        parts = self._parts(module)
+        if not parts or not isinstance(out, TensorMeta):
+            return out
+        if not (isinstance(src, TensorMeta) and out.dims == src.dims):
+            # the parts' rules read the module's input, which must be laid out as the norm's output
+            return ctx.unknown(f"{kind} '{name}' (its norm changes the layout its {' and '.join(p for p, _ in parts)} read)")
+        for part, sub in parts:
             rule = ctx.ops.layer(sub)
             if rule is None:  # a leaf by the user's leaf_modules, though whole() said no
                 what = type(sub).__name__
