@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from test_topologies import check_growth, names, trace
+from test_topologies import check_growth, member, names, trace
 from torch import nn
 
 import archgrow
@@ -184,6 +184,80 @@ def test_multi_query_attention_grows_query_heads() -> None:
     model = MultiQuery()
     archgrow.grow(archgrow.trace(model, TOKENS[:1]), "query", 2)
     assert model.num_heads == 5 and model.output.weight.shape == (12, 25)
+
+
+class GroupedQuery(nn.Module):
+    """Grouped-query attention (Llama, Mistral, Qwen2): 4 query heads share 2 key/value heads,
+    each k and v head repeated for its 2 query heads by ``mode``: ``expand`` then ``reshape`` with
+    sizes read from k (HuggingFace's ``repeat_kv``), ``repeat_interleave``, or
+    ``F.scaled_dot_product_attention(..., enable_gqa=True)``."""
+
+    def __init__(self, mode: str, dim: int = 12, num_kv_heads: int = 2, queries_per_kv: int = 2, head_dim: int = 3):
+        super().__init__()
+        self.mode, self.head_dim, self.queries_per_kv = mode, head_dim, queries_per_kv
+        self.inp = nn.Linear(dim, dim)
+        self.query = nn.Linear(dim, num_kv_heads * queries_per_kv * head_dim)
+        self.key = nn.Linear(dim, num_kv_heads * head_dim)
+        self.value = nn.Linear(dim, num_kv_heads * head_dim)
+        self.output = nn.Linear(num_kv_heads * queries_per_kv * head_dim, dim)
+        self.out = nn.Linear(dim, 2)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, _ = x.shape
+        return x.view(B, N, -1, self.head_dim).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.inp(x)
+        q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
+        n = self.queries_per_kv
+        if self.mode == "expand":
+            B, H, N, D = k.shape
+            k = k[:, :, None].expand(B, H, n, N, D).reshape(B, H * n, N, D)
+            v = v[:, :, None].expand(B, H, n, N, D).reshape(B, H * n, N, D)
+        elif self.mode == "repeat_interleave":
+            k, v = k.repeat_interleave(n, dim=1), v.repeat_interleave(n, dim=1)
+        o = F.scaled_dot_product_attention(q, k, v, enable_gqa=self.mode == "enable_gqa")
+        return self.out(x + self.output(o.transpose(1, 2).flatten(2)))
+
+
+@pytest.mark.parametrize("frontend", ["fx", "export"])
+@pytest.mark.parametrize("mode", ["expand", "repeat_interleave", "enable_gqa"])
+def test_grouped_query_attention_grows_key_value_heads_with_their_query_heads(mode: str, frontend: str) -> None:
+    """One more k/v head brings its 2 query heads: the group counts k/v heads, its query rows and
+    output columns come in blocks of 2 heads.  (With ``enable_gqa`` the query heads used to form a
+    group of their own, whose growth broke the forward: k and v must divide them.)"""
+
+    def make() -> GroupedQuery:
+        return GroupedQuery(mode)
+
+    g = trace(make, TOKENS[:1], frontend=frontend)
+    heads = g.group("query")
+    assert heads.width == 2 and heads.growable and heads.preserves_function, heads.reason
+    assert names(heads.members) == {"query", "key", "value", "output"}
+    assert member(heads.members, "query").slots == (archgrow.Slot(0, 6),)  # 2 query heads of 3 per k/v head
+    assert member(heads.members, "key").slots == (archgrow.Slot(0, 3),)
+    check_growth(make, TOKENS, ["inp", "query"], frontend=frontend)
+    torch.manual_seed(0)
+    model = make()
+    archgrow.grow(archgrow.trace(model, TOKENS[:1], frontend=frontend), "query", 1)
+    assert model.query.weight.shape == (18, 12) and model.key.weight.shape == (9, 12)
+    assert model.output.weight.shape == (12, 18)
+
+
+def test_repeats_given_as_a_tensor_have_no_width_rule() -> None:
+    class Repeats(GroupedQuery):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.inp(x)
+            q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
+            repeats = torch.full((k.shape[1],), self.queries_per_kv)
+            k, v = k.repeat_interleave(repeats, dim=1), v.repeat_interleave(repeats, dim=1)
+            o = F.scaled_dot_product_attention(q, k, v)
+            return self.out(x + self.output(o.transpose(1, 2).flatten(2)))
+
+    g = trace(lambda: Repeats("tensor"), TOKENS[:1])
+    key = g.group("key")
+    assert not key.growable and any("repeats given as a tensor" in r for r in key.reasons), key.reasons
+    assert not g.group("query").growable
 
 
 def test_merging_a_width_into_a_product_with_a_hard_coded_number_freezes() -> None:

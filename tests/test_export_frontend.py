@@ -153,14 +153,22 @@ def _hf(name: str) -> tuple[nn.Module, tuple[torch.Tensor, ...], list[str]]:
         )
         model = transformers.ViTModel(config)
         return model, (torch.randn(1, 3, 32, 32),), [m for m, _ in model.named_modules() if m.endswith(("fc1", "intermediate.dense"))]
-    config = transformers.LlamaConfig(
-        hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
-        vocab_size=100,
+    # "llama_gqa": grouped-query attention, 4 query heads over 2 key/value heads (Llama 2 70B and
+    # 3, Mistral, Qwen2); its repeat_kv expands k and v with sizes export records as numbers
+    # Mistral and Qwen2 (q, k and v with biases) write the same decoder with it
+    config_class, model_class = {
+        "mistral": (transformers.MistralConfig, transformers.MistralModel),
+        "qwen2": (transformers.Qwen2Config, transformers.Qwen2Model),
+    }.get(name, (transformers.LlamaConfig, transformers.LlamaModel))
+    heads, kv_heads = (2, 2) if name == "llama" else (4, 2)
+    config = config_class(
+        hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=heads,
+        num_key_value_heads=kv_heads, vocab_size=100,
     )  # fmt: skip
-    return transformers.LlamaModel(config), ids, [f"layers.{i}.mlp.gate_proj" for i in (0, 1)]
+    return model_class(config), ids, [f"layers.{i}.mlp.gate_proj" for i in (0, 1)]
 
 
-@pytest.mark.parametrize("name", ["bert", "gpt2", "vit", "llama"])
+@pytest.mark.parametrize("name", ["bert", "gpt2", "vit", "llama", "llama_gqa", "mistral", "qwen2"])
 def test_transformers_trace_grow_and_train(name: str) -> None:
     model, inputs, mlp = _hf(name)
     graph = archgrow.trace(model, inputs)
@@ -169,7 +177,7 @@ def test_transformers_trace_grow_and_train(name: str) -> None:
     for group in mlp:
         g = graph.group(group)
         assert g.growable and g.preserves_function, g.reason
-    if name == "llama":  # SiLU gating: gate and up grow together, down consumes both
+    if name in ("llama", "llama_gqa", "mistral", "qwen2"):  # SiLU gating: gate and up grow together, down consumes both
         members = {m.name for m in graph.group(mlp[0]).members}
         assert {"layers.0.mlp.gate_proj", "layers.0.mlp.up_proj", "layers.0.mlp.down_proj"} <= members
     if name == "gpt2":  # transformers' Conv1D, weight stored (in, out)
@@ -191,6 +199,10 @@ def test_transformers_trace_grow_and_train(name: str) -> None:
     torch.testing.assert_close(after, before)
     assert all(graph.group(group).width == w + 3 for group, w in widths.items())
     assert all(graph.group(group).width == 3 for group in heads)
+    if name in ("llama_gqa", "mistral", "qwen2"):  # one more key/value head, and its 2 query heads (of 8 channels each)
+        attention = model.layers[0].self_attn
+        assert attention.q_proj.weight.shape == (48, 32) and attention.k_proj.weight.shape == (24, 32)
+        assert attention.v_proj.weight.shape == (24, 32) and attention.o_proj.weight.shape == (32, 48)
     if name == "gpt2":  # its split(self.split_size) follows the heads
         assert model.h[0].attn.split_size == 48 and model.h[0].attn.c_attn.weight.shape == (32, 144)
 
@@ -237,6 +249,44 @@ def test_export_capture_freezes_groups_whose_growth_breaks_the_forward() -> None
     torch.testing.assert_close(model(x), before, rtol=0, atol=1e-6)
     assert g.widths()["embed"] == 8  # the check left nothing changed
     assert model.embed.out_features == 8 and model.wv.in_features == 8
+
+
+class SizesInTheGraph(nn.Module):
+    """Two dims sized alike in an export graph: ``from_shape`` reads the width from the tensor,
+    ``written`` writes the number in the code; torch.export records both as the number 6."""
+
+    def __init__(self, written: bool) -> None:
+        super().__init__()
+        self.written = written
+        self.fc, self.out = nn.Linear(5, 6), nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.fc(x)[:, None]
+        y = y.expand(y.shape[0], 2, 6) if self.written else y.expand(y.shape[0], 2, y.shape[-1])
+        return self.out(y.reshape(-1, 6) if self.written else y.reshape(-1, y.shape[-1]))
+
+
+@pytest.mark.parametrize("written", [False, True])
+def test_export_takes_a_number_equal_to_a_width_as_read_from_it_and_the_check_decides(written: bool) -> None:
+    """A number in an export graph equal to a growing dim's size may have been read from it:
+    analysis lets the width grow through it, and the growth check freezes it where the code
+    wrote the number (fx tells the two apart by itself)."""
+    x = torch.randn(2, 5)
+    torch.manual_seed(0)
+    fx_fc = archgrow.trace(SizesInTheGraph(written), x[:1], frontend="fx").group("fc")
+    assert fx_fc.growable != written
+    if written:
+        assert "hard-codes size 6" in fx_fc.reason
+    model = SizesInTheGraph(written)
+    fc = archgrow.trace(model, x[:1], frontend="export").group("fc")
+    assert fc.growable != written
+    if written:
+        assert "breaks the model's own forward" in fc.reason and "frontend='fx'" in fc.reason
+    else:
+        before = model(x)
+        archgrow.grow(fc.graph, "fc", 2)
+        torch.testing.assert_close(model(x), before)
+        assert model.out.in_features == 8
 
 
 class AutocastRegion(nn.Module):

@@ -18,9 +18,14 @@ user's modules in place:
   torch-level spelling;
 - shapes come from the export's fake values (``node.meta["val"]``): the graph is never run.
 
-Export sizes are concrete: a ``view`` to a shape written from ``x.size()`` in the code records
-the numbers, so a width reshaped that way freezes (with the reshape as the reason) where an fx
-trace could follow it.
+Export sizes are concrete: a size the code reads from a tensor (``x.size(1)``) is recorded as a
+number, as one written in the code is.  A number equal to the size of the growing dim it sizes
+(HuggingFace's ``repeat_kv`` expanding k and v to ``(B, kv_heads, n, T, D)``) is taken as read
+from that dim (``SIZES_AS_NUMBERS``, ``RuleContext.number_as_read``); every group of an export
+capture is then grown once on the model's own forward (:mod:`archgrow.surgery.check`), which
+freezes it, saying so, where the code wrote the number.  Other numbers (a split into heads with
+neither size ``-1`` nor a module attribute) freeze with the reshape as the reason, where an fx
+trace could follow them.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from torch import nn
 
 from archgrow.errors import TraceError
 from archgrow.graph.trace import LeafSpec, forked_rng, kept_buffers, leaf_test, skeleton, training_flags
+from archgrow.ir.captured import SIZES_AS_NUMBERS
 
 WRAPPED = "model"  # the user's model inside the exported wrapper: its qualified names start with this
 CONSTANT = "archgrow_constant_"  # get_attr names of tensors the forward creates (export lifts them)
@@ -138,6 +144,7 @@ def export_graph(
         elif node.op == "get_attr":
             root[target] = constants[target] if target in constants else _tensor(model, target)
     gm = fx.GraphModule(root, graph, type(model).__name__)
+    gm.meta[SIZES_AS_NUMBERS] = True
     values = {n: skeleton(n.meta["val"]) if "val" in n.meta else None for n in gm.graph.nodes}
     for n in gm.graph.nodes:
         if n.op == "get_attr":

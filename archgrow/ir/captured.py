@@ -47,8 +47,14 @@ class CapturedGraph:
         return value
 
 
+# CapturedGraph.meta key, True where the front-end records every size the forward read from a
+# tensor (``x.shape[1]``) as a plain number (torch.export with static shapes): a number in such a
+# graph may have been read from a tensor, or written in the code, and the graph cannot tell which.
+SIZES_AS_NUMBERS = "archgrow_sizes_as_numbers"
+
+
 def as_captured(gm: fx.GraphModule) -> CapturedGraph:
     return CapturedGraph(gm.graph, gm, gm.meta)
 
 
-__all__ = ["CapturedGraph", "as_captured"]
+__all__ = ["SIZES_AS_NUMBERS", "CapturedGraph", "as_captured"]

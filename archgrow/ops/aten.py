@@ -123,7 +123,7 @@ _RENAMED: dict[str, Any] = {
     "replication_pad2d": F.pad,
 }
 _LIKE = "contiguous detach detach_ alias lift_fresh_copy _to_copy to type_as"
-_METHODS = "t expand repeat unflatten copy_ fill_ zero_"
+_METHODS = "t expand repeat repeat_interleave unflatten copy_ fill_ zero_"
 _NO_WIDTH = "new_zeros new_ones new_empty new_full _assert_tensor_metadata scalar_tensor item _local_scalar_dense"
 
 

@@ -11,6 +11,7 @@ reaching the node is then frozen with that reason, never guessed.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import operator
 from collections import Counter
@@ -24,7 +25,7 @@ from torch import nn
 from archgrow.errors import RegistrationError
 from archgrow.ir.attribute_sizes import STRUCTURAL_ATTRIBUTES, SizeSource, size_source
 from archgrow.ir.bindings import AttrBinding, MemberRecord, TensorBinding
-from archgrow.ir.captured import CapturedGraph
+from archgrow.ir.captured import SIZES_AS_NUMBERS, CapturedGraph
 from archgrow.ir.layout import Layout, Seg, TensorMeta, WidthVars
 
 if TYPE_CHECKING:
@@ -130,6 +131,11 @@ class LayoutState:
     param_roles: dict[str, str] = field(default_factory=dict)  # parameter path -> role, when a rule knows it
     bound_params: dict[str, str] = field(default_factory=dict)  # parameter path -> node whose rule bound it
     sourced_at: dict[tuple[str, str, int | None], set[str]] = field(default_factory=dict)  # attribute -> nodes binding it
+
+    @functools.cached_property
+    def sizes_as_numbers(self) -> bool:
+        """Does the front-end record sizes read from tensors as plain numbers (see ``SIZES_AS_NUMBERS``)?"""
+        return bool(self.gm.meta.get(SIZES_AS_NUMBERS))
 
 
 def bind_tensor(state: LayoutState, name: str, module: nn.Module, tensor: str, dim: int, layout: Layout | None, role: str) -> None:
@@ -387,7 +393,37 @@ class RuleContext:
             self.unify(layout, state.size_layout[size])
             self.consumed.add(size)
             return True
+        repeated = self._repeated_size(size)
+        if repeated is not None and self._same_widths(repeated, layout):
+            self.consumed.add(size)
+            return True
         return False
+
+    def _repeated_size(self, size: Any) -> Layout | None:
+        """``C * n``, a size read from a tensor times a number (grouped-query attention's k heads
+        times the query heads per k head, merged back into one dim): the layout of a dim holding
+        each channel of ``C`` ``n`` times in a row, or None for any other size.  Only checked
+        against the dim it sizes, never tied to it: the number may count something else that grows
+        (MobileNetV4's value dim times ``self.num_heads``)."""
+        if not (isinstance(size, fx.Node) and size.op == "call_function" and size.target is operator.mul):
+            return None
+        if len(size.args) != 2 or size.kwargs:
+            return None
+        read, times = size.args if isinstance(size.args[0], fx.Node) else size.args[::-1]
+        found = self.state.size_layout.get(read) if isinstance(read, fx.Node) else None
+        if found is None or type(times) is bool or not isinstance(times, int) or times < 1:
+            return None
+        return tuple(Seg(s.var, s.inner * times, s.fixed * times) for s in found)
+
+    def _same_widths(self, a: Layout, b: Layout) -> bool:
+        """Do two layouts lay out the same widths alike (channel for channel)?"""
+        vars_ = self.vars
+        ra, rb = vars_.resolve(a), vars_.resolve(b)
+        return len(ra) == len(rb) and all(
+            x.inner == y.inner and x.fixed == y.fixed
+            and (vars_.find(x.var) == vars_.find(y.var) if x.var is not None and y.var is not None else x.var == y.var)
+            for x, y in zip(ra, rb, strict=True)
+        )  # fmt: skip
 
     def size_attributes(self, value: Any, kind: str = "width") -> tuple[str, list[str]]:
         """The module running this node (its path) and its attributes of ``kind`` in
@@ -405,10 +441,23 @@ class RuleContext:
         ]  # fmt: skip
         return path, found
 
+    def number_as_read(self, size: Any, layout: Layout) -> bool:
+        """Is ``size`` a number that may have been read from this dim: where the front-end records
+        sizes read from tensors as numbers (torch.export), one equal to the dim's current size.
+
+        The graph cannot tell it from a number written in the code; every group of such a
+        capture is grown once on the model's own forward before it is called growable
+        (:mod:`archgrow.surgery.check`), which freezes the group where the code did write it."""
+        return (
+            self.state.sizes_as_numbers and isinstance(size, int) and not isinstance(size, bool)
+            and size == self.vars.layout_size(layout)
+        )  # fmt: skip
+
     def follows(self, size: Any, layout: Layout, kind: str | None = None) -> bool:
         """Does a size argument follow growth of ``layout``: -1, read from a tensor with the same
         width, or one module attribute of ``kind`` (bound here, so growth updates it)?  Without a
-        kind, the first kind with exactly one attribute of that value ("width" first)."""
+        kind, the first kind with exactly one attribute of that value ("width" first); failing all
+        of these, a number that may have been read from the dim (:meth:`number_as_read`)."""
         if self.adaptive(size, layout):
             return True
         if self.sourced(size, kind):
@@ -427,7 +476,7 @@ class RuleContext:
                 return True
             if attrs:
                 return False
-        return False
+        return self.number_as_read(size, layout)
 
     def _scaled_source(self, size: Any, kind: str | None) -> SizeSource | None:
         """``size`` computed at run time as an attribute times a size that never grows

@@ -485,13 +485,21 @@ def einsum(ctx: RuleContext, equation: Any, operands: list[Any], name: str) -> A
     return TensorMeta(shape, tuple(layout.get(c) for c in output))
 
 
-def attention(ctx: RuleContext, q: Any, k: Any, v: Any, mask: Any, name: str) -> Any:
+def attention(ctx: RuleContext, q: Any, k: Any, v: Any, mask: Any, name: str, *, grouped: bool = False) -> Any:
     """``softmax(q @ k^T * scale + mask) @ v`` (``F.scaled_dot_product_attention``): batch and head
     dims broadcast, q and k share their last dim (a head dim: growing it changes the logits and
-    the default scale), k and v their sequence dim; the output is laid out like ``v``'s last dim."""
+    the default scale), k and v their sequence dim; the output is laid out like ``v``'s last dim.
+
+    ``grouped`` (``enable_gqa=True``): k and v have fewer heads than q, each serving as many
+    consecutive query heads as q has heads per k head; k's heads then count in blocks of that
+    many query heads, so growth adds a k and v head with its query heads (:func:`repeated`)."""
     out = ctx.out
     if not all(isinstance(t, TensorMeta) and t.ndim >= 2 for t in (q, k, v)) or not is_tensor(out):
         return ctx.unknown(name)
+    if grouped and q.ndim >= 3 and k.ndim >= 3 and v.ndim >= 3 and k.shape[-3] == v.shape[-3] and k.shape[-3] > 0:
+        per_head, rest = divmod(q.shape[-3], k.shape[-3])
+        if per_head > 1 and not rest:
+            k, v = (repeated(t, t.ndim - 3, per_head) for t in (k, v))
     shape = out[1]
     e = ctx.unify(q.dims[-1], k.dims[-1])
     ctx.not_preserving(e, f"{name} at {ctx.where} sums q * k over it, and its default scale is 1/sqrt of its size")
@@ -502,6 +510,18 @@ def attention(ctx: RuleContext, q: Any, k: Any, v: Any, mask: Any, name: str) ->
         metas.append(TensorMeta(mask.shape[:-2], mask.dims[:-2]))
     batch = _batch_dims(ctx, metas, shape[:-2])
     return TensorMeta(shape, (*batch, q.dims[-2], v.dims[-1]))
+
+
+def repeated(src: TensorMeta, dim: int, times: int) -> TensorMeta:
+    """``src`` with each position along ``dim`` repeated ``times`` times in place
+    (``repeat_interleave``): a channel of a width there covers ``times`` consecutive positions,
+    and channels added at the end of the width are repeated at the end too."""
+    lay = src.dims[dim]
+    dims = list(src.dims)
+    dims[dim] = None if lay is None else tuple(Seg(s.var, s.inner * times, s.fixed * times) for s in lay)
+    shape = list(src.shape)
+    shape[dim] *= times
+    return TensorMeta(tuple(shape), tuple(dims))
 
 
 def unflatten(ctx: RuleContext, src: TensorMeta, dim: int, sizes: Any) -> Any:
@@ -539,7 +559,7 @@ def expand(ctx: RuleContext, src: TensorMeta, sizes: list[Any]) -> Any:
             continue
         if src.shape[k] != shape[d]:
             ctx.freeze(lay, f"Tensor.expand broadcasts a width-{src.shape[k]} dim at {ctx.where}")
-        elif d < len(sizes) and ctx.adaptive(sizes[d], lay):
+        elif d < len(sizes) and (ctx.adaptive(sizes[d], lay) or ctx.number_as_read(sizes[d], lay)):
             dims[d] = lay
         else:
             ctx.freeze(lay, f"Tensor.expand at {ctx.where} hard-codes size {shape[d]} for a dim that grows; use -1")

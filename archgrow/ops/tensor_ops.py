@@ -248,7 +248,20 @@ def sdpa_rule(ctx: RuleContext) -> Any:
     """``F.scaled_dot_product_attention(q, k, v, attn_mask, ...)``."""
     node = ctx.node
     q, k, v = (ctx.meta(arg(node, i, n)) for i, n in enumerate(("query", "key", "value")))
-    return families.attention(ctx, q, k, v, ctx.meta(arg(node, 3, "attn_mask")), op_name(ctx))
+    grouped = arg(node, 7, "enable_gqa", False) is True
+    return families.attention(ctx, q, k, v, ctx.meta(arg(node, 3, "attn_mask")), op_name(ctx), grouped=grouped)
+
+
+def repeat_interleave_rule(ctx: RuleContext) -> Any:
+    """``x.repeat_interleave(n, dim)`` with a number of repeats: each position along ``dim``
+    repeated ``n`` times in place (grouped-query attention's k and v heads); repeats given as a
+    tensor, or no dim (the flattened tensor), have no width rule."""
+    node = ctx.node
+    src, repeats, dim = _src(ctx), arg(node, 1, "repeats"), arg(node, 2, "dim")
+    if not isinstance(src, TensorMeta) or not _is_int(repeats) or repeats < 1 or not _is_int(dim):
+        return ctx.unknown(f"{op_name(ctx)} (repeats given as a tensor, or without a dim)")
+    out = families.repeated(src, norm_dim(dim, src.ndim), repeats)
+    return out if is_tensor(ctx.out) and out.shape == ctx.out[1] else ctx.unknown(op_name(ctx))
 
 
 def narrow_rule(ctx: RuleContext) -> Any:
@@ -501,6 +514,7 @@ def register_builtin_ops(table: OpTable) -> None:
     _functions(table, existing_attrs(F, "glu"), glu_rule)
     _functions(table, existing_attrs(torch, "matmul bmm") + existing_attrs(operator, "matmul"), matmul_rule)
     _functions(table, existing_attrs(F, "scaled_dot_product_attention"), sdpa_rule)
+    _functions(table, existing_attrs(torch, "repeat_interleave"), repeat_interleave_rule)
     _functions(table, existing_attrs(torch, "narrow select index_select"), narrow_rule)
     _functions(table, existing_attrs(torch, "flatten squeeze unsqueeze"), flatten_rule)
     _functions(table, existing_attrs(torch, "reshape"), reshape_rule)
@@ -538,6 +552,7 @@ def register_builtin_ops(table: OpTable) -> None:
     _methods(table, ["t", "T", "mT"], matrix_transpose_rule)
     _methods(table, ["expand"], expand_rule)
     _methods(table, ["repeat", "tile"], repeat_rule)
+    _methods(table, ["repeat_interleave"], repeat_interleave_rule)
     _methods(table, ["split", "split_with_sizes"], split_rule)
     _methods(table, ["chunk"], chunk_rule)
     _methods(table, ["tensor_split"], tensor_split_rule)
