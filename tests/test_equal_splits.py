@@ -449,6 +449,35 @@ def test_wrap_grows_the_parts_and_refuses_row_candidates() -> None:
         archgrow.wrap(GLUNet(), archgrow.spec.parse_spec(select), x[:1])
 
 
+class RadixGroups(nn.Module):
+    """ResNeSt's split attention with a cardinality of 2 (``resnest50d_4s2x40d``): a conv with
+    ``groups = cardinality * radix``, its output reshaped into ``(radix, C // radix)``, so that
+    each radix part holds one run of channels per cardinal group."""
+
+    def __init__(self, radix: int = 2, cardinality: int = 2, width: int = 4) -> None:
+        super().__init__()
+        self.radix = radix
+        self.stem = nn.Conv2d(3, 8, 1)
+        self.conv = nn.Conv2d(8, width * radix, 3, padding=1, groups=cardinality * radix)
+        self.head = nn.Conv2d(width, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(self.stem(x))
+        B, RC, H, W = x.shape
+        return self.head(x.reshape(B, self.radix, RC // self.radix, H, W).sum(1))
+
+
+def test_equal_parts_holding_several_groups_of_a_grouped_conv() -> None:
+    """Each of the 2 radix parts holds 2 of the conv's 4 groups: one unit adds a channel to every
+    group, and the head, summing the parts, gets one input per group of a part."""
+    g = trace(RadixGroups, IMG[:1])
+    conv = g.group("conv")
+    assert conv.growable and conv.width == 2, conv.reason
+    assert member(conv.members, "conv").slots == tuple(Slot(o, 1) for o in (0, 2, 4, 6))
+    assert member(conv.members, "head").slots == (Slot(0, 1), Slot(2, 1))
+    check_growth(RadixGroups, IMG, ["stem", "conv"])
+
+
 class SplitBySizeAttribute(nn.Module):
     """GPT-2's packed projection: ``qkv.split(self.split_size, dim)``, the size a module attribute."""
 

@@ -360,12 +360,21 @@ def split_width(ctx: RuleContext, lay: Layout, sizes: list[int], args: list[Any]
             continue
         block = sizes[-1] if j == m - 2 else 1
         parts = [resolved] if count == 1 else equal_parts(ctx, resolved, count)
-        if parts is None or any(len(p) != 1 or p[0].var is None or p[0].inner not in (1, block) for p in parts):
+        if parts is None:
+            continue
+        if j == m - 1 and all(s.var is not None and s.inner == 1 for p in parts for s in p):
+            # each part a run of whole widths (ResNeSt's radix parts, each holding the groups of
+            # its grouped conv): the last dim is laid out as one part
+            grown: Layout = parts[0]
+            if not divided and not ctx.follows(args[j], grown, kind):
+                continue
+            return [None] * j + [grown]
+        if any(len(p) != 1 or p[0].var is None or p[0].inner not in (1, block) for p in parts):
             continue
         seg = parts[0][0]
         assert seg.var is not None
         if j == m - 1:
-            grown: Layout = parts[0]
+            grown = parts[0]
         elif seg.inner == block:  # already counted in whole heads (a second reshape of the same width)
             grown = (Seg(seg.var),)
         else:
