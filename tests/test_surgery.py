@@ -10,6 +10,7 @@ from torch import nn
 
 import archgrow
 from archgrow import models
+from archgrow.surgery.channels import trial
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -230,6 +231,25 @@ def test_graph_node_shapes_follow_growth() -> None:
     assert g.nx.nodes[conv_node]["shape"] == (1, 6, 8, 8)
     archgrow.grow(g, "conv1", 2)
     assert g.nx.nodes[conv_node]["shape"] == (1, 8, 8, 8)
+
+
+def test_node_shapes_deferred_inside_the_growth_check_are_right_after_it() -> None:
+    """The growth check defers node shapes while it grows and undoes groups: a group undone is
+    left as it was, one still grown at the end is refreshed then (once)."""
+    model = ConvNet()
+    g = archgrow.trace(model, torch.randn(1, 3, 8, 8))
+    conv_node = next(n for n, d in g.nx.nodes(data=True) if d["module"] == "conv1")
+    with g.shapes_deferred():
+        with trial(g, g.group("conv1"), model, growth_only=True):
+            archgrow.grow(g, "conv1", 2)
+            assert g.nx.nodes[conv_node]["shape"] == (1, 6, 8, 8)  # deferred
+    assert g.nx.nodes[conv_node]["shape"] == (1, 6, 8, 8)
+    with g.shapes_deferred():
+        archgrow.grow(g, "conv1", 2)
+        archgrow.grow(g, "conv1", 1)
+    assert g.nx.nodes[conv_node]["shape"] == (1, 9, 8, 8)
+    archgrow.grow(g, "conv1", 1)  # outside, at once again
+    assert g.nx.nodes[conv_node]["shape"] == (1, 10, 8, 8)
 
 
 def test_stale_graph_is_detected() -> None:

@@ -89,7 +89,10 @@ def freeze_groups_that_break_the_forward(graph: WidthGraph, groups: Sequence[Wid
     candidates = [g for g in (graph.groups if groups is None else groups) if g.growable]
     if not candidates:
         return []
-    with training_flags(model, False), torch.no_grad(), forked_rng(model), kept_buffers(model), graph.modules_fixed():
+    with (
+        training_flags(model, False), torch.no_grad(), forked_rng(model), kept_buffers(model), graph.modules_fixed(),
+        graph.shapes_deferred(),
+    ):  # fmt: skip
         reference = model(*graph.example_inputs)
         broken: dict[str, str] = {}
         for kind in (True, False):  # groups keeping the function are checked on values too
