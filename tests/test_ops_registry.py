@@ -33,11 +33,26 @@ class SquashNet(nn.Module):
         return self.fc2(squash(self.fc1(x)))
 
 
+def test_an_unknown_module_says_to_describe_its_type() -> None:
+    class Unfolded(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.unfold, self.out = nn.Conv2d(3, 4, 1), nn.Unfold(2), nn.Linear(16, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.out(self.unfold(self.conv(x)).transpose(1, 2))
+
+    conv = archgrow.trace(Unfolded(), torch.randn(1, 3, 4, 4)).group("conv")
+    assert not conv.growable and "module Unfold 'unfold'" in conv.reason
+    assert "describe it with archgrow.register_layer for its type" in conv.reason
+
+
 def test_an_unknown_function_freezes_and_a_registered_one_passes() -> None:
     torch.manual_seed(0)
     model, x = SquashNet(), torch.randn(1, 8)
     frozen = archgrow.trace(model, x, autowrap_functions=[squash]).group("fc1")
     assert not frozen.growable and "test_ops_registry.squash" in frozen.reason and "no width rule" in frozen.reason
+    assert "describe it with archgrow.register_op" in frozen.reason  # what to do about it
     per_call = archgrow.trace(model, x, autowrap_functions=[squash], rules=[op(squash, elementwise=True)])
     assert per_call.group("fc1").growable
     assert not archgrow.trace(model, x, autowrap_functions=[squash]).group("fc1").growable  # per call only

@@ -326,7 +326,11 @@ class RuleContext:
 
     def unknown(self, what: str) -> Any:
         """No rule for this call: freeze every width reaching it; its outputs carry none."""
-        reason = f"{what} at {self.where}: no width rule{self.leaf_hint()}"
+        hint = self.leaf_hint()
+        if not hint:  # the way out is a rule of the user's own
+            how = "archgrow.register_layer for its type" if self.node.op == "call_module" else "archgrow.register_op"
+            hint = f" (to grow the widths reaching it, describe it with {how}: docs/extending.md)"
+        reason = f"{what} at {self.where}: no width rule{hint}"
         self.freeze_all(self.tensors(self.node.args, self.node.kwargs), reason)
         return self.fixed()
 
