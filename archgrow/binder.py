@@ -51,6 +51,7 @@ def bind(spec: Spec, graph: WidthGraph) -> list[GroupBinding]:
             warnings.warn(f"{src}: rules[{i}] ('{rule.match}') selects only frozen groups: {', '.join(hits)}", stacklevel=3)
     has_conv = any(isinstance(m, nn.modules.conv._ConvNd) for m in graph.model.modules())
     bindings = []
+    unfit: list[str] = []  # groups a pattern selected for kinds that cannot handle them
     for g in graph.groups:
         if not g.growable:
             continue
@@ -62,8 +63,16 @@ def bind(spec: Spec, graph: WidthGraph) -> list[GroupBinding]:
             b = _bind_group(g, settings, origin, graph, has_conv, src)
         except SpecError as exc:
             problems.extend(exc.problems)
+            if all(spec.rules[i].is_pattern for i in matched):
+                unfit.append(g.name)
             continue
         bindings.append(b)
+    if unfit:
+        problems.append(
+            f"{src}: rules: patterns select {len(unfit)} group(s) the problems above rule out ({', '.join(unfit)}); "
+            f"to leave one out, add a rule after them such as {{match: '{unfit[0]}', frozen: true}} (a glob may "
+            "cover several), or give it a trigger and initializer that can handle it"
+        )
     if problems:
         problems = list(dict.fromkeys(problems))  # a default shared by many groups is reported once
         raise SpecError("\n".join(problems), problems=problems)

@@ -456,3 +456,18 @@ def test_size_attribute_kinds_are_checked_at_registration():
 
     with pytest.raises(RegistrationError, match=r"register_size_attribute\('n_groups'\): kind must be one of"):
         register_size_attribute("n_groups", "groups")
+
+
+def test_a_pattern_selecting_heads_a_strategy_cannot_measure_says_how_to_leave_them_out() -> None:
+    """NORTH-Select measures a group's channels in its producer's output; heads are blocks of it.
+    The binder names the groups a pattern selected that the kinds rule out, and the rule to add."""
+    torch.manual_seed(0)
+    with pytest.raises(archgrow.SpecError) as caught:
+        archgrow.wrap(PackedAttention(), {"rules": [{"match": "*", "initializer": {"kind": "select"}}]}, TOKENS[:1])
+    message = str(caught.value)
+    assert "group 'qkv' cannot be measured" in message
+    assert "patterns select 1 group(s) the problems above rule out (qkv)" in message
+    assert "{match: 'qkv', frozen: true}" in message
+    spec = {"rules": [{"match": "*", "initializer": {"kind": "select"}}, {"match": "qkv", "frozen": True}]}
+    grown = archgrow.wrap(PackedAttention(), spec, TOKENS[:1])  # the way out the message gives
+    assert "qkv" not in grown.growing and "inp" in grown.growing

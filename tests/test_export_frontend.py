@@ -215,6 +215,39 @@ def test_transformers_trace_grow_and_train(name: str) -> None:
     assert graph.retrace().widths() == graph.widths()
 
 
+@pytest.mark.parametrize("name", ["gpt2", "llama_gqa"])
+def test_transformers_grow_while_training_under_wrap(name: str) -> None:
+    """archgrow.wrap on a transformer: a schedule grows the MLPs and the attention heads between
+    Adam steps, with new units from the random initializer (NORTH-Select cannot measure heads:
+    the binder says which groups and how to leave them out)."""
+    model, inputs, mlp = _hf(name)
+    ids = torch.randint(0, 100, (4, 8), generator=torch.Generator().manual_seed(3))
+    with pytest.raises(archgrow.SpecError, match=r"frozen: true"):
+        archgrow.wrap(model, {"defaults": {"max_width": "2x"}, "rules": [{"match": "*"}]}, inputs)
+    spec = {
+        "seed": 0,
+        "defaults": {"max_width": "2x"},
+        "rules": [{"match": "*", "trigger": {"kind": "linear_schedule", "final_width": "2x", "total_steps": 2}, "initializer": {"kind": "random"}}],
+    }  # fmt: skip
+    grown = archgrow.wrap(model, spec, inputs)
+    widths = dict(grown.graph.widths())
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    events = []
+    for _ in range(3):
+        optimizer.zero_grad()
+        loss = grown(ids).last_hidden_state.pow(2).mean()
+        loss.backward()
+        optimizer.step()
+        events += grown.grow_step(optimizer)
+        assert torch.isfinite(loss)
+    heads = [g.name for g in grown.graph.groups if g.growable and g.name not in mlp and g.preserves_function]
+    grew = {e.group for e in events}
+    assert set(mlp) <= grew and set(heads) <= grew and heads, (grew, heads)
+    now = {g: grown.graph.group(g).width for g in [*mlp, *heads]}
+    assert all(now[g] > widths[g] for g in mlp), now  # one unit per step, after the schedule's start
+    assert all(now[g] == 2 * widths[g] for g in heads), now  # 2 heads to 4 (2 k/v heads to 4 for GQA)
+
+
 class ReadsTheStreamWidth(nn.Module):
     """CrossViT's cross-attention in miniature: the attention output is reshaped to the stream's
     width ``C``, read from the input's shape, which export records as a number."""
