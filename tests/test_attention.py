@@ -471,3 +471,51 @@ def test_a_pattern_selecting_heads_a_strategy_cannot_measure_says_how_to_leave_t
     spec = {"rules": [{"match": "*", "initializer": {"kind": "select"}}, {"match": "qkv", "frozen": True}]}
     grown = archgrow.wrap(PackedAttention(), spec, TOKENS[:1])  # the way out the message gives
     assert "qkv" not in grown.growing and "inp" in grown.growing
+
+
+def test_repeat_interleave_with_a_written_output_size_freezes() -> None:
+    class Sized(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(12, 4), nn.Linear(8, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.b(self.a(x).repeat_interleave(2, dim=-1, output_size=8))
+
+    a = trace(Sized, TOKENS[:1]).group("a")
+    assert not a.growable and "output_size=8" in a.reason
+
+
+def test_one_key_value_head_under_enable_gqa_is_broadcast_and_the_query_heads_grow() -> None:
+    def make() -> GroupedQuery:
+        return GroupedQuery("enable_gqa", num_kv_heads=1, queries_per_kv=4)
+
+    g = trace(make, TOKENS[:1])
+    assert g.group("query").growable and g.group("query").preserves_function, g.group("query").reason
+    assert not g.group("key").growable  # one head: a size-1 dim, which cannot be told from no dim
+    check_growth(make, TOKENS, ["inp", "query"])
+
+
+def test_key_value_head_count_attributes_follow_growth() -> None:
+    """Meta's Llama writes ``view(B, N, self.n_kv_heads, self.head_dim)``."""
+
+    class Named(GroupedQuery):
+        def __init__(self) -> None:
+            super().__init__("enable_gqa")
+            self.n_kv_heads = 2
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.inp(x)
+            B, N, _ = x.shape
+            q = self._heads(self.query(x))
+            k = self.key(x).view(B, N, self.n_kv_heads, self.head_dim).transpose(1, 2)
+            v = self.value(x).view(B, N, self.n_kv_heads, self.head_dim).transpose(1, 2)
+            o = F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+            return self.out(x + self.output(o.transpose(1, 2).flatten(2)))
+
+    g = trace(Named, TOKENS[:1], frontend="fx")
+    assert g.group("query").growable and g.group("query").width == 2, g.group("query").reason
+    torch.manual_seed(0)
+    model = Named()
+    archgrow.grow(archgrow.trace(model, TOKENS[:1]), "query", 1)
+    assert model.n_kv_heads == 3 and model.key.weight.shape == (9, 12)

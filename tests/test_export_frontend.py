@@ -295,8 +295,9 @@ class SizesInTheGraph(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.fc(x)[:, None]
-        y = y.expand(y.shape[0], 2, 6) if self.written else y.expand(y.shape[0], 2, y.shape[-1])
-        return self.out(y.reshape(-1, 6) if self.written else y.reshape(-1, y.shape[-1]))
+        if self.written:
+            return self.out(y.expand(y.shape[0], 2, 6).reshape(y.shape[0] * 2, 6))
+        return self.out(y.expand(y.shape[0], 2, y.shape[-1]).reshape(y.shape[0] * 2, y.shape[-1]))
 
 
 @pytest.mark.parametrize("written", [False, True])
@@ -320,6 +321,25 @@ def test_export_takes_a_number_equal_to_a_width_as_read_from_it_and_the_check_de
         archgrow.grow(fc.graph, "fc", 2)
         torch.testing.assert_close(model(x), before)
         assert model.out.in_features == 8
+
+
+class RowsOfSix(nn.Module):
+    """``reshape(-1, 6)`` with 6 written in the code: after growth the ``-1`` would absorb the new
+    channels as more rows and the output keep its shape, which the growth check cannot see."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(5, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x).reshape(-1, 6).softmax(-1).amax(-1).sum()[None]
+
+
+@pytest.mark.parametrize("frontend", ["fx", "export"])
+def test_a_number_beside_a_minus_one_is_never_taken_as_read(frontend: str) -> None:
+    torch.manual_seed(0)
+    fc = archgrow.trace(RowsOfSix(), torch.randn(1, 6, 5), frontend=frontend).group("fc")
+    assert not fc.growable and "hard-codes size 6" in fc.reason
 
 
 class AutocastRegion(nn.Module):

@@ -250,6 +250,12 @@ def test_node_shapes_deferred_inside_the_growth_check_are_right_after_it() -> No
     assert g.nx.nodes[conv_node]["shape"] == (1, 9, 8, 8)
     archgrow.grow(g, "conv1", 1)  # outside, at once again
     assert g.nx.nodes[conv_node]["shape"] == (1, 10, 8, 8)
+    with g.shapes_deferred():  # nested: the outermost block refreshes
+        archgrow.grow(g, "conv1", 1)
+        with g.shapes_deferred():
+            archgrow.grow(g, "conv1", 1)
+        assert g.nx.nodes[conv_node]["shape"] == (1, 10, 8, 8)
+    assert g.nx.nodes[conv_node]["shape"] == (1, 12, 8, 8)
 
 
 def test_stale_graph_is_detected() -> None:

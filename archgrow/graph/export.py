@@ -23,7 +23,9 @@ number, as one written in the code is.  A number equal to the size of the growin
 (HuggingFace's ``repeat_kv`` expanding k and v to ``(B, kv_heads, n, T, D)``) is taken as read
 from that dim (``SIZES_AS_NUMBERS``, ``RuleContext.number_as_read``); every group of an export
 capture is then grown once on the model's own forward (:mod:`archgrow.surgery.check`), which
-freezes it, saying so, where the code wrote the number.  Other numbers (a split into heads with
+freezes it, saying so, where growth then breaks the forward or changes its output's shape.  In a
+reshape with a ``-1`` no number is taken so: one the code wrote would send new channels to the
+``-1``'s dim with the element count intact.  Other numbers (a split into heads with
 neither size ``-1`` nor a module attribute) freeze with the reshape as the reason, where an fx
 trace could follow them.
 """

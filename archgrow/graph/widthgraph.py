@@ -306,6 +306,9 @@ class WidthGraph:
         of groups whose width then differs from before are refreshed, once.  For the growth check,
         which grows and undoes groups in a row: refreshing a group's nodes twice per group (and
         indexing every node by group on the first refresh) was a tenth of its time."""
+        if self._deferred_widths is not None:  # already deferred: the outermost block refreshes
+            yield
+            return
         self._deferred_widths = {}
         try:
             yield

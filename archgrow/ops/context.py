@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 # so that equal values of different kinds (4 heads of 4 channels) are told apart by where the size
 # stands.  Extend with :func:`register_size_attribute`.
 SIZE_ATTRIBUTES: dict[str, str] = {
-    **dict.fromkeys("num_heads heads n_head n_heads num_attention_heads".split(), "heads"),
+    **dict.fromkeys("num_heads heads n_head n_heads num_attention_heads num_kv_heads n_kv_heads num_key_value_heads".split(), "heads"),
     **dict.fromkeys("head_dim dim_head d_head head_size attention_head_size dim_head_qk dim_head_v".split(), "head_dim"),
     **dict.fromkeys("attn_dim all_head_size inner_dim hidden_dim hidden_size embed_dim".split(), "width"),
     "split_size": "part",
@@ -451,17 +451,20 @@ class RuleContext:
 
         The graph cannot tell it from a number written in the code; every group of such a
         capture is grown once on the model's own forward before it is called growable
-        (:mod:`archgrow.surgery.check`), which freezes the group where the code did write it."""
+        (:mod:`archgrow.surgery.check`), which freezes the group where growth then breaks the
+        forward or changes its output's shape.  Callers where a stale number could keep both
+        (a reshape with a ``-1``) do not ask."""
         return (
             self.state.sizes_as_numbers and isinstance(size, int) and not isinstance(size, bool)
             and size == self.vars.layout_size(layout)
         )  # fmt: skip
 
-    def follows(self, size: Any, layout: Layout, kind: str | None = None) -> bool:
+    def follows(self, size: Any, layout: Layout, kind: str | None = None, *, numbers_read: bool = True) -> bool:
         """Does a size argument follow growth of ``layout``: -1, read from a tensor with the same
         width, or one module attribute of ``kind`` (bound here, so growth updates it)?  Without a
         kind, the first kind with exactly one attribute of that value ("width" first); failing all
-        of these, a number that may have been read from the dim (:meth:`number_as_read`)."""
+        of these, a number that may have been read from the dim (:meth:`number_as_read`), unless
+        ``numbers_read`` is False."""
         if self.adaptive(size, layout):
             return True
         if self.sourced(size, kind):
@@ -480,7 +483,7 @@ class RuleContext:
                 return True
             if attrs:
                 return False
-        return self.number_as_read(size, layout)
+        return numbers_read and self.number_as_read(size, layout)
 
     def _scaled_source(self, size: Any, kind: str | None) -> SizeSource | None:
         """``size`` computed at run time as an attribute times a size that never grows

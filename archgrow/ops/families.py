@@ -266,6 +266,10 @@ def reshape(ctx: RuleContext, src: Any, shape_args: list[Any] | None, name: str)
                 "cannot be told from no dim, so the width cannot grow from here); give that layer 2 or more "
                 "channels to grow it",
             )
+    # With a -1 in the shape, a number that stayed as written would move positions to the -1's dim
+    # and keep the element count, so the growth check could miss it: then no number is taken as
+    # read from the dim it sizes (``RuleContext.number_as_read``).
+    no_free_dim = shape_args is None or not any(type(a) is int and a == -1 for a in shape_args)
     for ins, outs in groups:
         carriers = [i for i in ins if src.dims[i] is not None]
         if not carriers:
@@ -291,7 +295,7 @@ def reshape(ctx: RuleContext, src: Any, shape_args: list[Any] | None, name: str)
             # no part of it: only the head dim can follow, as the head count is fused with the batch
             widths_in = [j for j in ins if src.shape[j] != 1 or src.dims[j] is not None]
             if len(widths_in) == 1 and shape_args is not None and all(o < len(shape_args) for o in outs):
-                split = split_width(ctx, lay, sizes, [shape_args[o] for o in outs])
+                split = split_width(ctx, lay, sizes, [shape_args[o] for o in outs], numbers_read=no_free_dim)
             if split is None:
                 ctx.freeze(
                     lay,
@@ -311,7 +315,7 @@ def reshape(ctx: RuleContext, src: Any, shape_args: list[Any] | None, name: str)
         after = math.prod(src.shape[j] for j in ins if j > i)
         merged = lay if after == 1 else tuple(Seg(s.var, s.inner * after, s.fixed * after) for s in lay)
         merged = merged * before  # (heads, head_dim) -> heads * head_dim: one copy of the width per head
-        if shape_args is not None and (o >= len(shape_args) or not ctx.follows(shape_args[o], merged)):
+        if shape_args is not None and (o >= len(shape_args) or not ctx.follows(shape_args[o], merged, numbers_read=no_free_dim)):
             given = shape_args[o] if o < len(shape_args) else "?"
             ctx.freeze(
                 lay,
@@ -336,7 +340,9 @@ def _may_follow(ctx: RuleContext, size: Any, kind: str) -> bool:
     return isinstance(size, fx.Node) and ctx.state.size_layout.get(size) is not None
 
 
-def split_width(ctx: RuleContext, lay: Layout, sizes: list[int], args: list[Any]) -> list[Layout | None] | None:
+def split_width(
+    ctx: RuleContext, lay: Layout, sizes: list[int], args: list[Any], *, numbers_read: bool = True
+) -> list[Layout | None] | None:
     """A width dim reshaped into ``sizes`` (``(..., heads, head_dim)``): the layout of each new dim,
     or None when no size that could grow follows growth.
 
@@ -366,7 +372,7 @@ def split_width(ctx: RuleContext, lay: Layout, sizes: list[int], args: list[Any]
             # each part a run of whole widths (ResNeSt's radix parts, each holding the groups of
             # its grouped conv): the last dim is laid out as one part
             grown: Layout = parts[0]
-            if not divided and not ctx.follows(args[j], grown, kind):
+            if not divided and not ctx.follows(args[j], grown, kind, numbers_read=numbers_read):
                 continue
             return [None] * j + [grown]
         if any(len(p) != 1 or p[0].var is None or p[0].inner not in (1, block) for p in parts):
@@ -382,7 +388,7 @@ def split_width(ctx: RuleContext, lay: Layout, sizes: list[int], args: list[Any]
             if found is not None and (len(found) != 1 or found[0].inner != block):
                 continue
             grown = (Seg(vars_.coarsen(seg.var, block)[0].var),)
-        if not divided and not ctx.follows(args[j], grown, kind):
+        if not divided and not ctx.follows(args[j], grown, kind, numbers_read=numbers_read):
             continue
         return [None] * j + [grown] + [None] * (m - 1 - j)
     return None
@@ -505,7 +511,7 @@ def attention(ctx: RuleContext, q: Any, k: Any, v: Any, mask: Any, name: str, *,
     out = ctx.out
     if not all(isinstance(t, TensorMeta) and t.ndim >= 2 for t in (q, k, v)) or not is_tensor(out):
         return ctx.unknown(name)
-    if grouped and q.ndim >= 3 and k.ndim >= 3 and v.ndim >= 3 and k.shape[-3] == v.shape[-3] and k.shape[-3] > 0:
+    if grouped and q.ndim >= 3 and k.ndim >= 3 and v.ndim >= 3 and k.shape[-3] == v.shape[-3] and k.shape[-3] > 1:
         per_head, rest = divmod(q.shape[-3], k.shape[-3])
         if per_head > 1 and not rest:
             k, v = (repeated(t, t.ndim - 3, per_head) for t in (k, v))

@@ -260,8 +260,14 @@ def repeat_interleave_rule(ctx: RuleContext) -> Any:
     src, repeats, dim = _src(ctx), arg(node, 1, "repeats"), arg(node, 2, "dim")
     if not isinstance(src, TensorMeta) or not _is_int(repeats) or repeats < 1 or not _is_int(dim):
         return ctx.unknown(f"{op_name(ctx)} (repeats given as a tensor, or without a dim)")
-    out = families.repeated(src, norm_dim(dim, src.ndim), repeats)
-    return out if is_tensor(ctx.out) and out.shape == ctx.out[1] else ctx.unknown(op_name(ctx))
+    d = norm_dim(dim, src.ndim)
+    out = families.repeated(src, d, repeats)
+    if not is_tensor(ctx.out) or out.shape != ctx.out[1]:
+        return ctx.unknown(op_name(ctx))
+    given = arg(node, 3, "output_size")
+    if given is not None and out.dims[d] is not None and not ctx.follows(given, out.dims[d]):
+        ctx.freeze(out.dims[d], f"{op_name(ctx)} at {ctx.where} gives output_size={given!r}, a number that would not follow growth; leave it out")
+    return out
 
 
 def narrow_rule(ctx: RuleContext) -> Any:

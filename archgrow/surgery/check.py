@@ -104,8 +104,9 @@ def freeze_groups_that_break_the_forward(graph: WidthGraph, groups: Sequence[Wid
     for name, error in broken.items():
         why = (
             "the model was captured with torch.export, whose graph shows sizes the code reads from tensors "
-            "(x.shape) as fixed numbers, so what ties this width to others is not visible: trace with fx "
-            "(frontend='fx', marking untraceable modules as leaf_modules) to see it"
+            "(x.shape) as fixed numbers, as it shows numbers written in the code, so what ties this width to others "
+            "is not visible: trace with fx (frontend='fx', marking untraceable modules as leaf_modules) to see it, "
+            "or, where the code writes a size of this width as a number, write -1 or x.size(d) there"
             if exported
             else "growth rewrites a module attribute the forward also reads for something analysis does not see "
             "(a loop count, or a number written in the code that only happens to equal the attribute)"
