@@ -3,6 +3,8 @@ shape-recording loop (inputs with defaults, errors naming the node)."""
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 from torch import nn
@@ -194,3 +196,102 @@ def test_a_single_channel_width_whose_dim_is_removed_says_how_to_make_it_growabl
     assert not group.growable and group.width == 1
     assert "removes a size-1 dim that is a width of one channel" in group.reason
     assert "give that layer 2 or more channels" in group.reason
+
+
+# --------------------------------------------------------------------------- shapes without layer arithmetic
+
+
+class Layers(nn.Module):
+    """Every setting that shapes a conv or linear output: stride, dilation, padding as ints, tuples,
+    'same' and 'valid', reflect padding, groups, 1-d and 3-d convs, an unbatched conv input, and a
+    linear layer on a 3-d input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, (3, 5), stride=(2, 1), padding=(1, 2), dilation=(1, 2))
+        self.b = nn.Conv2d(8, 8, 3, padding="same", groups=4, padding_mode="reflect")
+        self.c = nn.Conv2d(8, 6, 2, padding="valid", stride=2)
+        self.d = nn.Conv1d(6, 4, 3, stride=2, padding=1)
+        self.e = nn.Conv3d(1, 2, (1, 2, 2))
+        self.f = nn.Linear(4, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.c(self.b(self.a(x)))
+        z = self.d(y.flatten(2))
+        w = self.e(y[:1, :1])  # (1, 1, H, W) taken as an unbatched 3-d input
+        return torch.cat([self.f(z.transpose(1, 2)).flatten(), w.flatten()])
+
+
+class ZerosBreakIt(nn.Module):
+    """An op that fails on the zeros the recorder gives for a layer (Cholesky of a zero matrix)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x)
+        return torch.linalg.cholesky(h.T @ h)  # positive definite for 8 random rows, not for zeros
+
+
+class SizedByValues(nn.Module):
+    """Sizes taken from values: a tensor as ``arange``'s end, and ``nonzero``."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x).abs()
+        if self.how == "arange":
+            return torch.arange(h.sum().ceil().long() + 3)
+        return h.flatten().nonzero()
+
+
+def _skeletons(model: nn.Module, x: torch.Tensor, compute_layers: bool | None) -> dict[str, object]:
+    """Each node's recorded skeleton: as ``record_shapes`` records it (None), or from one run that
+    computes every layer (True) or gives plain layers as zeros (False)."""
+    tracing = importlib.import_module("archgrow.graph.trace")
+    from archgrow.ops.registry import OPS
+
+    graph = tracing.symbolic_trace(model, is_leaf=OPS.is_leaf)
+    if compute_layers is None:
+        values = tracing.record_shapes(graph, model, (x,), OPS)
+    else:
+        with torch.no_grad():
+            values = tracing._run(graph, (x,), OPS, compute_layers=compute_layers)
+    return {node.name: value for node, value in values.items()}
+
+
+def test_recording_without_layer_arithmetic_gives_every_shape_the_layers_give() -> None:
+    torch.manual_seed(0)
+    model, x = Layers().eval(), torch.randn(2, 3, 15, 17)
+    assert _skeletons(model, x, False) == _skeletons(model, x, True)
+    tv = pytest.importorskip("torchvision")
+    for build in (tv.models.resnet18, tv.models.mobilenet_v3_small):
+        model, x = build().eval(), torch.randn(1, 3, 48, 48)
+        assert _skeletons(model, x, False) == _skeletons(model, x, True)
+
+
+def test_recording_computes_every_layer_where_zeros_would_fail_or_size_something() -> None:
+    tracing = importlib.import_module("archgrow.graph.trace")
+    from archgrow.graph.leaf_shapes import shapes_follow_values
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 4)
+    # Cholesky of a zero matrix fails: the recorder runs the real forward instead
+    fails, rows = ZerosBreakIt(), torch.randn(8, 4)
+    with pytest.raises(TraceError, match="cholesky"):
+        _skeletons(fails, rows, False)
+    assert _skeletons(fails, rows, None) == _skeletons(fails, rows, True)
+    # arange's end a value: found as the recorder runs
+    arange = SizedByValues("arange")
+    with pytest.raises(tracing._ValuesNeeded):
+        _skeletons(arange, x, False)
+    assert _skeletons(arange, x, None) == _skeletons(arange, x, True)
+    # nonzero: found in the graph before running
+    nonzero = SizedByValues("nonzero")
+    assert shapes_follow_values(tracing.symbolic_trace(nonzero).graph)
+    assert not shapes_follow_values(tracing.symbolic_trace(arange).graph)
+    assert _skeletons(nonzero, x, None) == _skeletons(nonzero, x, True)

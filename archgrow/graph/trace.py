@@ -11,7 +11,9 @@ traced in training mode keeps its training-mode arguments in the graph (a timm `
 traced into calls ``F.batch_norm(..., training=True)``): the recorder calls such an op as it runs
 in eval mode (the op registry's ``in_eval``), so the analysis never depends on batch statistics of
 the example input.  Both restore every module's own ``training`` flag, its buffers (a forward traced in
-training mode may count batches in place) and the global RNG state afterwards.
+training mode may count batches in place) and the global RNG state afterwards.  The recorder skips
+the arithmetic of plain convolutions and linear layers where no shape depends on a value
+(:mod:`archgrow.graph.leaf_shapes`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from torch import nn
 
 from archgrow.errors import TraceError
 from archgrow.graph.fx_patching import scoped_to
+from archgrow.graph.leaf_shapes import layer_output, shapes_follow_values, sized_by_a_tensor
 from archgrow.ir.attribute_sizes import STRUCTURAL_ATTRIBUTES, attribute_ints
 from archgrow.ir.captured import CapturedGraph
 
@@ -252,13 +255,20 @@ def _skeleton(value: Any) -> Any:
     return ("opaque", type(value).__name__)
 
 
+class _ValuesNeeded(Exception):
+    """A shape depends on a value the recorder did not compute: run every layer."""
+
+
 def _run(
-    captured: CapturedGraph, inputs: tuple[Any, ...], ops: OpTable | None
+    captured: CapturedGraph, inputs: tuple[Any, ...], ops: OpTable | None, *, compute_layers: bool = True
 ) -> dict[fx.Node, Any]:
     """Run the graph node by node on ``inputs`` and keep a shape skeleton of every node's value.
 
     A loop of its own rather than ``fx.Interpreter``, whose per-node dispatch cost about 3x the
     forward itself on small inputs; each value is dropped after its last use, as there.
+    ``compute_layers=False``: plain convs and linear layers give zeros of their output's shape
+    (:mod:`archgrow.graph.leaf_shapes`); raises :class:`_ValuesNeeded` where a size then depends
+    on a value.
     """
     nodes = list(captured.graph.nodes)
     last_use: dict[fx.Node, list[fx.Node]] = {}
@@ -287,6 +297,8 @@ def _run(
             else:
                 args = fx.node.map_arg(node.args, load)
                 kwargs = fx.node.map_arg(node.kwargs, load)
+                if not compute_layers and op != "output" and sized_by_a_tensor(target, args, kwargs, op == "call_method"):
+                    raise _ValuesNeeded
                 if op == "call_function":
                     info = ops.function(target) if ops is not None else None
                     if info is not None and info.in_eval is not None:
@@ -295,9 +307,14 @@ def _run(
                 elif op == "call_method":
                     value = getattr(args[0], target)(*args[1:], **kwargs)
                 elif op == "call_module":
-                    value = captured.get_submodule(str(target))(*args, **kwargs)
+                    module = captured.get_submodule(str(target))
+                    value = None if compute_layers else layer_output(module, args, kwargs)
+                    if value is None:
+                        value = module(*args, **kwargs)
                 else:  # output
                     value = args[0]
+        except _ValuesNeeded:
+            raise
         except Exception as exc:
             raise TraceError(
                 f"running the traced graph failed at node '{node.name}' ({op} {target!r}): "
@@ -338,4 +355,9 @@ def record_shapes(
             "forward argument"
         )
     with _modes(model, False), torch.no_grad(), forked_rng(model), kept_buffers(model):
+        if not shapes_follow_values(captured.graph):
+            try:  # convs and linear layers as zeros of their output shape: shapes come out the same
+                return _run(captured, example_inputs, ops, compute_layers=False)
+            except (_ValuesNeeded, TraceError):
+                pass  # a size depends on a value, or an op failed on the zeros: the real forward's errors are the user's
         return _run(captured, example_inputs, ops)
