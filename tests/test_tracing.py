@@ -235,7 +235,7 @@ class ZerosBreakIt(nn.Module):
 
 
 class SizedByValues(nn.Module):
-    """Sizes taken from values: a tensor as ``arange``'s end, and ``nonzero``."""
+    """Sizes taken from values: a tensor as ``arange``'s end, a boolean mask as index, ``nonzero``."""
 
     def __init__(self, how: str) -> None:
         super().__init__()
@@ -246,6 +246,8 @@ class SizedByValues(nn.Module):
         h = self.fc(x).abs()
         if self.how == "arange":
             return torch.arange(h.sum().ceil().long() + 3)
+        if self.how == "mask":
+            return h[h > h.mean()]
         return h.flatten().nonzero()
 
 
@@ -290,6 +292,11 @@ def test_recording_computes_every_layer_where_zeros_would_fail_or_size_something
     with pytest.raises(tracing._ValuesNeeded):
         _skeletons(arange, x, False)
     assert _skeletons(arange, x, None) == _skeletons(arange, x, True)
+    # a boolean mask as index: found as the recorder runs
+    mask = SizedByValues("mask")
+    with pytest.raises(tracing._ValuesNeeded):
+        _skeletons(mask, x, False)
+    assert _skeletons(mask, x, None) == _skeletons(mask, x, True)
     # nonzero: found in the graph before running
     nonzero = SizedByValues("nonzero")
     assert shapes_follow_values(tracing.symbolic_trace(nonzero).graph)

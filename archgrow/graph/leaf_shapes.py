@@ -6,9 +6,10 @@ shape of a plain ``nn.Conv1d/2d/3d`` or ``nn.Linear`` follows from its input's s
 settings, so :func:`layer_output` hands back zeros of that shape instead of computing it.
 
 The values downstream are then not the model's, which is harmless exactly when no shape depends
-on a value.  :func:`shapes_follow_values` finds the ops whose output shape does (``nonzero``, a
-boolean mask as index, ``item()``...); the recorder computes every layer where the graph has one,
-and where, as it runs, a tensor is made with a size given as a tensor (:func:`sized_by_a_tensor`).
+on a value.  :func:`shapes_follow_values` finds the ops whose output shape does (``nonzero``,
+``item()``...); the recorder computes every layer where the graph has one, and where, as it runs,
+a tensor is made with a size given as a tensor or indexed by a boolean mask
+(:func:`sized_by_a_tensor`).
 An op that fails on the zeros (a Cholesky factorisation, a sampler) makes the recorder run the
 whole graph again with every layer computed, so errors and shapes are those of the real forward.
 Only these exact types qualify: a subclass may compute something else, and a module with hooks
@@ -43,13 +44,10 @@ def shapes_follow_values(graph: fx.Graph) -> bool:
 
     ``where`` and ``repeat_interleave`` count, although only their one-argument and tensor-repeats
     forms do: telling them apart needs the argument values, and a false yes costs only speed.
-    An index holding another node (``x[mask]``) counts as well."""
-    for node in graph.nodes:
-        if node.op in ("call_function", "call_method") and _name(node.target) in _VALUE_SHAPED:
-            return True
-        if node.op == "call_function" and node.target is operator.getitem and node.all_input_nodes[1:]:
-            return True
-    return False
+    A boolean mask as index (``x[mask]``) is found as the recorder runs (:func:`sized_by_a_tensor`)."""
+    return any(
+        node.op in ("call_function", "call_method") and _name(node.target) in _VALUE_SHAPED for node in graph.nodes
+    )
 
 
 # Ops that make a tensor of a size given as arguments: a size passed as a tensor is a value.
@@ -59,9 +57,18 @@ _SIZED_BY_ARGUMENTS = frozenset(
 )
 
 
+def _has_mask(index: Any) -> bool:
+    if isinstance(index, torch.Tensor):
+        return index.dtype == torch.bool
+    return isinstance(index, (tuple, list)) and any(_has_mask(i) for i in index)
+
+
 def sized_by_a_tensor(target: Any, args: tuple[Any, ...], kwargs: dict[str, Any], method: bool) -> bool:
     """Does this call make a tensor whose size is given by a tensor's value (``torch.arange(n)``
-    with ``n`` a tensor)?  Checked as the recorder runs, since only the values tell."""
+    with ``n`` a tensor, ``x[mask]`` with a boolean mask)?  Checked as the recorder runs, since
+    only the values tell."""
+    if target is operator.getitem:
+        return len(args) > 1 and _has_mask(args[1])
     if _name(target) not in _SIZED_BY_ARGUMENTS:
         return False
     given = list(args[1:] if method else args) + list(kwargs.values())
