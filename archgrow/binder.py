@@ -63,13 +63,14 @@ def bind(spec: Spec, graph: WidthGraph) -> list[GroupBinding]:
             b = _bind_group(g, settings, origin, graph, has_conv, src)
         except SpecError as exc:
             problems.extend(exc.problems)
-            if all(spec.rules[i].is_pattern for i in matched):
+            kinds = any(".trigger" in p or ".initializer" in p for p in exc.problems)
+            if kinds and all(spec.rules[i].is_pattern for i in matched):
                 unfit.append(g.name)
             continue
         bindings.append(b)
-    if unfit:
-        problems.append(
-            f"{src}: rules: patterns select {len(unfit)} group(s) the problems above rule out ({', '.join(unfit)}); "
+    if unfit:  # said after the last problem, not as one more (each problem is one entry)
+        problems[-1] += (
+            f"\n{src}: rules: patterns select {len(unfit)} group(s) the problems above rule out ({', '.join(unfit)}); "
             f"to leave one out, add a rule after them such as {{match: '{unfit[0]}', frozen: true}} (a glob may "
             "cover several), or give it a trigger and initializer that can handle it"
         )
