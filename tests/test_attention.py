@@ -468,6 +468,9 @@ def test_a_pattern_selecting_heads_a_strategy_cannot_measure_says_how_to_leave_t
     assert "group 'qkv' cannot be measured" in message
     assert "patterns select 1 group(s) the problems above rule out (qkv)" in message
     assert "{match: 'qkv', frozen: true}" in message
+    with pytest.raises(archgrow.SpecError) as caught:  # a cap below the width is no question of kinds
+        archgrow.wrap(PackedAttention(), {"rules": [{"match": "*", "initializer": {"kind": "random"}, "max_width": 2}]}, TOKENS[:1])
+    assert "below group" in str(caught.value) and "patterns select" not in str(caught.value)
     spec = {"rules": [{"match": "*", "initializer": {"kind": "select"}}, {"match": "qkv", "frozen": True}]}
     grown = archgrow.wrap(PackedAttention(), spec, TOKENS[:1])  # the way out the message gives
     assert "qkv" not in grown.growing and "inp" in grown.growing

@@ -368,22 +368,18 @@ def split_width(
         parts = [resolved] if count == 1 else equal_parts(ctx, resolved, count)
         if parts is None:
             continue
-        if j == m - 1 and all(s.var is not None and s.inner == 1 for p in parts for s in p):
-            # each part a run of whole widths (ResNeSt's radix parts, each holding the groups of
-            # its grouped conv): the last dim is laid out as one part
-            grown: Layout = parts[0]
-            if not divided and not ctx.follows(args[j], grown, kind, numbers_read=numbers_read):
-                continue
-            return [None] * j + [grown]
-        if any(len(p) != 1 or p[0].var is None or p[0].inner not in (1, block) for p in parts):
-            continue
-        seg = parts[0][0]
-        assert seg.var is not None
         if j == m - 1:
-            grown = parts[0]
-        elif seg.inner == block:  # already counted in whole heads (a second reshape of the same width)
+            # each part one or more whole widths (ResNeSt's radix parts hold several groups of its
+            # grouped conv): the last dim is laid out as one part
+            if not all(s.var is not None and s.inner == 1 for p in parts for s in p):
+                continue
+            grown: Layout = parts[0]
+        elif any(len(p) != 1 or p[0].var is None or p[0].inner not in (1, block) for p in parts):
+            continue
+        elif (seg := parts[0][0]).inner == block:  # already counted in whole heads (a second reshape of the same width)
             grown = (Seg(seg.var),)
         else:
+            assert seg.var is not None
             found = vars_.parts.get(vars_.find(seg.var))
             if found is not None and (len(found) != 1 or found[0].inner != block):
                 continue
